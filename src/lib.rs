@@ -12,4 +12,13 @@
     )
 )]
 
+pub mod app;
+pub mod cli;
 pub mod clock;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod store;
+pub mod telemetry;
+
+pub use app::Annuaire;

@@ -1,0 +1,55 @@
+//! Service discovery and operations endpoints: `/_matrix/identity/versions`,
+//! `/_matrix/identity/v2`, `/health/live`, `/health/ready`, `/metrics`.
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use super::{AppData, resource};
+use crate::error::ApiError;
+
+/// Spec versions of the Identity Service API this server implements.
+pub const SPEC_VERSIONS: &[&str] = &[
+    "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11",
+    "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18",
+];
+
+pub(super) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/_matrix/identity/versions").route(web::get().to(versions)))
+        .service(resource("/_matrix/identity/v2").route(web::get().to(v2_status)))
+        .service(resource("/health/live").route(web::get().to(live)))
+        .service(resource("/health/ready").route(web::get().to(ready)))
+        .service(resource("/metrics").route(web::get().to(metrics)));
+}
+
+/// # GET /_matrix/identity/versions
+async fn versions() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "versions": SPEC_VERSIONS }))
+}
+
+/// # GET /_matrix/identity/v2
+async fn v2_status() -> HttpResponse {
+    HttpResponse::Ok().json(json!({}))
+}
+
+/// # GET /health/live: the process answers.
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "live" }))
+}
+
+/// # GET /health/ready: the database answers.
+async fn ready(app: AppData) -> Result<HttpResponse, ApiError> {
+    match app.db.ping().await {
+        Ok(()) => Ok(HttpResponse::Ok().json(json!({ "status": "ready" }))),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::unavailable("The database does not answer"))
+        }
+    }
+}
+
+/// # GET /metrics: Prometheus text format.
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::telemetry::render_metrics())
+}

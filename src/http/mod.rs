@@ -1,0 +1,144 @@
+//! HTTP: actix routes, one file per API family. Handlers are thin: extract, call one domain
+//! function, map the result. Unknown paths answer 404 `M_UNRECOGNIZED`, known paths with the
+//! wrong method 405 `M_UNRECOGNIZED`.
+
+pub mod extract;
+pub mod health;
+pub mod middleware;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::{Server, Service};
+use actix_web::http::Method;
+use actix_web::{App, HttpRequest, HttpServer, web};
+use futures_util::future::LocalBoxFuture;
+
+use crate::app::Annuaire;
+use crate::error::ApiError;
+use extract::BodyLimit;
+
+/// A resource whose unsupported methods answer 405 `M_UNRECOGNIZED`.
+pub fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn method_not_allowed() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::method_not_allowed())
+}
+
+async fn unrecognized() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::unrecognized())
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    health::routes(cfg);
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Binding or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The TLS files could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Builds the HTTP server on an already bound listener (tests bind port 0).
+pub fn server(app: Arc<Annuaire>, listener: TcpListener) -> Result<Server, ServeError> {
+    crate::telemetry::install_metrics();
+    let data = web::Data::from(app.clone());
+    let limit = BodyLimit(app.config.http.max_body.0);
+    let http_server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(limit)
+            .configure(routes)
+            .default_service(web::to(unrecognized))
+            .wrap_fn(|req, srv| {
+                // CORS, as the Matrix specifications ask, on the Matrix paths only.
+                let cors = middleware::cors_applies(req.path());
+                let fut: LocalBoxFuture<'static, _> = if cors && req.method() == Method::OPTIONS {
+                    let res = req.into_response(middleware::preflight_response());
+                    Box::pin(std::future::ready(Ok(res)))
+                } else {
+                    let call = srv.call(req);
+                    Box::pin(async move {
+                        let mut res = call.await?;
+                        if cors {
+                            middleware::add_cors_headers(res.headers_mut());
+                        }
+                        Ok(res)
+                    })
+                };
+                fut
+            })
+            .wrap_fn(|req, srv| {
+                let ctx = middleware::RequestContext::start(&req);
+                let fut = {
+                    let _entered = ctx.span.enter();
+                    srv.call(req)
+                };
+                middleware::finish(ctx, fut)
+            })
+    });
+    let http_server = match app.config.http.workers {
+        0 => http_server,
+        n => http_server.workers(n),
+    }
+    .shutdown_timeout(10);
+    let http_server = if app.config.tls_enabled() {
+        let tls = tls_config(&app)?;
+        http_server.listen_rustls_0_23(listener, tls)?
+    } else {
+        http_server.listen(listener)?
+    };
+    Ok(http_server.run())
+}
+
+/// Binds the configured address.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    Ok(TcpListener::bind(addr)?)
+}
+
+fn tls_config(app: &Annuaire) -> Result<rustls::ServerConfig, ServeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&app.config.http.tls.cert, &app.config.http.tls.key) else {
+        return Err(ServeError::Tls(
+            "http.tls.cert and http.tls.key are both needed".into(),
+        ));
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| ServeError::Tls(format!("http.tls.cert ({}): {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ServeError::Tls(format!("http.tls.cert ({}): {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServeError::Tls(format!(
+            "http.tls.cert ({}): no certificate found",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ServeError::Tls(format!("http.tls.key ({}): {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The `Annuaire` behind a handler's app data.
+pub type AppData = web::Data<Annuaire>;
+
+/// The caller's IP address, honouring `http.trusted_proxies`.
+pub fn caller_ip(req: &HttpRequest, app: &Annuaire) -> Option<std::net::IpAddr> {
+    extract::client_ip(req, &app.config.http.trusted_proxies)
+}

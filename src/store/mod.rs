@@ -1,0 +1,317 @@
+//! Storage: diesel over SQLite (embedded default) or PostgreSQL (several instances), chosen by the
+//! database URL's scheme.
+//!
+//! - One connection enum, [`DbConn`]. Queries are written once and compiled for both backends with
+//!   [`db_dispatch!`](crate::db_dispatch), so that backend-specific diesel features (upserts,
+//!   `RETURNING`) work; SQL that really differs is written per backend.
+//! - Timestamps are BIGINT milliseconds and ids TEXT, so both schemas have the same types.
+//! - Blocking diesel calls run on tokio's blocking pool ([`Db::run`]), never on the HTTP workers.
+//! - Migrations are embedded (`migrations/sqlite`, `migrations/postgres`) and run at start and by
+//!   `annuaire migrate`; on PostgreSQL under an advisory lock so instances starting together do
+//!   not collide.
+
+pub mod schema;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ManageConnection, Pool, PooledConnection};
+use diesel::{PgConnection, SqliteConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// Key of the PostgreSQL advisory lock held by migrations and start-up jobs.
+const STARTUP_LOCK_KEY: i64 = 0x616e_6e75_6169_7265; // "annuaire"
+
+/// A connection to either backend.
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    /// PostgreSQL.
+    Pg(PgConnection),
+    /// SQLite.
+    Sqlite(SqliteConnection),
+}
+
+/// Runs `$body` with `$c` bound to the concrete connection (`&mut PgConnection` or
+/// `&mut SqliteConnection`): the body is compiled once per backend.
+#[macro_export]
+macro_rules! db_dispatch {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::store::DbConn::Pg($c) => $body,
+            $crate::store::DbConn::Sqlite($c) => $body,
+        }
+    };
+}
+
+/// Which database backend is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Backend {
+    /// `"sqlite"` or `"postgres"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A storage error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or the pool is exhausted.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// Stored data could not be decoded.
+    #[error("invalid stored data: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether this is a unique-constraint violation (a concurrent insert of the same key).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Query(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _
+            ))
+        )
+    }
+}
+
+/// Where the database lives, parsed from the URL.
+#[derive(Debug, Clone)]
+enum Location {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    fn parse(url: &str) -> Result<Location, StoreError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(StoreError::Unavailable(
+                    "sqlite:// needs a file path".into(),
+                ));
+            }
+            Ok(Location::Sqlite(PathBuf::from(path)))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Location::Postgres(url.to_string()))
+        } else {
+            Err(StoreError::Unavailable(
+                "unsupported database URL: expected sqlite://PATH or postgres://…".into(),
+            ))
+        }
+    }
+}
+
+/// Opens connections of the configured backend for the pool. (Never diesel's derived
+/// `establish`, which falls through to SQLite for any string.)
+#[derive(Debug)]
+pub struct ConnectionManager {
+    location: Location,
+}
+
+impl ConnectionManager {
+    fn open(&self) -> Result<DbConn, ConnectionError> {
+        match &self.location {
+            Location::Sqlite(path) => {
+                let path_str = path.to_str().ok_or_else(|| {
+                    ConnectionError::BadConnection("database path is not UTF-8".into())
+                })?;
+                let mut conn = SqliteConnection::establish(path_str)?;
+                // WAL lets readers proceed during writes; busy_timeout makes writers wait for
+                // each other instead of failing; NORMAL is durable in WAL mode across crashes of
+                // the process (only an OS crash may lose the last transactions).
+                conn.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                )
+                .map_err(ConnectionError::CouldntSetupConfiguration)?;
+                Ok(DbConn::Sqlite(conn))
+            }
+            Location::Postgres(url) => Ok(DbConn::Pg(PgConnection::establish(url)?)),
+        }
+    }
+}
+
+impl ManageConnection for ConnectionManager {
+    type Connection = DbConn;
+    type Error = ConnectionError;
+
+    fn connect(&self) -> Result<DbConn, ConnectionError> {
+        self.open()
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), ConnectionError> {
+        conn.batch_execute("SELECT 1")
+            .map_err(ConnectionError::CouldntSetupConfiguration)
+    }
+
+    fn has_broken(&self, _conn: &mut DbConn) -> bool {
+        false
+    }
+}
+
+/// A pooled connection.
+pub type PooledConn = PooledConnection<ConnectionManager>;
+
+/// The database: a pool of connections of one backend.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool<ConnectionManager>,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl Db {
+    /// Connects to `url` (`sqlite://PATH`, creating the file and its folder, or `postgres://…`).
+    pub fn connect(url: &str, pool_size: u32, timeout: Duration) -> Result<Db, StoreError> {
+        let location = Location::parse(url)?;
+        let backend = match &location {
+            Location::Sqlite(path) => {
+                create_parent(path)?;
+                Backend::Sqlite
+            }
+            Location::Postgres(_) => Backend::Postgres,
+        };
+        let pool = Pool::builder()
+            .max_size(pool_size)
+            .min_idle(Some(1))
+            .connection_timeout(timeout)
+            .error_handler(Box::new(PoolErrorLog))
+            .build(ConnectionManager { location })
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Db { pool, backend })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A connection from the pool (blocking; for the CLI and blocking tasks).
+    pub fn get(&self) -> Result<PooledConn, StoreError> {
+        self.pool
+            .get()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Runs `f` with a pooled connection on the blocking thread pool.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool
+                .get()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
+    }
+
+    /// Runs `f` while holding the start-up lock (a PostgreSQL advisory lock; on SQLite, the
+    /// database file's own locking is enough and `f` simply runs).
+    pub fn with_startup_lock<T>(
+        &self,
+        f: impl FnOnce(&mut DbConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.get()?;
+        match &mut *conn {
+            DbConn::Pg(pg) => {
+                diesel::sql_query("SELECT pg_advisory_lock($1)")
+                    .bind::<diesel::sql_types::BigInt, _>(STARTUP_LOCK_KEY)
+                    .execute(pg)?;
+                let result = f(&mut conn);
+                if let DbConn::Pg(pg) = &mut *conn {
+                    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+                        .bind::<diesel::sql_types::BigInt, _>(STARTUP_LOCK_KEY)
+                        .execute(pg);
+                    if let Err(e) = unlocked {
+                        tracing::warn!(error = %e, "could not release the start-up lock");
+                    }
+                }
+                result
+            }
+            DbConn::Sqlite(_) => f(&mut conn),
+        }
+    }
+
+    /// Applies pending migrations (under the start-up lock); returns the versions applied.
+    pub fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        self.with_startup_lock(run_migrations)
+    }
+
+    /// Whether the database answers (the readiness check).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|conn| {
+            state::get(conn, state::DATABASE_ID)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Applies pending migrations on `conn` (the caller holds the start-up lock).
+pub fn run_migrations(conn: &mut DbConn) -> Result<Vec<String>, StoreError> {
+    let applied = match conn {
+        DbConn::Sqlite(c) => c
+            .run_pending_migrations(SQLITE_MIGRATIONS)
+            .map(|v| v.iter().map(|m| m.to_string()).collect()),
+        DbConn::Pg(c) => c
+            .run_pending_migrations(POSTGRES_MIGRATIONS)
+            .map(|v| v.iter().map(|m| m.to_string()).collect()),
+    };
+    applied.map_err(|e| StoreError::Migration(e.to_string()))
+}
+
+fn create_parent(path: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+        })?;
+    }
+    Ok(())
+}
+
+/// Logs pool connection failures once each (without the URL, which may hold a password).
+#[derive(Debug)]
+struct PoolErrorLog;
+
+impl<E: std::fmt::Display> diesel::r2d2::HandleError<E> for PoolErrorLog {
+    fn handle_error(&self, error: E) {
+        tracing::warn!(error = %error, "database connection failed");
+    }
+}
