@@ -73,7 +73,7 @@ install_system_packages() {
     [[ -x /usr/sbin/slapd && -x /usr/sbin/slapadd && -f /usr/lib/ldap/back_mdb.so ]] || missing+=(slapd)
     command -v ldapsearch >/dev/null 2>&1 || missing+=(ldap-utils)
     [[ -x "$PG_BIN/initdb" && -x "$PG_BIN/pg_ctl" ]] || missing+=(postgresql-15)
-    command -v psql >/dev/null 2>&1 || missing+=(postgresql-client-15)
+    [[ -x "$PG_BIN/psql" ]] || missing+=(postgresql-client-15)
     if ! command -v python3 >/dev/null 2>&1; then
         missing+=(python3 python3-venv)
     elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
