@@ -20,7 +20,8 @@ _policy_rc_backup=""
 # system cluster on 5432). A policy-rc.d that exits 101 forbids every start during the install;
 # whatever was there before is put back afterwards, even when the install fails.
 _forbid_service_starts() {
-    if [[ -e /usr/sbin/policy-rc.d ]]; then
+    # A file left by an interrupted run of ours is not worth keeping: it is removed afterwards.
+    if [[ -e /usr/sbin/policy-rc.d ]] && ! grep -q 'annuaire scripts/test' /usr/sbin/policy-rc.d; then
         _policy_rc_backup="$(mktemp /tmp/annuaire-policy-rc.XXXXXX)"
         cp -p /usr/sbin/policy-rc.d "$_policy_rc_backup"
     fi

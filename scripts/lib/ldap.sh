@@ -62,12 +62,13 @@ ldap_start() {
     for attempt in 1 2 3; do
         port="$(free_port)"
         url="ldap://127.0.0.1:$port"
-        # -d 0: stay in the foreground (so we own the process) without debug output. setsid gives
-        # it its own process group, which ldap_stop kills; the group id is the pid written here.
+        # -d none: stay in the foreground (so we own the process) and log only critical messages
+        # (-d 0 would hide even "bind failed: Address already in use"). setsid gives it its own
+        # process group, which ldap_stop kills; the group id is the pid written here.
         rm -f "$run/group.pid"
         # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
         setsid sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$run/group.pid" \
-            /usr/sbin/slapd -d 0 -h "$url/" -F "$conf" </dev/null >"$log" 2>&1 &
+            /usr/sbin/slapd -d none -h "$url/" -F "$conf" </dev/null >"$log" 2>&1 &
         if wait_until 5 "$run/group.pid" test -s "$run/group.pid"; then
             pid="$(cat "$run/group.pid")"
             if _ldap_wait "$url" "$pid"; then
