@@ -53,9 +53,9 @@ apt_install() {
     log="$(mktemp /tmp/annuaire-apt.XXXXXX)"
     {
         if [[ -z "$_apt_updated" ]]; then
-            apt-get update -qq && _apt_updated=1
+            apt-get update -qq -o DPkg::Lock::Timeout=120 && _apt_updated=1
         fi &&
-            apt-get install -y -qq --no-install-recommends \
+            apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=120 \
                 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" \
                 >"$log" 2>&1
     } || rc=$?
