@@ -256,23 +256,19 @@ pub fn rank(q: &SearchQuery, key: &SearchKey) -> Option<Rank> {
     if q.terms.is_empty() {
         return None;
     }
-    let words = |field: &str| -> Vec<String> {
-        field
-            .split(' ')
-            .filter(|w| !w.is_empty())
-            .map(str::to_owned)
-            .collect()
-    };
+    fn words(field: &str) -> impl Iterator<Item = &str> + Clone {
+        field.split(' ').filter(|w| !w.is_empty())
+    }
     let name = words(&key.name);
-    let mut other = words(&key.organisation);
-    other.extend(words(&key.localpart));
+    let other = words(&key.organisation).chain(words(&key.localpart));
 
     let mut rank = Rank::default();
     for term in &q.terms {
-        let exact_in_name = name.iter().any(|w| w == term);
-        let in_name = exact_in_name || name.iter().any(|w| w.starts_with(term.as_str()));
-        let exact_other = other.iter().any(|w| w == term);
-        let in_other = exact_other || other.iter().any(|w| w.starts_with(term.as_str()));
+        let term = term.as_str();
+        let exact_in_name = name.clone().any(|w| w == term);
+        let in_name = exact_in_name || name.clone().any(|w| w.starts_with(term));
+        let exact_other = other.clone().any(|w| w == term);
+        let in_other = exact_other || other.clone().any(|w| w.starts_with(term));
         if !in_name && !in_other {
             return None;
         }
