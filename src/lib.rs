@@ -16,9 +16,9 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod directory;
 pub mod error;
 pub mod http;
 pub mod store;
 pub mod telemetry;
 
-pub use app::Annuaire;
