@@ -170,7 +170,7 @@ impl SendError {
             SendErrorKind::Rejected
         } else if e.is_timeout() {
             SendErrorKind::Timeout
-        } else if e.is_tls() {
+        } else if e.is_tls() || caused_by_tls(e) {
             SendErrorKind::Tls
         } else if e.is_response() || e.is_client() {
             SendErrorKind::Protocol
@@ -203,6 +203,26 @@ impl fmt::Display for SendError {
 }
 
 impl std::error::Error for SendError {}
+
+/// lettre reports a failed handshake (untrusted certificate, ...) as a connection error whose
+/// cause, somewhere down the chain, is a rustls error.
+fn caused_by_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
 
 /// Longest error summary kept (server replies can be long).
 const SUMMARY_MAX_CHARS: usize = 300;
