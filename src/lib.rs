@@ -19,6 +19,8 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod http;
+pub mod mail;
 pub mod store;
 pub mod telemetry;
 
+pub use app::Annuaire;

@@ -1,6 +1,8 @@
-//! The integration test binary: every module drives a real server (or the real binary) over
-//! HTTP. The same tests run on SQLite and on PostgreSQL (`TEST_DATABASE`).
+//! The integration test binary: every module drives a real server (or the real binary, or a real
+//! SMTP/LDAP/PostgreSQL server) over the network. The same tests run on SQLite and on PostgreSQL
+//! (`TEST_DATABASE`); one binary keeps link time down.
 
 mod support;
 
 mod foundation;
+mod mail_smtp;
