@@ -13,4 +13,5 @@
 )]
 
 pub mod clock;
+pub mod federation;
 pub mod identity;
