@@ -200,7 +200,9 @@ pub fn normalize_domain(input: &str) -> Result<String, AddressError> {
         return Err(AddressError::InvalidDomain(String::new()));
     }
     if trimmed.len() > MAX_INPUT_OCTETS {
-        return Err(AddressError::InvalidDomain(trimmed.chars().take(64).collect()));
+        return Err(AddressError::InvalidDomain(
+            trimmed.chars().take(64).collect(),
+        ));
     }
     if trimmed.chars().any(char::is_control) {
         return Err(AddressError::ControlCharacter);
@@ -265,7 +267,10 @@ mod tests {
 
     #[test]
     fn surrounding_whitespace_is_trimmed() {
-        assert_eq!(ok("  jean.dupont@finances.gouv.fr\t\n").as_str(), "jean.dupont@finances.gouv.fr");
+        assert_eq!(
+            ok("  jean.dupont@finances.gouv.fr\t\n").as_str(),
+            "jean.dupont@finances.gouv.fr"
+        );
     }
 
     #[test]
@@ -296,9 +301,16 @@ mod tests {
     #[test]
     fn display_name_forms_are_refused() {
         assert_eq!(err("Jean <jean@x.fr>"), AddressError::DisplayName);
-        assert_eq!(err("\"Jean Dupont\" <jean@x.fr>"), AddressError::DisplayName);
+        assert_eq!(
+            err("\"Jean Dupont\" <jean@x.fr>"),
+            AddressError::DisplayName
+        );
         assert_eq!(err("<jean@x.fr>"), AddressError::DisplayName);
-        assert!(err("Jean <j@x.fr>").to_string().contains("display-name form is not accepted"));
+        assert!(
+            err("Jean <j@x.fr>")
+                .to_string()
+                .contains("display-name form is not accepted")
+        );
     }
 
     #[test]
@@ -321,7 +333,10 @@ mod tests {
     #[test]
     fn more_than_one_at_is_refused() {
         assert_eq!(err("a@b@x.fr"), AddressError::SeveralAt(2));
-        assert_eq!(err("a@b@x.fr").to_string(), "2 @ signs: an address has exactly one");
+        assert_eq!(
+            err("a@b@x.fr").to_string(),
+            "2 @ signs: an address has exactly one"
+        );
     }
 
     #[test]
@@ -351,13 +366,29 @@ mod tests {
     fn too_long_addresses_are_refused() {
         let local64 = "a".repeat(64);
         assert_eq!(ok(&format!("{local64}@x.fr")).local(), local64);
-        assert_eq!(err(&format!("{}@x.fr", "a".repeat(65))), AddressError::LocalTooLong);
+        assert_eq!(
+            err(&format!("{}@x.fr", "a".repeat(65))),
+            AddressError::LocalTooLong
+        );
         // 64 + 1 + 189 = 254 octets is the limit.
-        let domain189 = format!("{}.{}.{}.fr", "b".repeat(61), "c".repeat(60), "d".repeat(63));
+        let domain189 = format!(
+            "{}.{}.{}.fr",
+            "b".repeat(61),
+            "c".repeat(60),
+            "d".repeat(63)
+        );
         assert_eq!(domain189.len(), 189);
         assert_eq!(ok(&format!("{local64}@{domain189}")).as_str().len(), 254);
-        let domain190 = format!("{}.{}.{}.fr", "b".repeat(61), "c".repeat(61), "d".repeat(63));
-        assert_eq!(err(&format!("{local64}@{domain190}")), AddressError::TooLong);
+        let domain190 = format!(
+            "{}.{}.{}.fr",
+            "b".repeat(61),
+            "c".repeat(61),
+            "d".repeat(63)
+        );
+        assert_eq!(
+            err(&format!("{local64}@{domain190}")),
+            AddressError::TooLong
+        );
         assert_eq!(err(&"a".repeat(5000)), AddressError::TooLong);
     }
 
@@ -368,7 +399,10 @@ mod tests {
         let kelvins = "\u{212a}".repeat(30);
         assert_eq!(ok(&format!("{kelvins}@x.fr")).local(), "k".repeat(30));
         // "ŉ" (2 octets) folds to "ʼn" (3 octets): 32 of them are 96 octets once folded.
-        assert_eq!(err(&format!("{}@x.fr", "\u{149}".repeat(32))), AddressError::LocalTooLong);
+        assert_eq!(
+            err(&format!("{}@x.fr", "\u{149}".repeat(32))),
+            AddressError::LocalTooLong
+        );
     }
 
     #[test]
@@ -379,17 +413,32 @@ mod tests {
         assert!(matches!(err("jean@x.fr."), AddressError::InvalidDomain(_)));
         assert!(matches!(err("jean@.x.fr"), AddressError::InvalidDomain(_)));
         assert!(matches!(err("jean@x!.fr"), AddressError::InvalidDomain(_)));
-        assert!(matches!(err(&format!("jean@{}.fr", "a".repeat(64))), AddressError::InvalidDomain(_)));
-        assert!(matches!(err("jean@xn--a.fr"), AddressError::InvalidDomain(_)));
-        assert!(matches!(err("jean@localhost"), AddressError::SingleLabel(_)));
+        assert!(matches!(
+            err(&format!("jean@{}.fr", "a".repeat(64))),
+            AddressError::InvalidDomain(_)
+        ));
+        assert!(matches!(
+            err("jean@xn--a.fr"),
+            AddressError::InvalidDomain(_)
+        ));
+        assert!(matches!(
+            err("jean@localhost"),
+            AddressError::SingleLabel(_)
+        ));
         assert!(matches!(err("jean@1.2.3.4"), AddressError::IpLiteral(_)));
         assert!(matches!(err("jean@[1.2.3.4]"), AddressError::IpLiteral(_)));
     }
 
     #[test]
     fn normalize_domain_gives_ascii() {
-        assert_eq!(normalize_domain(" Finances.GOUV.fr ").unwrap(), "finances.gouv.fr");
-        assert_eq!(normalize_domain("bücher.example").unwrap(), "xn--bcher-kva.example");
+        assert_eq!(
+            normalize_domain(" Finances.GOUV.fr ").unwrap(),
+            "finances.gouv.fr"
+        );
+        assert_eq!(
+            normalize_domain("bücher.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
         assert_eq!(normalize_domain("fr").unwrap(), "fr");
         assert!(normalize_domain("").is_err());
         assert!(normalize_domain("*.x.fr").is_err());

@@ -32,7 +32,9 @@ pub fn diff(old: &[Rule], new: &[Rule]) -> RuleDiff {
     for rule in new {
         match old_by_id.get(rule.id.as_str()) {
             None => out.added.push(rule.clone()),
-            Some(previous) if *previous != rule => out.changed.push(((*previous).clone(), rule.clone())),
+            Some(previous) if *previous != rule => {
+                out.changed.push(((*previous).clone(), rule.clone()))
+            }
             Some(_) => {}
         }
     }

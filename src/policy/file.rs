@@ -147,7 +147,10 @@ struct Settings {
 /// Byte offset → 1-based line.
 fn line_of(content: &str, offset: usize) -> u32 {
     let end = offset.min(content.len());
-    let newlines = content.as_bytes()[..end].iter().filter(|b| **b == b'\n').count();
+    let newlines = content.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count();
     u32::try_from(newlines + 1).unwrap_or(u32::MAX)
 }
 
@@ -255,8 +258,10 @@ fn parse_file_rules(path: &str, content: &str) -> (Vec<Rule>, Vec<RuleError>) {
             (None, Some(email), None) => normalize_email(&email)
                 .map(|a| RuleTarget::Email(a.as_str().to_owned()))
                 .map_err(|e| format!("invalid address in `email`: {e}")),
-            _ => Err("a [[deny]] takes exactly one of `name` (a domain) or `email` (one address)"
-                .to_owned()),
+            _ => Err(
+                "a [[deny]] takes exactly one of `name` (a domain) or `email` (one address)"
+                    .to_owned(),
+            ),
         };
         let settings = Settings {
             label: d.label,
@@ -295,7 +300,12 @@ fn parse_file_rules(path: &str, content: &str) -> (Vec<Rule>, Vec<RuleError>) {
             expires_at: d.expires_at,
             force: d.force,
         };
-        drafts.push((start, RuleKind::Pattern, Ok(RuleTarget::Regex(d.regex)), settings));
+        drafts.push((
+            start,
+            RuleKind::Pattern,
+            Ok(RuleTarget::Regex(d.regex)),
+            settings,
+        ));
     }
     // File order; a stable sort keeps inline-array elements that share an offset in order.
     drafts.sort_by_key(|d| d.0);
@@ -419,7 +429,9 @@ pub(crate) fn validate_structure(rule: &Rule) -> Result<(), RuleError> {
             match normalize_domain(name) {
                 Ok(ascii) if &ascii == name => {}
                 Ok(ascii) => {
-                    return fail(format!("the domain {name:?} is not in normalised form ({ascii:?})"));
+                    return fail(format!(
+                        "the domain {name:?} is not in normalised form ({ascii:?})"
+                    ));
                 }
                 Err(e) => return fail(format!("invalid domain in `name`: {e}")),
             }
@@ -452,7 +464,9 @@ pub(crate) fn validate_structure(rule: &Rule) -> Result<(), RuleError> {
             return fail("`label` contains control characters".to_owned());
         }
         if label.chars().count() > MAX_LABEL_CHARS {
-            return fail(format!("`label` is longer than {MAX_LABEL_CHARS} characters"));
+            return fail(format!(
+                "`label` is longer than {MAX_LABEL_CHARS} characters"
+            ));
         }
     }
     if rule.kind.is_allow() {
@@ -471,7 +485,8 @@ pub(crate) fn validate_structure(rule: &Rule) -> Result<(), RuleError> {
                 RuleError::at(&rule.source, &rule.id, format!("`shadow_homeserver`: {m}"))
             })?;
         }
-    } else if rule.homeserver.is_some() || rule.shadow_homeserver.is_some() || rule.requires_invite {
+    } else if rule.homeserver.is_some() || rule.shadow_homeserver.is_some() || rule.requires_invite
+    {
         return fail("a deny rule has no homeserver, shadow homeserver or invitation".to_owned());
     }
     Ok(())
@@ -498,7 +513,8 @@ fn check_public_provider(rule: &Rule) -> Result<(), RuleError> {
             }
         }
         (RuleKind::Pattern, RuleTarget::Regex(regex)) => {
-            let compiled = compile_pattern(regex).map_err(|m| RuleError::at(&rule.source, &rule.id, m))?;
+            let compiled =
+                compile_pattern(regex).map_err(|m| RuleError::at(&rule.source, &rule.id, m))?;
             for domain in probe_domains() {
                 for local in PROBE_LOCALS {
                     let probe = format!("{local}@{domain}");
@@ -548,9 +564,15 @@ fn check_server_name(name: &str) -> Result<(), String> {
     }
     let (host, port) = if let Some(rest) = name.strip_prefix('[') {
         let Some((inside, after)) = rest.split_once(']') else {
-            return Err(format!("{name:?} is not a valid server name (unclosed `[`)"));
+            return Err(format!(
+                "{name:?} is not a valid server name (unclosed `[`)"
+            ));
         };
-        if inside.is_empty() || !inside.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+        if inside.is_empty()
+            || !inside
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
             return Err(format!("{name:?} is not a valid server name"));
         }
         match after {
@@ -568,7 +590,9 @@ fn check_server_name(name: &str) -> Result<(), String> {
     };
     if !name.starts_with('[')
         && (host.is_empty()
-            || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
     {
         return Err(format!(
             "{name:?} is not a valid server name (a host name with an optional :port)"
@@ -609,7 +633,11 @@ pub fn check_duplicates(rules: &[Rule]) -> Result<(), Vec<RuleError>> {
             }
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// "domain rule finances.gouv.fr"; addresses are not spelled out (messages may reach logs).
@@ -627,13 +655,14 @@ fn duplicate_subject(rule: &Rule) -> String {
 
 // --- Export
 
+/// A rule's (homeserver, shadow homeserver).
+type ServerPair = (Option<String>, Option<String>);
+
 /// Renders rules as one allowlist file that parses back to the same rules (ids, targets and
 /// effective values; only source lines change). Shared values go to `[organisation]`.
 pub fn render_allowlist_file(rules: &[Rule]) -> String {
     let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
-    let mut out = String::from(
-        "# Exported by annuaire. Format: see allowlists/README.md.\n",
-    );
+    let mut out = String::from("# Exported by annuaire. Format: see allowlists/README.md.\n");
 
     // The organisation label is factored only when every rule shares it: a rule without a label
     // under an organisation label would otherwise need `label = ""`.
@@ -644,7 +673,7 @@ pub fn render_allowlist_file(rules: &[Rule]) -> String {
         _ => None,
     };
     // The most common (homeserver, shadow) pair among allow rules, first seen on ties.
-    let mut counts: Vec<((Option<String>, Option<String>), usize)> = Vec::new();
+    let mut counts: Vec<(ServerPair, usize)> = Vec::new();
     for r in rules.iter().filter(|r| r.kind.is_allow()) {
         let pair = (r.homeserver.clone(), r.shadow_homeserver.clone());
         match counts.iter_mut().find(|(p, _)| *p == pair) {
@@ -652,7 +681,7 @@ pub fn render_allowlist_file(rules: &[Rule]) -> String {
             None => counts.push((pair, 1)),
         }
     }
-    let mut org_pair: (Option<String>, Option<String>) = (None, None);
+    let mut org_pair: ServerPair = (None, None);
     let mut best = 0;
     for (pair, n) in counts {
         if n > best {

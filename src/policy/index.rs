@@ -180,10 +180,12 @@ impl PolicyIndex {
         let patterns = if pattern_rules.is_empty() {
             None
         } else {
-            let wrapped = pattern_rules.iter().filter_map(|i| match &rules[*i].target {
-                RuleTarget::Regex(r) => Some(wrap_pattern(r)),
-                _ => None,
-            });
+            let wrapped = pattern_rules
+                .iter()
+                .filter_map(|i| match &rules[*i].target {
+                    RuleTarget::Regex(r) => Some(wrap_pattern(r)),
+                    _ => None,
+                });
             let set = RegexSetBuilder::new(wrapped)
                 .size_limit(PATTERN_SIZE_LIMIT.saturating_mul(pattern_rules.len()))
                 .build()
@@ -291,10 +293,10 @@ impl PolicyIndex {
 
     /// The index of the deciding rule: the hot path, no allocation before the pattern level.
     fn winner(&self, address: &Address, now_ms: i64) -> Option<usize> {
-        if let Some(slot) = self.addresses.get(address.matching_str()) {
-            if let Some(i) = slot.in_order().find(|i| !self.rules[*i].is_expired(now_ms)) {
-                return Some(i);
-            }
+        if let Some(slot) = self.addresses.get(address.matching_str())
+            && let Some(i) = slot.in_order().find(|i| !self.rules[*i].is_expired(now_ms))
+        {
+            return Some(i);
         }
         let mut suffix = address.ascii_domain();
         let mut depth = 0;

@@ -25,7 +25,11 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     // Both are in range by construction (1..=31, 1..=12).
-    (year, u32::try_from(month).unwrap_or(1), u32::try_from(day).unwrap_or(1))
+    (
+        year,
+        u32::try_from(month).unwrap_or(1),
+        u32::try_from(day).unwrap_or(1),
+    )
 }
 
 fn days_in_month(year: i64, month: u32) -> u32 {
@@ -115,9 +119,8 @@ pub(crate) fn toml_datetime_to_ms(dt: &toml::value::Datetime) -> Result<i64, Str
 
 /// Parses an RFC 3339 date-time string ("2026-12-31T23:59:59Z", "2026-12-31T23:59:59.5+01:00").
 pub(crate) fn parse_rfc3339(s: &str) -> Result<i64, String> {
-    let bad = || {
-        format!("{s:?} is not an RFC 3339 date-time with an offset, e.g. 2026-12-31T23:59:59Z")
-    };
+    let bad =
+        || format!("{s:?} is not an RFC 3339 date-time with an offset, e.g. 2026-12-31T23:59:59Z");
     let b = s.trim().as_bytes();
     let num = |range: std::ops::Range<usize>| -> Result<u32, String> {
         let digits = b.get(range).ok_or_else(bad)?;
@@ -126,7 +129,9 @@ pub(crate) fn parse_rfc3339(s: &str) -> Result<i64, String> {
         }
         digits
             .iter()
-            .try_fold(0u32, |acc, d| acc.checked_mul(10)?.checked_add(u32::from(d - b'0')))
+            .try_fold(0u32, |acc, d| {
+                acc.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+            })
             .ok_or_else(bad)
     };
     let sep = |i: usize, allowed: &[u8]| -> Result<(), String> {
@@ -230,11 +235,26 @@ mod tests {
     #[test]
     fn rfc3339_parses_offsets_and_fractions() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z").unwrap(), 0);
-        assert_eq!(parse_rfc3339("2026-01-01T00:00:00Z").unwrap(), 1_767_225_600_000);
-        assert_eq!(parse_rfc3339("2026-01-01T01:00:00+01:00").unwrap(), 1_767_225_600_000);
-        assert_eq!(parse_rfc3339("2025-12-31T23:00:00-01:00").unwrap(), 1_767_225_600_000);
-        assert_eq!(parse_rfc3339("2026-01-01t00:00:00.250z").unwrap(), 1_767_225_600_250);
-        assert_eq!(parse_rfc3339("2026-01-01 00:00:00.1234567891Z").unwrap(), 1_767_225_600_123);
+        assert_eq!(
+            parse_rfc3339("2026-01-01T00:00:00Z").unwrap(),
+            1_767_225_600_000
+        );
+        assert_eq!(
+            parse_rfc3339("2026-01-01T01:00:00+01:00").unwrap(),
+            1_767_225_600_000
+        );
+        assert_eq!(
+            parse_rfc3339("2025-12-31T23:00:00-01:00").unwrap(),
+            1_767_225_600_000
+        );
+        assert_eq!(
+            parse_rfc3339("2026-01-01t00:00:00.250z").unwrap(),
+            1_767_225_600_250
+        );
+        assert_eq!(
+            parse_rfc3339("2026-01-01 00:00:00.1234567891Z").unwrap(),
+            1_767_225_600_123
+        );
     }
 
     #[test]
@@ -257,12 +277,18 @@ mod tests {
 
     #[test]
     fn toml_local_datetime_is_refused() {
-        let v: toml::Table = toml::from_str("a = 2026-01-01T00:00:00\nb = 2026-01-01\nc = 2026-01-01T00:00:00Z").unwrap();
+        let v: toml::Table =
+            toml::from_str("a = 2026-01-01T00:00:00\nb = 2026-01-01\nc = 2026-01-01T00:00:00Z")
+                .unwrap();
         let dt = |k: &str| match &v[k] {
             toml::Value::Datetime(d) => *d,
             _ => unreachable!(),
         };
-        assert!(toml_datetime_to_ms(&dt("a")).unwrap_err().contains("no offset"));
+        assert!(
+            toml_datetime_to_ms(&dt("a"))
+                .unwrap_err()
+                .contains("no offset")
+        );
         assert!(toml_datetime_to_ms(&dt("b")).is_err());
         assert_eq!(toml_datetime_to_ms(&dt("c")).unwrap(), 1_767_225_600_000);
     }

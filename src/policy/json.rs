@@ -79,7 +79,11 @@ impl RuleJson {
                 not_for("name", self.name.is_some())?;
                 not_for("subdomains", self.subdomains.is_some())?;
                 not_for("regex", self.regex.is_some())?;
-                email(self.email.as_deref().ok_or("an address rule needs `email`")?)?
+                email(
+                    self.email
+                        .as_deref()
+                        .ok_or("an address rule needs `email`")?,
+                )?
             }
             RuleKind::Pattern => {
                 not_for("name", self.name.is_some())?;
@@ -92,8 +96,10 @@ impl RuleJson {
                 match (&self.name, &self.email) {
                     (Some(name), None) => domain(name, self.subdomains)?,
                     (None, Some(_)) if self.subdomains.is_some() => {
-                        return Err("`subdomains` applies to a denied domain (`name`), not to `email`"
-                            .to_owned());
+                        return Err(
+                            "`subdomains` applies to a denied domain (`name`), not to `email`"
+                                .to_owned(),
+                        );
                     }
                     (None, Some(address)) => email(address)?,
                     _ => {

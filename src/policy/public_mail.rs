@@ -145,20 +145,46 @@ mod tests {
     #[test]
     fn exact_providers_and_their_subdomains_are_public() {
         assert_eq!(public_provider("gmail.com").as_deref(), Some("gmail.com"));
-        assert_eq!(public_provider("mail.orange.fr").as_deref(), Some("orange.fr"));
-        assert_eq!(public_provider("t-online.de").as_deref(), Some("t-online.de"));
+        assert_eq!(
+            public_provider("mail.orange.fr").as_deref(),
+            Some("orange.fr")
+        );
+        assert_eq!(
+            public_provider("t-online.de").as_deref(),
+            Some("t-online.de")
+        );
     }
 
     #[test]
     fn wildcard_providers_cover_any_tld() {
-        for d in ["yahoo.fr", "yahoo.com", "yahoo.co.uk", "yahoo.com.br", "hotmail.fr", "live.be", "gmx.de", "gmx.net", "yandex.ru", "mail.yahoo.fr"] {
+        for d in [
+            "yahoo.fr",
+            "yahoo.com",
+            "yahoo.co.uk",
+            "yahoo.com.br",
+            "hotmail.fr",
+            "live.be",
+            "gmx.de",
+            "gmx.net",
+            "yandex.ru",
+            "mail.yahoo.fr",
+        ] {
             assert!(public_provider(d).is_some(), "{d}");
         }
     }
 
     #[test]
     fn agency_domains_are_not_public() {
-        for d in ["finances.gouv.fr", "live.culture.gouv.fr", "live.gouv.fr", "notgmail.com", "gmail.com.example", "yahoo.interieur.gouv.fr", "fr", "example"] {
+        for d in [
+            "finances.gouv.fr",
+            "live.culture.gouv.fr",
+            "live.gouv.fr",
+            "notgmail.com",
+            "gmail.com.example",
+            "yahoo.interieur.gouv.fr",
+            "fr",
+            "example",
+        ] {
             assert_eq!(public_provider(d), None, "{d}");
         }
     }

@@ -187,7 +187,11 @@ impl Rule {
             (RuleKind::Deny, RuleTarget::Email(_)) => "address deny rule".to_owned(),
             (_, RuleTarget::Email(_)) => "address rule".to_owned(),
             (kind, RuleTarget::Domain { name, subdomains }) => {
-                let kind = if *kind == RuleKind::Deny { "domain deny" } else { "domain" };
+                let kind = if *kind == RuleKind::Deny {
+                    "domain deny"
+                } else {
+                    "domain"
+                };
                 if *subdomains {
                     format!("{kind} rule {name} and its subdomains")
                 } else {
