@@ -342,7 +342,7 @@ fn parse_file_rules(path: &str, content: &str) -> (Vec<Rule>, Vec<RuleError>) {
                 }
             }
         };
-        if settings.homeserver.as_deref() == Some("") {
+        if kind.is_allow() && settings.homeserver.as_deref() == Some("") {
             errors.push(fail("`homeserver` is empty".to_owned()));
             continue;
         }

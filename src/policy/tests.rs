@@ -1500,6 +1500,52 @@ fn the_example_allowlists_parse_and_decide_as_documented() {
         Some("externes.tchap.example"),
     );
     check("a@gmail.com", Outcome::Denied, None);
+    check(
+        "x@brigade.gendarmerie.interieur.gouv.example",
+        Outcome::Allowed,
+        Some("agent.gendarmerie.tchap.example"),
+    );
+    check("ancien.agent@interieur.gouv.example", Outcome::Denied, None);
+    check(
+        "greffe.partenaire@avocats.example",
+        Outcome::Allowed,
+        Some("agent.justice.tchap.example"),
+    );
+    check(
+        "accueil@ars-bretagne.sante.example",
+        Outcome::InviteRequired,
+        Some("externes.tchap.example"),
+    );
+    check(
+        "a@prestataire-it.example",
+        Outcome::InviteRequired,
+        Some("externes.tchap.example"),
+    );
+    let d = decide(&index, "x@brigade.gendarmerie.interieur.gouv.example");
+    assert_eq!(d.shadow_homeserver, None);
+    assert_eq!(d.organisation.as_deref(), Some("Gendarmerie"));
+    let d = decide(&index, "a@prefecture-75.interieur.gouv.example");
+    assert_eq!(
+        d.shadow_homeserver.as_deref(),
+        Some("public.interieur.tchap.example")
+    );
+    assert_eq!(
+        decide(&index, "a@mission-reforme.justice.gouv.example")
+            .organisation
+            .as_deref(),
+        Some("Mission réforme")
+    );
+    let after = index.decide(
+        &normalize_email("a@mission-reforme.justice.gouv.example").unwrap(),
+        1_830_293_999_000,
+    );
+    assert_eq!(after.organisation.as_deref(), Some("Justice"));
+    assert_eq!(
+        decide(&index, "consultante@cabinet-conseil.example")
+            .rule
+            .as_deref(),
+        Some("externes.toml:9")
+    );
 }
 
 // --- Properties
