@@ -144,14 +144,40 @@ struct Settings {
     force: Option<bool>,
 }
 
-/// Byte offset → 1-based line.
-fn line_of(content: &str, offset: usize) -> u32 {
-    let end = offset.min(content.len());
-    let newlines = content.as_bytes()[..end]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count();
-    u32::try_from(newlines + 1).unwrap_or(u32::MAX)
+/// The per-rule settings of any table kind (they all have the same fields).
+macro_rules! settings_of {
+    ($doc:expr) => {
+        Settings {
+            label: $doc.label,
+            homeserver: $doc.homeserver,
+            shadow_homeserver: $doc.shadow_homeserver,
+            requires_invite: $doc.requires_invite,
+            expires_at: $doc.expires_at,
+            force: $doc.force,
+        }
+    };
+}
+
+/// Byte offset → 1-based line, by binary search over the newline offsets (files may hold
+/// tens of thousands of rules, so no rescan per rule).
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(content: &str) -> Lines {
+        Lines(
+            content
+                .bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        )
+    }
+
+    fn line_of(&self, offset: usize) -> u32 {
+        let newlines_before = self.0.partition_point(|nl| *nl < offset);
+        u32::try_from(newlines_before + 1).unwrap_or(u32::MAX)
+    }
 }
 
 /// An empty string clears an inherited value (`label = ""` means "no label").
@@ -196,10 +222,11 @@ pub fn parse_allowlists(files: &[(String, String)]) -> Result<Vec<Rule>, Vec<Rul
 
 /// Parses and validates one file, without the duplicate check (done over all files at once).
 fn parse_file_rules(path: &str, content: &str) -> (Vec<Rule>, Vec<RuleError>) {
+    let lines = Lines::new(content);
     let doc: FileDoc = match toml::from_str(content) {
         Ok(doc) => doc,
         Err(e) => {
-            let line = e.span().map(|s| line_of(content, s.start));
+            let line = e.span().map(|s| lines.line_of(s.start));
             return (
                 Vec::new(),
                 vec![RuleError {
@@ -232,14 +259,7 @@ fn parse_file_rules(path: &str, content: &str) -> (Vec<Rule>, Vec<RuleError>) {
                 subdomains: d.subdomains.unwrap_or(false),
             })
             .map_err(|e| format!("invalid domain in `name`: {e}"));
-        let settings = Settings {
-            label: d.label,
-            homeserver: d.homeserver,
-            shadow_homeserver: d.shadow_homeserver,
-            requires_invite: d.requires_invite,
-            expires_at: d.expires_at,
-            force: d.force,
-        };
+        let settings = settings_of!(d);
         drafts.push((start, RuleKind::Domain, target, settings));
     }
     for d in doc.deny {
@@ -263,14 +283,7 @@ fn parse_file_rules(path: &str, content: &str) -> (Vec<Rule>, Vec<RuleError>) {
                     .to_owned(),
             ),
         };
-        let settings = Settings {
-            label: d.label,
-            homeserver: d.homeserver,
-            shadow_homeserver: d.shadow_homeserver,
-            requires_invite: d.requires_invite,
-            expires_at: d.expires_at,
-            force: d.force,
-        };
+        let settings = settings_of!(d);
         drafts.push((start, RuleKind::Deny, target, settings));
     }
     for d in doc.address {
@@ -279,27 +292,13 @@ fn parse_file_rules(path: &str, content: &str) -> (Vec<Rule>, Vec<RuleError>) {
         let target = normalize_email(&d.email)
             .map(|a| RuleTarget::Email(a.as_str().to_owned()))
             .map_err(|e| format!("invalid address in `email`: {e}"));
-        let settings = Settings {
-            label: d.label,
-            homeserver: d.homeserver,
-            shadow_homeserver: d.shadow_homeserver,
-            requires_invite: d.requires_invite,
-            expires_at: d.expires_at,
-            force: d.force,
-        };
+        let settings = settings_of!(d);
         drafts.push((start, RuleKind::Address, target, settings));
     }
     for d in doc.pattern {
         let start = d.span().start;
         let d = d.into_inner();
-        let settings = Settings {
-            label: d.label,
-            homeserver: d.homeserver,
-            shadow_homeserver: d.shadow_homeserver,
-            requires_invite: d.requires_invite,
-            expires_at: d.expires_at,
-            force: d.force,
-        };
+        let settings = settings_of!(d);
         drafts.push((
             start,
             RuleKind::Pattern,
@@ -312,7 +311,7 @@ fn parse_file_rules(path: &str, content: &str) -> (Vec<Rule>, Vec<RuleError>) {
 
     let mut rules = Vec::with_capacity(drafts.len());
     for (start, kind, target, settings) in drafts {
-        let line = line_of(content, start);
+        let line = lines.line_of(start);
         let fail = |message: String| RuleError {
             path: path.to_owned(),
             line: Some(line),
@@ -328,7 +327,7 @@ fn parse_file_rules(path: &str, content: &str) -> (Vec<Rule>, Vec<RuleError>) {
         let expires_at = match settings.expires_at {
             None => None,
             Some(spanned) => {
-                let at_line = line_of(content, spanned.span().start);
+                let at_line = lines.line_of(spanned.span().start);
                 match expiry_ms(spanned.get_ref()) {
                     Ok(ms) => Some(ms),
                     Err(message) => {

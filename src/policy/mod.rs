@@ -2,6 +2,8 @@
 //! index that decides, for one address, allowed / invite required / denied and on which
 //! homeserver. Pure code: no files, network, environment or clock (callers pass `now_ms`).
 
+#![deny(missing_docs)]
+
 pub mod address;
 pub mod diff;
 pub mod file;
