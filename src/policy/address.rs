@@ -119,6 +119,11 @@ pub enum AddressError {
     /// A single-label domain (`jean@localhost`): not reachable for mail.
     #[error("the domain {0:?} has no dot: a mail domain has at least two labels")]
     SingleLabel(String),
+    /// `*.x.fr` given as a rule's domain.
+    #[error(
+        "wildcards are not accepted in a domain: name the parent domain with `subdomains = true`"
+    )]
+    Wildcard,
     /// `1.2.3.4`, `[1.2.3.4]`: address literals.
     #[error("the domain {0:?} looks like an IP address: give a domain name")]
     IpLiteral(String),
@@ -206,6 +211,9 @@ pub fn normalize_domain(input: &str) -> Result<String, AddressError> {
     }
     if trimmed.chars().any(char::is_control) {
         return Err(AddressError::ControlCharacter);
+    }
+    if trimmed.contains('*') {
+        return Err(AddressError::Wildcard);
     }
     domain_to_ascii(&trimmed.to_lowercase())
 }
@@ -441,7 +449,7 @@ mod tests {
         );
         assert_eq!(normalize_domain("fr").unwrap(), "fr");
         assert!(normalize_domain("").is_err());
-        assert!(normalize_domain("*.x.fr").is_err());
+        assert_eq!(normalize_domain("*.x.fr"), Err(AddressError::Wildcard));
         assert!(normalize_domain("jean@x.fr").is_err());
         assert!(normalize_domain("x..fr").is_err());
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use regex::{Regex, RegexBuilder};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::address::{normalize_domain, normalize_email};
@@ -20,7 +20,7 @@ pub(crate) const PATTERN_SIZE_LIMIT: usize = 1 << 20;
 const MAX_LABEL_CHARS: usize = 256;
 
 /// What is wrong with a rule or file, and where: Display "finances.toml:12: message".
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleError {
     /// File path relative to the allowlists folder, or "admin:<id>" for an admin rule.
     pub path: String,

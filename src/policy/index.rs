@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use regex::{RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::address::Address;
+use super::address::{Address, normalize_email};
 use super::file::{
     PATTERN_SIZE_LIMIT, RuleError, check_duplicates, validate_structure, wrap_pattern,
 };
@@ -156,7 +156,7 @@ impl PolicyIndex {
             let slot = match &rule.target {
                 RuleTarget::Email(email) => {
                     // validate_structure proved it normalises; key by the matching form.
-                    let key = super::address::normalize_email(email)
+                    let key = normalize_email(email)
                         .map(|a| a.matching_form())
                         .unwrap_or_else(|_| email.clone());
                     addresses.entry(key).or_default()
