@@ -22,6 +22,7 @@ pub mod federation;
 pub mod http;
 pub mod identity;
 pub mod mail;
+pub mod policy;
 pub mod store;
 pub mod telemetry;
 

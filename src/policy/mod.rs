@@ -1,0 +1,26 @@
+//! The allowlist engine: address normalisation, rules, the allowlist file format and the compiled
+//! index that decides, for one address, allowed / invite required / denied and on which
+//! homeserver. Pure code: no files, network, environment or clock (callers pass `now_ms`).
+
+#![deny(missing_docs)]
+
+pub mod address;
+pub mod diff;
+pub mod file;
+pub mod index;
+mod instant;
+mod json;
+mod public_mail;
+pub mod rule;
+
+#[cfg(test)]
+mod tests;
+
+pub use address::{Address, AddressError, normalize_domain, normalize_email};
+pub use diff::{RuleDiff, diff};
+pub use file::{
+    RuleError, check_duplicates, parse_allowlist_file, parse_allowlists, render_allowlist_file,
+    validate_rule,
+};
+pub use index::{Considered, Decision, DefaultPolicy, Explanation, Outcome, PolicyIndex};
+pub use rule::{Rule, RuleKind, RuleSource, RuleTarget};
