@@ -6,8 +6,13 @@ use std::sync::Arc;
 use rand::Rng;
 use rand::distributions::Alphanumeric;
 
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::allowlist::{self, Allowlist, AllowlistError};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::ratelimit::KeyedLimit;
 use crate::store::{self, Db, StoreError};
 
 /// Why the service could not start.
@@ -19,6 +24,16 @@ pub enum StartError {
     /// Something in the configuration or its files is wrong.
     #[error("{0}")]
     Config(String),
+    /// The allowlists could not be imported or loaded.
+    #[error("allowlists: {0}")]
+    Allowlist(#[from] AllowlistError),
+}
+
+/// The in-process rate limits.
+#[derive(Debug)]
+pub struct Limits {
+    /// `/info` per client IP.
+    pub info_per_ip: KeyedLimit<IpAddr>,
 }
 
 /// The running service's shared parts.
@@ -29,6 +44,10 @@ pub struct Annuaire {
     pub db: Db,
     /// The clock every expiry decision reads.
     pub clock: SharedClock,
+    /// The live allowlist.
+    pub allowlist: Allowlist,
+    /// Rate limits.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for Annuaire {
@@ -63,19 +82,116 @@ impl Annuaire {
         };
         let now = clock.now_ms();
         let startup_db = db.clone();
-        let applied = tokio::task::spawn_blocking(move || {
-            startup_db.with_startup_lock(|conn| {
-                let applied = store::run_migrations(conn)?;
-                store::state::get_or_insert(conn, store::state::DATABASE_ID, &random_id(), now)?;
-                Ok(applied)
-            })
+        let startup_config = config.clone();
+        let allowlist = tokio::task::spawn_blocking(move || {
+            startup_db.with_startup_lock(|conn| startup_jobs(conn, &startup_config, now))
         })
         .await
         .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))??;
-        if !applied.is_empty() {
-            tracing::info!(count = applied.len(), "applied database migrations");
+        let limits = Limits {
+            info_per_ip: KeyedLimit::new(&config.rate_limits.info_per_ip),
+        };
+        Ok(Arc::new(Annuaire {
+            config,
+            db,
+            clock,
+            allowlist,
+            limits,
+        }))
+    }
+}
+
+/// Migrations, shared state, the allowlist import: what one instance does at start while it
+/// holds the start-up lock.
+fn startup_jobs(
+    conn: &mut store::DbConn,
+    config: &Config,
+    now: i64,
+) -> Result<Allowlist, StartError> {
+    let applied = store::run_migrations(conn)?;
+    if !applied.is_empty() {
+        tracing::info!(count = applied.len(), "applied database migrations");
+    }
+    store::state::get_or_insert(conn, store::state::DATABASE_ID, &random_id(), now)?;
+    let default = config.policy.default_policy();
+    let dir = &config.policy.allowlists_dir;
+    if dir.as_os_str().is_empty() {
+        tracing::info!("policy.allowlists_dir is empty: no allowlist import at start");
+    } else if !dir.is_dir() {
+        tracing::warn!(
+            dir = %dir.display(),
+            "allowlist folder not found: file rules left as they are"
+        );
+    } else {
+        let diff = allowlist::import_dir(conn, dir, &default, false, now)?;
+        tracing::info!(
+            dir = %dir.display(),
+            added = diff.added.len(),
+            changed = diff.changed.len(),
+            removed = diff.removed.len(),
+            "allowlists imported"
+        );
+        for line in allowlist::describe_diff(&diff) {
+            tracing::debug!(change = %line, "allowlist change");
         }
-        Ok(Arc::new(Annuaire { config, db, clock }))
+    }
+    let allowlist = Allowlist::load(conn, default)?;
+    tracing::info!(rules = allowlist.index().rules().len(), "allowlist loaded");
+    Ok(allowlist)
+}
+
+/// Starts the periodic jobs of this instance (rule reload, counter flush, limiter
+/// housekeeping) on the current runtime; they end with it.
+pub fn start_background_jobs(app: &Arc<Annuaire>) {
+    let app = app.clone();
+    tokio::spawn(async move {
+        let interval = app.config.policy.reload_interval.0;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_flush = std::time::Instant::now();
+        let mut last_housekeeping = std::time::Instant::now();
+        loop {
+            ticker.tick().await;
+            let job_app = app.clone();
+            let flush = last_flush.elapsed() >= Duration::from_secs(10);
+            let result = app
+                .db
+                .run(move |conn| {
+                    job_app
+                        .allowlist
+                        .reload_if_changed(conn)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    if flush {
+                        job_app.allowlist.flush_attempts(conn)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            if flush {
+                last_flush = std::time::Instant::now();
+            }
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "allowlist refresh failed; keeping the current rules");
+            }
+            if last_housekeeping.elapsed() >= Duration::from_secs(60) {
+                app.limits.info_per_ip.housekeep();
+                last_housekeeping = std::time::Instant::now();
+            }
+        }
+    });
+}
+
+impl Annuaire {
+    /// Work to finish before the process exits (counters not yet written).
+    pub async fn shutdown(self: &Arc<Self>) {
+        let app = self.clone();
+        if let Err(e) = self
+            .db
+            .run(move |conn| app.allowlist.flush_attempts(conn))
+            .await
+        {
+            tracing::warn!(error = %e, "could not write the attempt counters at shutdown");
+        }
     }
 }
 

@@ -36,9 +36,64 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit (serve also does it at start).
     Migrate,
-    /// Check the configuration and print the effective settings (secrets are not printed);
-    /// exits non-zero and names the key when something is wrong.
+    /// Check the configuration and the allowlist files and print the effective settings
+    /// (secrets are not printed); exits non-zero and names the key or file:line when something
+    /// is wrong.
     CheckConfig,
+    /// Manage and test the domain allowlists.
+    #[command(subcommand)]
+    Allowlist(AllowlistCommand),
+}
+
+/// `annuaire allowlist …`
+#[derive(Debug, Subcommand)]
+pub enum AllowlistCommand {
+    /// Explain the decision for each address: outcome, homeserver, shadow homeserver,
+    /// organisation, the rule that matched (file:line or admin:<id>) and why.
+    Check {
+        /// Read the rules from this folder of allowlist files only (no database needed);
+        /// without it, the live rules in the database are used.
+        #[arg(long, value_name = "DIR")]
+        allowlists: Option<PathBuf>,
+        /// One JSON object per line: {"address","outcome","homeserver","shadow_homeserver",
+        /// "organisation","rule","reason"}.
+        #[arg(long)]
+        json: bool,
+        /// Addresses to check. An invalid address gives outcome `invalid` (exit code 0).
+        #[arg(required = true, value_name = "ADDRESS")]
+        addresses: Vec<String>,
+    },
+    /// Make the database's file-sourced rules equal to the files in DIR (paths relative to DIR),
+    /// printing what is added, changed and removed. Rules created through the admin API are left
+    /// alone.
+    Import {
+        /// The allowlists folder.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Print the changes without applying them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write the live rules as allowlist files into DIR: one file per source file, and
+    /// `admin.toml` for the rules created through the admin API.
+    Export {
+        /// The folder to write (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Overwrite files that already exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the live rules.
+    List {
+        /// Only rules that apply to this domain (the domain itself, its parents' subdomain
+        /// rules, and addresses at it).
+        #[arg(long, value_name = "DOMAIN")]
+        domain: Option<String>,
+        /// One JSON rule per line (the admin API's format).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A failed command: its message, and the process exit code.
@@ -85,6 +140,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve => block_on(serve(config)),
         Command::Migrate => block_on(migrate(config)),
         Command::CheckConfig => check_config(&config),
+        Command::Allowlist(cmd) => allowlist_command(&config, cmd),
     }
 }
 
@@ -102,6 +158,7 @@ async fn serve(config: Config) -> Result<(), CliError> {
         .map_err(|e| CliError::runtime(format!("cannot listen on {bind}: {e}")))?;
     let app = Annuaire::open(config).await.map_err(CliError::runtime)?;
     let server = http::server(app.clone(), listener).map_err(CliError::runtime)?;
+    crate::app::start_background_jobs(&app);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %local,
@@ -114,6 +171,7 @@ async fn serve(config: Config) -> Result<(), CliError> {
     server
         .await
         .map_err(|e| CliError::runtime(format!("server error: {e}")))?;
+    app.shutdown().await;
     tracing::info!("annuaire stopped");
     Ok(())
 }
@@ -141,6 +199,15 @@ async fn migrate(config: Config) -> Result<(), CliError> {
 }
 
 fn check_config(config: &Config) -> Result<(), CliError> {
+    let dir = &config.policy.allowlists_dir;
+    let rules = if dir.as_os_str().is_empty() || !dir.is_dir() {
+        None
+    } else {
+        let rules = crate::allowlist::parse_allowlist_dir(dir).map_err(CliError::config)?;
+        crate::policy::PolicyIndex::build(rules.clone(), config.policy.default_policy())
+            .map_err(|e| CliError::config(crate::allowlist::AllowlistError::Rules(e)))?;
+        Some(rules.len())
+    };
     println!("configuration is valid");
     println!("  server.name        = {}", config.server.name);
     println!(
@@ -158,7 +225,231 @@ fn check_config(config: &Config) -> Result<(), CliError> {
         redact_url(&config.database_url())
     );
     println!("  http.max_body      = {}", config.http.max_body);
+    println!(
+        "  policy.default     = {}",
+        match config.policy.default_policy() {
+            crate::policy::DefaultPolicy::Deny => "deny".to_string(),
+            crate::policy::DefaultPolicy::InviteOnly {
+                external_homeserver,
+            } => format!("invite_only (externals on {external_homeserver})"),
+        }
+    );
+    match rules {
+        Some(n) => println!(
+            "  allowlists         = {} ({n} rules, valid)",
+            dir.display()
+        ),
+        None => println!(
+            "  allowlists         = {} (not found: no import)",
+            dir.display()
+        ),
+    }
     Ok(())
+}
+
+/// Opens the database for a command (applying pending migrations under the start-up lock).
+fn open_db(config: &Config) -> Result<crate::store::Db, CliError> {
+    let db = crate::store::Db::connect(
+        &config.database_url(),
+        2,
+        config.database.connection_timeout.0,
+    )
+    .map_err(CliError::runtime)?;
+    db.migrate().map_err(CliError::runtime)?;
+    Ok(db)
+}
+
+fn now_ms() -> i64 {
+    use crate::clock::Clock;
+    crate::clock::SystemClock.now_ms()
+}
+
+fn live_rules(config: &Config) -> Result<Vec<crate::policy::Rule>, CliError> {
+    let db = open_db(config)?;
+    let mut conn = db.get().map_err(CliError::runtime)?;
+    let rules = crate::store::policy::load_rules(&mut conn).map_err(CliError::runtime)?;
+    Ok(rules.into_iter().map(|s| s.rule).collect())
+}
+
+fn allowlist_command(config: &Config, cmd: AllowlistCommand) -> Result<(), CliError> {
+    use crate::allowlist::{self, AllowlistError};
+    use crate::policy::{PolicyIndex, normalize_email};
+    match cmd {
+        AllowlistCommand::Check {
+            allowlists,
+            json,
+            addresses,
+        } => {
+            let rules = match &allowlists {
+                Some(dir) => allowlist::parse_allowlist_dir(dir).map_err(CliError::config)?,
+                None => live_rules(config)?,
+            };
+            let index = PolicyIndex::build(rules, config.policy.default_policy())
+                .map_err(|e| CliError::config(AllowlistError::Rules(e)))?;
+            let now = now_ms();
+            for input in &addresses {
+                let line = match normalize_email(input) {
+                    Ok(address) => {
+                        let d = index.decide(&address, now);
+                        serde_json::json!({
+                            "address": address.as_str(),
+                            "outcome": d.outcome.as_str(),
+                            "homeserver": d.homeserver,
+                            "shadow_homeserver": d.shadow_homeserver,
+                            "organisation": d.organisation,
+                            "rule": d.rule,
+                            "reason": d.reason,
+                        })
+                    }
+                    Err(e) => serde_json::json!({
+                        "address": input,
+                        "outcome": "invalid",
+                        "homeserver": null,
+                        "shadow_homeserver": null,
+                        "organisation": null,
+                        "rule": null,
+                        "reason": e.to_string(),
+                    }),
+                };
+                if json {
+                    println!("{line}");
+                } else {
+                    print_check(&line);
+                }
+            }
+            Ok(())
+        }
+        AllowlistCommand::Import { dir, dry_run } => {
+            if !dir.is_dir() {
+                return Err(CliError::config(format!(
+                    "{} is not a folder",
+                    dir.display()
+                )));
+            }
+            let db = open_db(config)?;
+            let default = config.policy.default_policy();
+            let now = now_ms();
+            let diff = db
+                .with_startup_lock(|conn| allowlist::import_dir(conn, &dir, &default, dry_run, now))
+                .map_err(|e| match e {
+                    AllowlistError::Store(_) => CliError::runtime(e),
+                    other => CliError::config(other),
+                })?;
+            for line in allowlist::describe_diff(&diff) {
+                println!("{line}");
+            }
+            println!(
+                "{} added, {} changed, {} removed{}",
+                diff.added.len(),
+                diff.changed.len(),
+                diff.removed.len(),
+                if dry_run {
+                    " (dry run: nothing was changed)"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+        AllowlistCommand::Export { dir, force } => {
+            let rules = live_rules(config)?;
+            let mut files: std::collections::BTreeMap<String, Vec<crate::policy::Rule>> =
+                std::collections::BTreeMap::new();
+            for rule in rules {
+                let path = match &rule.source {
+                    crate::policy::RuleSource::File { path, .. } => path.clone(),
+                    crate::policy::RuleSource::Admin => "admin.toml".to_string(),
+                };
+                files.entry(path).or_default().push(rule);
+            }
+            for (path, rules) in &files {
+                let target = dir.join(path);
+                if target.exists() && !force {
+                    return Err(CliError::config(format!(
+                        "{} exists; use --force to overwrite",
+                        target.display()
+                    )));
+                }
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        CliError::runtime(format!("cannot create {}: {e}", parent.display()))
+                    })?;
+                }
+                std::fs::write(&target, crate::policy::render_allowlist_file(rules)).map_err(
+                    |e| CliError::runtime(format!("cannot write {}: {e}", target.display())),
+                )?;
+                println!("wrote {} ({} rules)", target.display(), rules.len());
+            }
+            if files.is_empty() {
+                println!("no rules to export");
+            }
+            Ok(())
+        }
+        AllowlistCommand::List { domain, json } => {
+            let filter = match &domain {
+                Some(d) => Some(
+                    crate::policy::normalize_domain(d)
+                        .map_err(|e| CliError::config(format!("--domain {d}: {e}")))?,
+                ),
+                None => None,
+            };
+            let rules = live_rules(config)?;
+            let mut shown = 0;
+            for rule in rules
+                .iter()
+                .filter(|r| filter.as_deref().is_none_or(|d| applies_to_domain(r, d)))
+            {
+                shown += 1;
+                if json {
+                    println!("{}", rule.to_json());
+                } else {
+                    println!(
+                        "{:<18} {:<8} {:<40} {:<32} {:<16} {}",
+                        rule.id,
+                        rule.kind.as_str(),
+                        rule.target.value(),
+                        rule.homeserver.as_deref().unwrap_or("-"),
+                        rule.label.as_deref().unwrap_or("-"),
+                        rule.reference()
+                    );
+                }
+            }
+            if !json {
+                println!("{shown} rules");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Whether a rule is relevant to `domain` (ASCII): a domain rule on it or on a parent with
+/// subdomains, or an address rule at it.
+fn applies_to_domain(rule: &crate::policy::Rule, domain: &str) -> bool {
+    use crate::policy::RuleTarget;
+    match &rule.target {
+        RuleTarget::Domain { name, subdomains } => {
+            name == domain || (*subdomains && domain.ends_with(&format!(".{name}")))
+        }
+        RuleTarget::Email(email) => email
+            .rsplit_once('@')
+            .and_then(|(_, d)| crate::policy::normalize_domain(d).ok())
+            .is_some_and(|d| d == domain),
+        RuleTarget::Regex(_) => false,
+    }
+}
+
+fn print_check(line: &serde_json::Value) {
+    let field = |k: &str| line[k].as_str().unwrap_or("-").to_string();
+    println!("{}: {}", field("address"), field("outcome"));
+    for (label, key) in [
+        ("homeserver", "homeserver"),
+        ("shadow", "shadow_homeserver"),
+        ("organisation", "organisation"),
+        ("rule", "rule"),
+        ("reason", "reason"),
+    ] {
+        println!("  {label:<13} {}", field(key));
+    }
 }
 
 /// Hides the password of a URL (`postgres://user:secret@host` → `postgres://user:***@host`).

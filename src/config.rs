@@ -23,6 +23,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
+    pub policy: PolicyConfig,
+    pub rate_limits: RateLimitsConfig,
 }
 
 /// `[server]`: who this identity server is and where it keeps its files.
@@ -234,6 +236,8 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError(format!("log.level: {e}")))?;
+        self.policy.validate()?;
+        self.rate_limits.validate()?;
         Ok(())
     }
 
@@ -427,7 +431,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [(&str, usize); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
         for (unit, size) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }
@@ -484,6 +488,123 @@ impl<'de> Deserialize<'de> for ByteSize {
                 .map_err(|_| serde::de::Error::custom("size too large")),
             Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
+    }
+}
+
+// ---- [policy] ----
+
+/// `[policy]`: the allowlists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Folder of allowlist files imported at `serve` start (empty string: no import at start).
+    pub allowlists_dir: PathBuf,
+    /// What happens to addresses no rule matches.
+    pub default: DefaultPolicyName,
+    /// The externals' homeserver (required with `default = "invite_only"`).
+    pub external_homeserver: Option<String>,
+    /// How often each instance checks the database for rule changes.
+    pub reload_interval: HumanDuration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            allowlists_dir: PathBuf::from("allowlists"),
+            default: DefaultPolicyName::Deny,
+            external_homeserver: None,
+            reload_interval: HumanDuration(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// `policy.default`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultPolicyName {
+    /// Unknown domains are refused.
+    Deny,
+    /// Unknown domains go to the externals' homeserver, invitation required (Tchap).
+    InviteOnly,
+}
+
+impl PolicyConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(hs) = &self.external_homeserver {
+            validate_server_name(hs)
+                .map_err(|e| ConfigError(format!("policy.external_homeserver: {e}")))?;
+        }
+        if self.default == DefaultPolicyName::InviteOnly && self.external_homeserver.is_none() {
+            return Err(ConfigError(
+                "policy.external_homeserver: required when policy.default = \"invite_only\"".into(),
+            ));
+        }
+        if self.reload_interval.0 < Duration::from_millis(100) {
+            return Err(ConfigError(
+                "policy.reload_interval: must be at least 100ms".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The default as the engine takes it.
+    pub fn default_policy(&self) -> crate::policy::DefaultPolicy {
+        match (self.default, &self.external_homeserver) {
+            (DefaultPolicyName::InviteOnly, Some(hs)) => crate::policy::DefaultPolicy::InviteOnly {
+                external_homeserver: hs.clone(),
+            },
+            _ => crate::policy::DefaultPolicy::Deny,
+        }
+    }
+}
+
+// ---- [rate_limits] ----
+
+/// A token bucket: `burst` requests at once, then one more every `every`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests allowed at once.
+    pub burst: u32,
+    /// One more request allowed after each such interval.
+    pub every: HumanDuration,
+}
+
+impl RateLimit {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.burst == 0 {
+            return Err(ConfigError(format!("{key}.burst: must be at least 1")));
+        }
+        if self.every.0.is_zero() {
+            return Err(ConfigError(format!("{key}.every: must be longer than 0s")));
+        }
+        Ok(())
+    }
+}
+
+/// `[rate_limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// `GET /_matrix/identity/api/v1/info`, per client IP (ministries share NAT addresses:
+    /// keep it generous).
+    pub info_per_ip: RateLimit,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            info_per_ip: RateLimit {
+                burst: 100,
+                every: HumanDuration(Duration::from_millis(100)),
+            },
+        }
+    }
+}
+
+impl RateLimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.info_per_ip.validate("rate_limits.info_per_ip")
     }
 }
 
@@ -552,6 +673,30 @@ mod tests {
     fn data_dir_moves_the_relative_defaults() {
         let c = Config::from_toml("[server]\ndata_dir = \"/srv/annuaire\"\n").unwrap();
         assert_eq!(c.database_url(), "sqlite:///srv/annuaire/annuaire.db");
+    }
+
+    #[test]
+    fn policy_keys() {
+        let c = Config::load_from(None, &[]).unwrap();
+        assert_eq!(c.policy.allowlists_dir, PathBuf::from("allowlists"));
+        assert_eq!(c.policy.default, DefaultPolicyName::Deny);
+        let e = Config::from_toml("[policy]\ndefault = \"invite_only\"\n").unwrap_err();
+        assert!(e.0.contains("policy.external_homeserver"), "{e}");
+        let c = Config::from_toml(
+            "[policy]\ndefault = \"invite_only\"\nexternal_homeserver = \"ext.example\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.policy.default_policy(),
+            crate::policy::DefaultPolicy::InviteOnly {
+                external_homeserver: "ext.example".into()
+            }
+        );
+        let e = Config::from_toml("[policy]\ndefault = \"maybe\"\n").unwrap_err();
+        assert!(e.0.contains("policy.default"), "{e}");
+        let e = Config::from_toml("[rate_limits.info_per_ip]\nburst = 0\nevery = \"1s\"\n")
+            .unwrap_err();
+        assert!(e.0.contains("rate_limits.info_per_ip.burst"), "{e}");
     }
 
     #[test]

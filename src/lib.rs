@@ -12,6 +12,7 @@
     )
 )]
 
+pub mod allowlist;
 pub mod app;
 pub mod cli;
 pub mod clock;
@@ -23,6 +24,7 @@ pub mod http;
 pub mod identity;
 pub mod mail;
 pub mod policy;
+pub mod ratelimit;
 pub mod store;
 pub mod telemetry;
 

@@ -5,6 +5,7 @@
 pub mod extract;
 pub mod health;
 pub mod middleware;
+pub mod policy;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ async fn unrecognized() -> Result<actix_web::HttpResponse, ApiError> {
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     health::routes(cfg);
+    policy::routes(cfg);
 }
 
 /// Why the server could not start.

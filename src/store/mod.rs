@@ -10,6 +10,7 @@
 //!   `annuaire migrate`; on PostgreSQL under an advisory lock so instances starting together do
 //!   not collide.
 
+pub mod policy;
 pub mod schema;
 pub mod state;
 
@@ -203,7 +204,10 @@ impl Db {
         };
         let pool = Pool::builder()
             .max_size(pool_size)
-            .min_idle(Some(1))
+            // No idle connections kept open in the background: connections are made when asked
+            // for. (Replenishing in the background raced with process exit: libpq's OpenSSL
+            // is torn down by exit handlers while a pool thread is still connecting.)
+            .min_idle(Some(0))
             .connection_timeout(timeout)
             .error_handler(Box::new(PoolErrorLog))
             .build(ConnectionManager { location })
@@ -242,16 +246,17 @@ impl Db {
 
     /// Runs `f` while holding the start-up lock (a PostgreSQL advisory lock; on SQLite, the
     /// database file's own locking is enough and `f` simply runs).
-    pub fn with_startup_lock<T>(
+    pub fn with_startup_lock<T, E: From<StoreError>>(
         &self,
-        f: impl FnOnce(&mut DbConn) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+        f: impl FnOnce(&mut DbConn) -> Result<T, E>,
+    ) -> Result<T, E> {
         let mut conn = self.get()?;
         match &mut *conn {
             DbConn::Pg(pg) => {
                 diesel::sql_query("SELECT pg_advisory_lock($1)")
                     .bind::<diesel::sql_types::BigInt, _>(STARTUP_LOCK_KEY)
-                    .execute(pg)?;
+                    .execute(pg)
+                    .map_err(StoreError::from)?;
                 let result = f(&mut conn);
                 if let DbConn::Pg(pg) = &mut *conn {
                     let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
