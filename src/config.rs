@@ -699,6 +699,46 @@ mod tests {
         assert!(e.0.contains("rate_limits.info_per_ip.burst"), "{e}");
     }
 
+    /// Every key with a default must be documented in annuaire.example.toml, with that default.
+    #[test]
+    fn example_file_documents_every_key_with_its_default() {
+        let text = include_str!("../annuaire.example.toml");
+        let example = Config::from_toml(text).unwrap();
+        assert_eq!(
+            serde_json::to_value(&example).unwrap(),
+            serde_json::to_value(Config::default()).unwrap(),
+            "annuaire.example.toml must show the defaults"
+        );
+        let parsed: toml::Table = toml::from_str(text).unwrap();
+        fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        // A table of user-chosen keys (maps) is documented by example only.
+                        if v.as_object().is_some_and(|m| m.is_empty()) {
+                            continue;
+                        }
+                        leaves(&path, v, out);
+                    }
+                }
+                serde_json::Value::Null => {}
+                _ => out.push(prefix.to_string()),
+            }
+        }
+        let mut paths = Vec::new();
+        leaves("", &serde_json::to_value(Config::default()).unwrap(), &mut paths);
+        for path in paths {
+            let mut node = toml::Value::Table(parsed.clone());
+            for part in path.split('.') {
+                node = node
+                    .get(part)
+                    .unwrap_or_else(|| panic!("annuaire.example.toml does not document `{path}`"))
+                    .clone();
+            }
+        }
+    }
+
     #[test]
     fn byte_sizes_parse_and_print() {
         assert_eq!("1MiB".parse::<ByteSize>().unwrap(), ByteSize(1 << 20));
