@@ -714,7 +714,11 @@ mod tests {
             match v {
                 serde_json::Value::Object(map) => {
                     for (k, v) in map {
-                        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        let path = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
                         // A table of user-chosen keys (maps) is documented by example only.
                         if v.as_object().is_some_and(|m| m.is_empty()) {
                             continue;
@@ -727,7 +731,11 @@ mod tests {
             }
         }
         let mut paths = Vec::new();
-        leaves("", &serde_json::to_value(Config::default()).unwrap(), &mut paths);
+        leaves(
+            "",
+            &serde_json::to_value(Config::default()).unwrap(),
+            &mut paths,
+        );
         for path in paths {
             let mut node = toml::Value::Table(parsed.clone());
             for part in path.split('.') {
