@@ -265,7 +265,7 @@ pub async fn deliver_one(app: &Annuaire) -> Result<Option<Delivery>, StoreError>
         Ok(true) => {}
         Ok(false) => tracing::warn!(
             outbox_id = %row.id,
-            "outbox row changed while it was being delivered (superseded or lease lost)"
+            "outbox row changed hands while it was being delivered (its lease had ended)"
         ),
         // The row stays claimed; it is tried again when the lease ends.
         Err(e) => return Err(e),

@@ -71,6 +71,8 @@ pub fn insert(conn: &mut DbConn, row: &NewOutboxRow<'_>) -> Result<bool, StoreEr
 }
 
 /// Marks a queued message as superseded (not to be sent) and erases it; whether it was queued.
+/// A message a live worker is sending right now is left alone: it goes out and is recorded as
+/// sent.
 pub fn supersede(
     conn: &mut DbConn,
     kind: &str,
@@ -81,7 +83,8 @@ pub fn supersede(
         o::mail_outbox
             .filter(o::kind.eq(kind))
             .filter(o::dedupe_key.eq(dedupe_key))
-            .filter(o::status.eq(QUEUED)),
+            .filter(o::status.eq(QUEUED))
+            .filter(o::claimed_until.is_null().or(o::claimed_until.lt(now_ms))),
     )
     .set((
         o::status.eq(SUPERSEDED),
