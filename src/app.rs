@@ -12,8 +12,10 @@ use std::time::Duration;
 use crate::allowlist::{self, Allowlist, AllowlistError};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::mail::outbox::Mailer;
 use crate::ratelimit::KeyedLimit;
 use crate::store::{self, Db, StoreError};
+use crate::web::WebTemplates;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,12 @@ pub enum StartError {
     /// The allowlists could not be imported or loaded.
     #[error("allowlists: {0}")]
     Allowlist(#[from] AllowlistError),
+    /// The mail templates or transport are unusable.
+    #[error("mail: {0}")]
+    Mail(#[from] crate::mail::MailError),
+    /// The web page templates are unusable.
+    #[error("web pages: {0}")]
+    Web(#[from] crate::web::WebError),
 }
 
 /// The in-process rate limits.
@@ -34,6 +42,8 @@ pub enum StartError {
 pub struct Limits {
     /// `/info` per client IP.
     pub info_per_ip: KeyedLimit<IpAddr>,
+    /// `requestToken` per client IP (the per-address limit is in the database).
+    pub request_token_per_ip: KeyedLimit<IpAddr>,
 }
 
 /// The running service's shared parts.
@@ -48,6 +58,10 @@ pub struct Annuaire {
     pub allowlist: Allowlist,
     /// Rate limits.
     pub limits: Limits,
+    /// Outgoing mail: templates, transport, outbox worker.
+    pub mailer: Arc<Mailer>,
+    /// Pages served to browsers.
+    pub web: Arc<WebTemplates>,
 }
 
 impl std::fmt::Debug for Annuaire {
@@ -90,13 +104,19 @@ impl Annuaire {
         .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))??;
         let limits = Limits {
             info_per_ip: KeyedLimit::new(&config.rate_limits.info_per_ip),
+            request_token_per_ip: KeyedLimit::new(&config.rate_limits.request_token_per_ip),
         };
+        // Templates are read and checked once: a broken override stops the start here.
+        let mailer = Arc::new(Mailer::from_config(&config)?);
+        let web = Arc::new(WebTemplates::load(config.web.templates_dir.as_deref())?);
         Ok(Arc::new(Annuaire {
             config,
             db,
             clock,
             allowlist,
             limits,
+            mailer,
+            web,
         }))
     }
 }
@@ -141,8 +161,11 @@ fn startup_jobs(
 }
 
 /// Starts the periodic jobs of this instance (rule reload, counter flush, limiter
-/// housekeeping) on the current runtime; they end with it.
+/// housekeeping, the outbox worker, the validation purge) on the current runtime; they end
+/// with it.
 pub fn start_background_jobs(app: &Arc<Annuaire>) {
+    crate::mail::outbox::start_worker(app);
+    crate::identity::sessions::start_purge_job(app);
     let app = app.clone();
     tokio::spawn(async move {
         let interval = app.config.policy.reload_interval.0;
@@ -175,6 +198,7 @@ pub fn start_background_jobs(app: &Arc<Annuaire>) {
             }
             if last_housekeeping.elapsed() >= Duration::from_secs(60) {
                 app.limits.info_per_ip.housekeep();
+                app.limits.request_token_per_ip.housekeep();
                 last_housekeeping = std::time::Instant::now();
             }
         }

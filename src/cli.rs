@@ -208,6 +208,13 @@ fn check_config(config: &Config) -> Result<(), CliError> {
             .map_err(|e| CliError::config(crate::allowlist::AllowlistError::Rules(e)))?;
         Some(rules.len())
     };
+    // A broken override template would stop `serve`: say so now.
+    crate::mail::Templates::load(config.mail.templates_dir.as_deref()).map_err(CliError::config)?;
+    crate::web::WebTemplates::load(config.web.templates_dir.as_deref())
+        .map_err(CliError::config)?;
+    if config.mail.transport == crate::config::MailTransportKind::Smtp {
+        config.mail.smtp.read_password().map_err(CliError::config)?;
+    }
     println!("configuration is valid");
     println!("  server.name        = {}", config.server.name);
     println!(
@@ -234,6 +241,16 @@ fn check_config(config: &Config) -> Result<(), CliError> {
             } => format!("invite_only (externals on {external_homeserver})"),
         }
     );
+    match config.mail.transport {
+        crate::config::MailTransportKind::File => println!(
+            "  mail.transport     = file ({})",
+            config.mail_file_dir().display()
+        ),
+        crate::config::MailTransportKind::Smtp => println!(
+            "  mail.transport     = smtp ({}:{}, {:?})",
+            config.mail.smtp.host, config.mail.smtp.port, config.mail.smtp.security
+        ),
+    }
     match rules {
         Some(n) => println!(
             "  allowlists         = {} ({n} rules, valid)",

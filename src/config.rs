@@ -25,6 +25,10 @@ pub struct Config {
     pub log: LogConfig,
     pub policy: PolicyConfig,
     pub rate_limits: RateLimitsConfig,
+    pub identity: IdentityConfig,
+    pub validation: ValidationConfig,
+    pub mail: MailConfig,
+    pub web: WebConfig,
 }
 
 /// `[server]`: who this identity server is and where it keeps its files.
@@ -238,6 +242,9 @@ impl Config {
             .map_err(|e| ConfigError(format!("log.level: {e}")))?;
         self.policy.validate()?;
         self.rate_limits.validate()?;
+        self.identity.validate()?;
+        self.validation.validate()?;
+        self.mail.validate()?;
         Ok(())
     }
 
@@ -589,6 +596,11 @@ pub struct RateLimitsConfig {
     /// `GET /_matrix/identity/api/v1/info`, per client IP (ministries share NAT addresses:
     /// keep it generous).
     pub info_per_ip: RateLimit,
+    /// `POST …/validate/email/requestToken`, per client IP (in each instance).
+    pub request_token_per_ip: RateLimit,
+    /// `POST …/validate/email/requestToken`, per email address (in the database: it holds
+    /// across instances).
+    pub request_token_per_address: RateLimit,
 }
 
 impl Default for RateLimitsConfig {
@@ -598,14 +610,349 @@ impl Default for RateLimitsConfig {
                 burst: 100,
                 every: HumanDuration(Duration::from_millis(100)),
             },
+            request_token_per_ip: RateLimit {
+                burst: 20,
+                every: HumanDuration(Duration::from_secs(10)),
+            },
+            request_token_per_address: RateLimit {
+                burst: 5,
+                every: HumanDuration(Duration::from_secs(300)),
+            },
         }
     }
 }
 
 impl RateLimitsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        self.info_per_ip.validate("rate_limits.info_per_ip")
+        self.info_per_ip.validate("rate_limits.info_per_ip")?;
+        self.request_token_per_ip
+            .validate("rate_limits.request_token_per_ip")?;
+        self.request_token_per_address
+            .validate("rate_limits.request_token_per_address")
     }
+}
+
+// ---- [identity], [validation], [mail], [web]: email confirmation ----
+
+/// `[identity]`: the Identity Service API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Require an Identity Service access token on the validation endpoints, as the spec says.
+    /// Accounts do not exist yet: `true` is refused at start-up until they do.
+    pub require_auth: bool,
+}
+
+impl IdentityConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.require_auth {
+            return Err(ConfigError(
+                "identity.require_auth: identity service accounts (register/login) are not \
+                 available in this version, so no access token could be checked; set it to \
+                 false (the default)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[validation]`: email validation sessions (requestToken / submitToken).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// How long a token stays valid after it was issued (and its mail queued).
+    pub token_lifetime: HumanDuration,
+    /// How long a validated session can be used (bind) after its validation.
+    pub session_lifetime: HumanDuration,
+    /// Refuse (403 `M_THREEPID_DENIED`, no mail) addresses whose policy decision is `denied`.
+    pub require_allowed: bool,
+    /// Hosts to which `next_link` may point with `http://` (development); `https://` links may
+    /// point anywhere.
+    pub next_link_hosts: Vec<String>,
+    /// How often expired sessions, old outbox rows and idle rate-limit rows are deleted.
+    pub purge_interval: HumanDuration,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            token_lifetime: HumanDuration(Duration::from_secs(24 * 3600)),
+            session_lifetime: HumanDuration(Duration::from_secs(24 * 3600)),
+            require_allowed: true,
+            next_link_hosts: Vec::new(),
+            purge_interval: HumanDuration(Duration::from_secs(3600)),
+        }
+    }
+}
+
+impl ValidationConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("validation.token_lifetime", self.token_lifetime),
+            ("validation.session_lifetime", self.session_lifetime),
+        ] {
+            if value.0 < Duration::from_secs(60) {
+                return Err(ConfigError(format!("{key}: must be at least 1m")));
+            }
+        }
+        if self.purge_interval.0 < Duration::from_secs(1) {
+            return Err(ConfigError(
+                "validation.purge_interval: must be at least 1s".into(),
+            ));
+        }
+        for host in &self.next_link_hosts {
+            let bracketed = host.starts_with('[') && host.ends_with(']');
+            let valid = validate_server_name(host).is_ok() && (bracketed || !host.contains(':'));
+            if !valid || host.chars().any(|c| c.is_ascii_uppercase()) {
+                return Err(ConfigError(format!(
+                    "validation.next_link_hosts: `{host}` is not a lowercase host name \
+                     (no scheme, no port, no path)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `mail.transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransportKind {
+    /// One `.eml` file per message in `mail.file.dir` (no mail server needed).
+    File,
+    /// An SMTP server (`[mail.smtp]`).
+    Smtp,
+}
+
+/// `[mail]`: outgoing email.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// Where mails go: `file` (the zero-configuration default) or `smtp`.
+    pub transport: MailTransportKind,
+    /// The sender: `noreply@example.org` or `Name <noreply@example.org>`.
+    pub from: String,
+    /// The language of mails when the request's `Accept-Language` does not choose one.
+    pub default_language: crate::mail::Language,
+    /// A folder whose files override the embedded mail templates (`templates/email/`).
+    pub templates_dir: Option<PathBuf>,
+    pub smtp: SmtpConfig,
+    pub file: FileMailConfig,
+    pub outbox: OutboxConfig,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        Self {
+            transport: MailTransportKind::File,
+            from: "noreply@localhost".into(),
+            default_language: crate::mail::Language::Fr,
+            templates_dir: None,
+            smtp: SmtpConfig::default(),
+            file: FileMailConfig::default(),
+            outbox: OutboxConfig::default(),
+        }
+    }
+}
+
+/// `[mail.smtp]`: the SMTP server (certificates are always verified).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    /// `none` (a local relay), `starttls` (required, never opportunistic) or `tls`.
+    pub security: crate::mail::SmtpSecurity,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// A file holding the password (its first line), instead of `password`.
+    pub password_file: Option<PathBuf>,
+    /// Extra trust anchors (PEM), for a server whose certificate a private CA signed.
+    pub ca_file: Option<PathBuf>,
+    /// Limit for delivering one message.
+    pub timeout: HumanDuration,
+    /// The name announced in EHLO (default: the machine's host name).
+    pub hello_name: Option<String>,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: "localhost".into(),
+            port: 587,
+            security: crate::mail::SmtpSecurity::StartTls,
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            timeout: HumanDuration(Duration::from_secs(30)),
+            hello_name: None,
+        }
+    }
+}
+
+// The password must not reach logs through `{:?}`.
+impl fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .field("hello_name", &self.hello_name)
+            .finish()
+    }
+}
+
+impl SmtpConfig {
+    /// The password: `password`, or the first line of `password_file` (read now).
+    pub fn read_password(&self) -> Result<Option<String>, ConfigError> {
+        match (&self.password, &self.password_file) {
+            (Some(p), _) => Ok(Some(p.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!(
+                        "mail.smtp.password_file: cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let line = text.lines().next().unwrap_or("").to_string();
+                if line.is_empty() {
+                    return Err(ConfigError(format!(
+                        "mail.smtp.password_file: {} is empty",
+                        path.display()
+                    )));
+                }
+                Ok(Some(line))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// `[mail.file]`: the file transport.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileMailConfig {
+    /// The folder receiving one `.eml` per message; default `{server.data_dir}/mail`.
+    pub dir: Option<PathBuf>,
+}
+
+/// `[mail.outbox]`: delivery retries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Wait before the first retry of a failed delivery; doubled at each further failure.
+    pub initial_backoff: HumanDuration,
+    /// The longest wait between two retries.
+    pub max_backoff: HumanDuration,
+    /// Deliveries tried before a message is given up (`failed`).
+    pub max_attempts: u32,
+    /// How often the worker looks for work nobody woke it for (rows queued by an instance
+    /// that stopped before sending them).
+    pub poll_interval: HumanDuration,
+    /// How long sent and failed rows are kept (without their body) before the purge.
+    pub retention: HumanDuration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff: HumanDuration(Duration::from_secs(5)),
+            max_backoff: HumanDuration(Duration::from_secs(600)),
+            max_attempts: 20,
+            poll_interval: HumanDuration(Duration::from_secs(30)),
+            retention: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
+        }
+    }
+}
+
+impl MailConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.from
+            .trim()
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|e| {
+                ConfigError(format!(
+                    "mail.from: `{}` is not an address ({e}); write it like \
+                     \"noreply@example.org\" or \"Name <noreply@example.org>\"",
+                    self.from
+                ))
+            })?;
+        let s = &self.smtp;
+        if s.host.trim().is_empty() {
+            return Err(ConfigError("mail.smtp.host: must not be empty".into()));
+        }
+        if s.port == 0 {
+            return Err(ConfigError("mail.smtp.port: must not be 0".into()));
+        }
+        if s.password.is_some() && s.password_file.is_some() {
+            return Err(ConfigError(
+                "mail.smtp.password_file: set mail.smtp.password or mail.smtp.password_file, \
+                 not both"
+                    .into(),
+            ));
+        }
+        let has_password = s.password.is_some() || s.password_file.is_some();
+        if s.username.is_some() != has_password {
+            return Err(ConfigError(
+                "mail.smtp.username: the username and a password (mail.smtp.password or \
+                 mail.smtp.password_file) go together"
+                    .into(),
+            ));
+        }
+        if s.timeout.0 < Duration::from_secs(1) || s.timeout.0 > Duration::from_secs(600) {
+            return Err(ConfigError(
+                "mail.smtp.timeout: must be between 1s and 10m".into(),
+            ));
+        }
+        let o = &self.outbox;
+        if o.initial_backoff.0 < Duration::from_millis(10) {
+            return Err(ConfigError(
+                "mail.outbox.initial_backoff: must be at least 10ms".into(),
+            ));
+        }
+        if o.max_backoff < o.initial_backoff {
+            return Err(ConfigError(
+                "mail.outbox.max_backoff: must not be shorter than mail.outbox.initial_backoff"
+                    .into(),
+            ));
+        }
+        if o.max_attempts == 0 {
+            return Err(ConfigError(
+                "mail.outbox.max_attempts: must be at least 1".into(),
+            ));
+        }
+        if o.poll_interval.0 < Duration::from_millis(100) {
+            return Err(ConfigError(
+                "mail.outbox.poll_interval: must be at least 100ms".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The folder of the file mail transport.
+    pub fn mail_file_dir(&self) -> PathBuf {
+        match &self.mail.file.dir {
+            Some(dir) => dir.clone(),
+            None => self.server.data_dir.join("mail"),
+        }
+    }
+}
+
+/// `[web]`: the pages served to browsers (the link in the confirmation mail).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// A folder whose files override the embedded page templates (`templates/web/`).
+    pub templates_dir: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -697,6 +1044,142 @@ mod tests {
         let e = Config::from_toml("[rate_limits.info_per_ip]\nburst = 0\nevery = \"1s\"\n")
             .unwrap_err();
         assert!(e.0.contains("rate_limits.info_per_ip.burst"), "{e}");
+    }
+
+    #[test]
+    fn validation_and_mail_defaults() {
+        let c = Config::load_from(None, &[]).unwrap();
+        assert!(!c.identity.require_auth);
+        assert_eq!(c.validation.token_lifetime.0, Duration::from_secs(86_400));
+        assert_eq!(c.validation.session_lifetime.0, Duration::from_secs(86_400));
+        assert!(c.validation.require_allowed);
+        assert!(c.validation.next_link_hosts.is_empty());
+        assert_eq!(c.mail.transport, MailTransportKind::File);
+        assert_eq!(c.mail_file_dir(), PathBuf::from("var/mail"));
+        assert_eq!(c.mail.default_language, crate::mail::Language::Fr);
+        assert_eq!(c.mail.smtp.security, crate::mail::SmtpSecurity::StartTls);
+        assert_eq!(c.mail.outbox.initial_backoff.0, Duration::from_secs(5));
+        assert_eq!(c.mail.outbox.max_backoff.0, Duration::from_secs(600));
+        assert_eq!(c.mail.outbox.max_attempts, 20);
+        assert_eq!(c.rate_limits.request_token_per_address.burst, 5);
+        assert_eq!(
+            c.rate_limits.request_token_per_address.every.0,
+            Duration::from_secs(300)
+        );
+        let c = Config::from_toml("[server]\ndata_dir = \"/srv/a\"\n").unwrap();
+        assert_eq!(c.mail_file_dir(), PathBuf::from("/srv/a/mail"));
+        let c = Config::from_toml("[mail.file]\ndir = \"/tmp/m\"\n").unwrap();
+        assert_eq!(c.mail_file_dir(), PathBuf::from("/tmp/m"));
+    }
+
+    #[test]
+    fn validation_and_mail_errors_name_the_key() {
+        for (toml, key) in [
+            ("[identity]\nrequire_auth = true\n", "identity.require_auth"),
+            (
+                "[validation]\ntoken_lifetime = \"10s\"\n",
+                "validation.token_lifetime",
+            ),
+            (
+                "[validation]\nsession_lifetime = \"0s\"\n",
+                "validation.session_lifetime",
+            ),
+            (
+                "[validation]\npurge_interval = \"0s\"\n",
+                "validation.purge_interval",
+            ),
+            (
+                "[validation]\nnext_link_hosts = [\"http://x\"]\n",
+                "validation.next_link_hosts",
+            ),
+            (
+                "[validation]\nnext_link_hosts = [\"x:80\"]\n",
+                "validation.next_link_hosts",
+            ),
+            (
+                "[validation]\nnext_link_hosts = [\"Host\"]\n",
+                "validation.next_link_hosts",
+            ),
+            (
+                "[validation]\nrequire_allowed = \"yes\"\n",
+                "validation.require_allowed",
+            ),
+            ("[mail]\ntransport = \"pigeon\"\n", "mail.transport"),
+            ("[mail]\nfrom = \"not an address\"\n", "mail.from"),
+            (
+                "[mail]\ndefault_language = \"de\"\n",
+                "mail.default_language",
+            ),
+            ("[mail.smtp]\nsecurity = \"ssl\"\n", "mail.smtp.security"),
+            ("[mail.smtp]\nport = 0\n", "mail.smtp.port"),
+            ("[mail.smtp]\nusername = \"u\"\n", "mail.smtp.username"),
+            ("[mail.smtp]\npassword = \"p\"\n", "mail.smtp.username"),
+            (
+                "[mail.smtp]\nusername = \"u\"\npassword = \"p\"\npassword_file = \"/f\"\n",
+                "mail.smtp.password_file",
+            ),
+            ("[mail.smtp]\ntimeout = \"1h\"\n", "mail.smtp.timeout"),
+            (
+                "[mail.outbox]\nmax_attempts = 0\n",
+                "mail.outbox.max_attempts",
+            ),
+            (
+                "[mail.outbox]\nmax_backoff = \"1s\"\n",
+                "mail.outbox.max_backoff",
+            ),
+            (
+                "[mail.outbox]\ninitial_backoff = \"0s\"\n",
+                "mail.outbox.initial_backoff",
+            ),
+            (
+                "[mail.outbox]\npoll_interval = \"1ms\"\n",
+                "mail.outbox.poll_interval",
+            ),
+            ("[mail.outbox]\nretries = 3\n", "retries"),
+            (
+                "[rate_limits.request_token_per_address]\nburst = 0\nevery = \"1s\"\n",
+                "rate_limits.request_token_per_address.burst",
+            ),
+            (
+                "[rate_limits.request_token_per_ip]\nburst = 1\nevery = \"0s\"\n",
+                "rate_limits.request_token_per_ip.every",
+            ),
+            ("[web]\ntemplates = \"x\"\n", "templates"),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err();
+            assert!(e.0.contains(key), "{toml}: {e}");
+        }
+        let ok = Config::from_toml(
+            "[validation]\nnext_link_hosts = [\"localhost\", \"[::1]\", \"dev.example\"]\n\
+             [mail]\nfrom = \"Annuaire <noreply@id.example.gouv.fr>\"\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn smtp_password_comes_from_the_file_and_is_not_debug_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\nignored\n").unwrap();
+        let c = Config::from_toml(&format!(
+            "[mail.smtp]\nusername = \"u\"\npassword_file = \"{}\"\n",
+            file.display()
+        ))
+        .unwrap();
+        assert_eq!(
+            c.mail.smtp.read_password().unwrap().as_deref(),
+            Some("s3cret")
+        );
+        let c =
+            Config::from_toml("[mail.smtp]\nusername = \"u\"\npassword = \"hunter2\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let c = Config::from_toml(&format!(
+            "[mail.smtp]\nusername = \"u\"\npassword_file = \"{}\"\n",
+            dir.path().join("missing").display()
+        ))
+        .unwrap();
+        let e = c.mail.smtp.read_password().unwrap_err();
+        assert!(e.0.contains("mail.smtp.password_file"), "{e}");
     }
 
     /// Every key with a default must be documented in annuaire.example.toml, with that default.

@@ -27,5 +27,6 @@ pub mod policy;
 pub mod ratelimit;
 pub mod store;
 pub mod telemetry;
+pub mod web;
 
 pub use app::Annuaire;

@@ -6,6 +6,7 @@ pub mod extract;
 pub mod health;
 pub mod middleware;
 pub mod policy;
+pub mod validation;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -36,6 +37,7 @@ async fn unrecognized() -> Result<actix_web::HttpResponse, ApiError> {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     health::routes(cfg);
     policy::routes(cfg);
+    validation::routes(cfg);
 }
 
 /// Why the server could not start.

@@ -11,6 +11,7 @@
 
 mod language;
 mod message;
+pub mod outbox;
 mod templates;
 mod transport;
 

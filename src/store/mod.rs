@@ -10,8 +10,11 @@
 //!   `annuaire migrate`; on PostgreSQL under an advisory lock so instances starting together do
 //!   not collide.
 
+pub mod outbox;
 pub mod policy;
+pub mod ratelimits;
 pub mod schema;
+pub mod sessions;
 pub mod state;
 
 use std::path::{Path, PathBuf};

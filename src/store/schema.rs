@@ -44,3 +44,51 @@ diesel::table! {
         last_seen -> BigInt,
     }
 }
+
+diesel::table! {
+    /// Email validation sessions (requestToken / submitToken).
+    validation_sessions (sid) {
+        sid -> Text,
+        medium -> Text,
+        address -> Text,
+        client_secret_hash -> Text,
+        token_hash -> Text,
+        next_link -> Nullable<Text>,
+        send_attempt -> BigInt,
+        wrong_tokens -> Integer,
+        created_at -> BigInt,
+        token_issued_at -> BigInt,
+        validated_at -> Nullable<BigInt>,
+        expires_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Mails to send (and sent, until the purge).
+    mail_outbox (id) {
+        id -> Text,
+        kind -> Text,
+        dedupe_key -> Text,
+        message_id -> Text,
+        sender -> Text,
+        recipient -> Text,
+        recipient_domain -> Text,
+        body -> Nullable<Binary>,
+        status -> Text,
+        attempts -> Integer,
+        last_error -> Nullable<Text>,
+        created_at -> BigInt,
+        next_attempt_at -> BigInt,
+        claimed_by -> Nullable<Text>,
+        claimed_until -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    /// Rate limits shared by every instance (GCRA theoretical arrival times).
+    rate_limits (key) {
+        key -> Text,
+        tat -> BigInt,
+    }
+}

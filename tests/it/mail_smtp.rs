@@ -35,15 +35,16 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A running `smtp_sink.py`, stopped with SIGTERM when dropped.
-struct Sink {
+/// A running `smtp_sink.py`, stopped with SIGTERM when dropped (also used by the validation
+/// and outbox tests).
+pub(crate) struct Sink {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Sink {
-    fn start(extra: &[&str]) -> Sink {
+    pub(crate) fn start(extra: &[&str]) -> Sink {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_sink.py");
         let mut child = Command::new(python())
@@ -82,7 +83,7 @@ impl Sink {
     }
 
     /// The delivered `<n>.eml` files, in order.
-    fn messages(&self) -> Vec<PathBuf> {
+    pub(crate) fn messages(&self) -> Vec<PathBuf> {
         let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(self.mail_dir())
             .unwrap()
             .filter_map(|e| {
@@ -132,10 +133,10 @@ impl Drop for Sink {
 }
 
 /// A delivered message as Python's `email` package (policy `default`) reads it.
-struct Parsed(Value);
+pub(crate) struct Parsed(pub(crate) Value);
 
 impl Parsed {
-    fn read(path: &Path) -> Parsed {
+    pub(crate) fn read(path: &Path) -> Parsed {
         const SCRIPT: &str = r#"
 import email, email.policy, json, sys
 with open(sys.argv[1], "rb") as f:
@@ -163,7 +164,7 @@ print(json.dumps({
         Parsed(serde_json::from_slice(&out.stdout).unwrap())
     }
 
-    fn header(&self, name: &str) -> String {
+    pub(crate) fn header(&self, name: &str) -> String {
         self.0["headers"]
             .as_array()
             .unwrap()
@@ -175,7 +176,7 @@ print(json.dumps({
             .to_string()
     }
 
-    fn part(&self, content_type: &str) -> String {
+    pub(crate) fn part(&self, content_type: &str) -> String {
         let part = self.0["parts"]
             .as_array()
             .unwrap()
@@ -216,7 +217,7 @@ fn verification_message(seed: u64) -> (OutgoingMessage, String) {
 
 /// A throwaway CA and a leaf for 127.0.0.1 and localhost signed by it (rustls refuses a
 /// self-signed certificate used as its own CA). Returns (ca.pem, leaf.pem, leaf.key).
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,

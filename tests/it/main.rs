@@ -6,4 +6,6 @@ mod support;
 
 mod foundation;
 mod mail_smtp;
+mod outbox;
 mod policy;
+mod validation;

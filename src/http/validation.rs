@@ -1,0 +1,337 @@
+//! Email validation (Matrix Identity Service API v2): requestToken, submitToken (JSON for
+//! clients, an HTML page for the link in the mail), getValidated3pid.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{MatrixQuery, RawBody, parse_json_object, parse_query};
+use super::{AppData, caller_ip, resource};
+use crate::app::Annuaire;
+use crate::error::ApiError;
+use crate::identity::sessions::{self, SessionError, TokenRequest};
+use crate::mail::{Language, negotiate_language};
+use crate::web::SubmitTokenPage;
+
+pub(super) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/_matrix/identity/v2/validate/email/requestToken")
+            .route(web::post().to(request_token)),
+    )
+    .service(
+        resource("/_matrix/identity/v2/validate/email/submitToken")
+            .route(web::post().to(submit_token))
+            .route(web::get().to(submit_token_page)),
+    )
+    .service(
+        resource("/_matrix/identity/v2/3pid/getValidated3pid")
+            .route(web::get().to(get_validated_3pid)),
+    );
+}
+
+/// Maps a session refusal to its Matrix error.
+pub fn session_error(e: SessionError) -> ApiError {
+    match e {
+        SessionError::NoValidSession => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "M_NO_VALID_SESSION",
+            "No valid session was found matching that sid and client secret",
+        ),
+        SessionError::NotValidated => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_SESSION_NOT_VALIDATED",
+            "This validation session has not yet been completed",
+        ),
+        SessionError::Expired => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_SESSION_EXPIRED",
+            "This validation session has expired: start again with a new requestToken",
+        ),
+        SessionError::TokenIncorrect { locked: false } => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_TOKEN_INCORRECT",
+            "The token is incorrect",
+        ),
+        SessionError::TokenIncorrect { locked: true } => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_TOKEN_INCORRECT",
+            format!(
+                "This session is locked after {} incorrect tokens; start again with a new \
+                 client_secret",
+                sessions::MAX_WRONG_TOKENS
+            ),
+        )
+        .with("locked", true),
+        SessionError::InvalidParam(message) => ApiError::invalid_param(message),
+        SessionError::InvalidEmail(reason) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_EMAIL",
+            format!("Invalid email address: {reason}"),
+        ),
+        SessionError::Denied { reason } => {
+            ApiError::new(StatusCode::FORBIDDEN, "M_THREEPID_DENIED", reason)
+                .with("decision", "denied")
+        }
+        SessionError::LimitExceeded { retry_after_ms } => ApiError::limit_exceeded(retry_after_ms),
+        SessionError::Store(e) => ApiError::from(e),
+        SessionError::Mail(e) => ApiError::internal(format!("confirmation mail: {e}")),
+    }
+}
+
+/// The spec's authentication of the validation endpoints (a Bearer IS access token). Accounts
+/// arrive with the identity service (issue 5); until then `identity.require_auth = true` is
+/// refused at start-up, so this is only the place where the account check goes.
+fn authenticate(_req: &HttpRequest, app: &Annuaire) -> Result<(), ApiError> {
+    if app.config.identity.require_auth {
+        // Account check: the access token (Authorization header, or `access_token` in the
+        // query) must name a live IS account, else 401 M_UNAUTHORIZED.
+        return Err(ApiError::unauthorized(
+            "Identity server accounts are not available on this server",
+        ));
+    }
+    Ok(())
+}
+
+fn language(req: &HttpRequest, app: &Annuaire) -> Language {
+    let header = req
+        .headers()
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok());
+    negotiate_language(header, app.mailer.default_language())
+}
+
+/// The body of requestToken. `send_attempt` is read as any JSON value so that a string or a
+/// fraction is `M_INVALID_PARAM` rather than a generic JSON error.
+#[derive(Deserialize)]
+struct RequestTokenBody {
+    client_secret: String,
+    email: String,
+    send_attempt: Value,
+    #[serde(default)]
+    next_link: Option<String>,
+}
+
+/// `send_attempt`: a JSON integer ≥ 0.
+fn send_attempt_param(value: &Value) -> Result<i64, ApiError> {
+    value
+        .as_i64()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| ApiError::invalid_param("send_attempt must be a non-negative integer"))
+}
+
+/// # POST /_matrix/identity/v2/validate/email/requestToken
+async fn request_token(
+    req: HttpRequest,
+    app: AppData,
+    RawBody(body): RawBody,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &app)?;
+    let body: RequestTokenBody = parse_json_object(&body)?;
+    let send_attempt = send_attempt_param(&body.send_attempt)?;
+    let request = TokenRequest {
+        client_secret: body.client_secret,
+        email: body.email,
+        send_attempt,
+        next_link: body.next_link,
+        language: language(&req, &app),
+        client_ip: caller_ip(&req, &app),
+    };
+    let requested = sessions::request_token(&app, request)
+        .await
+        .map_err(session_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "sid": requested.sid })))
+}
+
+/// The parameters of submitToken.
+#[derive(Deserialize)]
+struct SubmitTokenBody {
+    sid: String,
+    client_secret: String,
+    token: String,
+}
+
+/// # POST /_matrix/identity/v2/validate/email/submitToken
+async fn submit_token(
+    req: HttpRequest,
+    app: AppData,
+    RawBody(body): RawBody,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &app)?;
+    let body: SubmitTokenBody = parse_json_object(&body)?;
+    sessions::submit_token(&app, &body.sid, &body.client_secret, &body.token)
+        .await
+        .map_err(session_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "success": true })))
+}
+
+/// # GET /_matrix/identity/v2/validate/email/submitToken
+///
+/// The link in the mail, opened by a browser (so without an access token): an HTML page in the
+/// browser's language, or a 302 to the session's `next_link` on success.
+async fn submit_token_page(req: HttpRequest, app: AppData) -> HttpResponse {
+    let lang = language(&req, &app);
+    let outcome = match parse_query::<SubmitTokenBody>(req.query_string()) {
+        Err(_) => Err(SubmitTokenPage::Invalid),
+        Ok(q) => sessions::submit_token(&app, &q.sid, &q.client_secret, &q.token)
+            .await
+            .map_err(|e| match e {
+                SessionError::NoValidSession => SubmitTokenPage::NoSession,
+                SessionError::Expired => SubmitTokenPage::Expired,
+                SessionError::TokenIncorrect { locked: true } => SubmitTokenPage::Locked,
+                SessionError::TokenIncorrect { locked: false } => SubmitTokenPage::TokenIncorrect,
+                SessionError::InvalidParam(_) => SubmitTokenPage::Invalid,
+                other => {
+                    // The store's and the mail's errors carry no user data.
+                    tracing::error!(error = %other, "submitToken page failed");
+                    SubmitTokenPage::Error
+                }
+            }),
+    };
+    let (page, status) = match outcome {
+        Ok(validated) => {
+            if let Some(link) = validated.next_link {
+                return with_page_headers(HttpResponse::Found())
+                    .insert_header((header::LOCATION, link))
+                    .finish();
+            }
+            (SubmitTokenPage::Success, StatusCode::OK)
+        }
+        Err(page) => {
+            let status = match page {
+                SubmitTokenPage::NoSession => StatusCode::NOT_FOUND,
+                SubmitTokenPage::Error => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            (page, status)
+        }
+    };
+    match app
+        .web
+        .render_submit_token(lang, page, &app.config.server.name)
+    {
+        Ok(html) => with_page_headers(HttpResponse::build(status))
+            .content_type("text/html; charset=utf-8")
+            .body(html),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render the submitToken page");
+            with_page_headers(HttpResponse::build(StatusCode::INTERNAL_SERVER_ERROR))
+                .content_type("text/plain; charset=utf-8")
+                .body("Internal server error")
+        }
+    }
+}
+
+/// The page's URL carries the token: no caching, no Referer to the next site, no framing.
+fn with_page_headers(
+    mut builder: actix_web::HttpResponseBuilder,
+) -> actix_web::HttpResponseBuilder {
+    builder
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ));
+    builder
+}
+
+/// The parameters of getValidated3pid.
+#[derive(Deserialize)]
+struct SessionQuery {
+    sid: String,
+    client_secret: String,
+}
+
+/// # GET /_matrix/identity/v2/3pid/getValidated3pid
+async fn get_validated_3pid(
+    req: HttpRequest,
+    app: AppData,
+    MatrixQuery(q): MatrixQuery<SessionQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &app)?;
+    let threepid = sessions::validated_threepid(&app, &q.sid, &q.client_secret)
+        .await
+        .map_err(session_error)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "medium": threepid.medium,
+        "address": threepid.address,
+        "validated_at": threepid.validated_at,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_attempt_must_be_a_non_negative_integer() {
+        assert_eq!(send_attempt_param(&json!(0)).unwrap(), 0);
+        assert_eq!(send_attempt_param(&json!(7)).unwrap(), 7);
+        for bad in [
+            json!(-1),
+            json!(1.5),
+            json!(1.0),
+            json!("1"),
+            json!(null),
+            json!(u64::MAX),
+        ] {
+            assert_eq!(
+                send_attempt_param(&bad).unwrap_err().errcode,
+                "M_INVALID_PARAM",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn session_errors_have_the_spec_codes() {
+        let cases = [
+            (SessionError::NoValidSession, 404, "M_NO_VALID_SESSION"),
+            (SessionError::NotValidated, 400, "M_SESSION_NOT_VALIDATED"),
+            (SessionError::Expired, 400, "M_SESSION_EXPIRED"),
+            (
+                SessionError::TokenIncorrect { locked: false },
+                400,
+                "M_TOKEN_INCORRECT",
+            ),
+            (
+                SessionError::TokenIncorrect { locked: true },
+                400,
+                "M_TOKEN_INCORRECT",
+            ),
+            (
+                SessionError::InvalidParam("x".into()),
+                400,
+                "M_INVALID_PARAM",
+            ),
+            (
+                SessionError::InvalidEmail("x".into()),
+                400,
+                "M_INVALID_EMAIL",
+            ),
+            (
+                SessionError::Denied {
+                    reason: "no".into(),
+                },
+                403,
+                "M_THREEPID_DENIED",
+            ),
+            (
+                SessionError::LimitExceeded { retry_after_ms: 5 },
+                429,
+                "M_LIMIT_EXCEEDED",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let api = session_error(e);
+            assert_eq!(api.status.as_u16(), status);
+            assert_eq!(api.errcode, code);
+        }
+        let locked = session_error(SessionError::TokenIncorrect { locked: true });
+        assert!(locked.message.contains("locked"));
+    }
+}
