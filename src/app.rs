@@ -12,6 +12,8 @@ use std::time::Duration;
 use crate::allowlist::{self, Allowlist, AllowlistError};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::federation::FederationClient;
+use crate::identity::IdentityService;
 use crate::ratelimit::KeyedLimit;
 use crate::store::{self, Db, StoreError};
 
@@ -48,6 +50,10 @@ pub struct Annuaire {
     pub allowlist: Allowlist,
     /// Rate limits.
     pub limits: Limits,
+    /// Outbound calls to homeservers (`[federation]`).
+    pub federation: FederationClient,
+    /// The identity service's signing key and terms.
+    pub identity: IdentityService,
 }
 
 impl std::fmt::Debug for Annuaire {
@@ -91,12 +97,31 @@ impl Annuaire {
         let limits = Limits {
             info_per_ip: KeyedLimit::new(&config.rate_limits.info_per_ip),
         };
+        let federation_settings = config
+            .federation
+            .settings()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let federation = FederationClient::with_clock(federation_settings, clock.clone())
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let identity = {
+            let db = db.clone();
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = db.get()?;
+                IdentityService::open(&mut conn, &config, now)
+            })
+            .await
+            .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))?
+            .map_err(|e| StartError::Config(e.to_string()))?
+        };
         Ok(Arc::new(Annuaire {
             config,
             db,
             clock,
             allowlist,
             limits,
+            federation,
+            identity,
         }))
     }
 }
@@ -141,8 +166,9 @@ fn startup_jobs(
 }
 
 /// Starts the periodic jobs of this instance (rule reload, counter flush, limiter
-/// housekeeping) on the current runtime; they end with it.
+/// housekeeping, identity purges) on the current runtime; they end with it.
 pub fn start_background_jobs(app: &Arc<Annuaire>) {
+    crate::identity::start_housekeeping(app);
     let app = app.clone();
     tokio::spawn(async move {
         let interval = app.config.policy.reload_interval.0;
