@@ -691,9 +691,7 @@ impl WindowLimit {
             return Err(ConfigError(format!("{key}.max: must be at least 1")));
         }
         if self.within.0.is_zero() {
-            return Err(ConfigError(format!(
-                "{key}.within: must be longer than 0s"
-            )));
+            return Err(ConfigError(format!("{key}.within: must be longer than 0s")));
         }
         Ok(())
     }
@@ -914,7 +912,11 @@ mod tests {
             match v {
                 serde_json::Value::Object(map) => {
                     for (k, v) in map {
-                        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        let path = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
                         // A table of user-chosen keys (maps) is documented by example only.
                         if v.as_object().is_some_and(|m| m.is_empty()) {
                             continue;
@@ -927,7 +929,11 @@ mod tests {
             }
         }
         let mut paths = Vec::new();
-        leaves("", &serde_json::to_value(Config::default()).unwrap(), &mut paths);
+        leaves(
+            "",
+            &serde_json::to_value(Config::default()).unwrap(),
+            &mut paths,
+        );
         for path in paths {
             let mut node = toml::Value::Table(parsed.clone());
             for part in path.split('.') {
@@ -952,14 +958,20 @@ mod tests {
     fn identity_keys_defaults_and_errors() {
         let c = Config::load_from(None, &[]).unwrap();
         assert_eq!(c.identity.allowed_homeservers, None);
-        assert_eq!(c.identity.token_lifetime.0, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(
+            c.identity.token_lifetime.0,
+            Duration::from_secs(30 * 24 * 3600)
+        );
         assert_eq!(c.identity.max_lookup_addresses, 10_000);
         assert_eq!(c.terms.file, None);
         assert_eq!(c.server.signing_key_file, None);
         assert!(c.policy.bind_requires_matching_homeserver);
         assert_eq!(c.invites.validity.0, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(c.invites.per_sender.max, 50);
-        assert_eq!(c.invites.per_address.within.0, Duration::from_secs(24 * 3600));
+        assert_eq!(
+            c.invites.per_address.within.0,
+            Duration::from_secs(24 * 3600)
+        );
         let e = Config::from_toml("[identity]\nallowed_homeservers = [\"a b\"]\n").unwrap_err();
         assert!(e.0.contains("identity.allowed_homeservers"), "{e}");
         let e = Config::from_toml("[identity]\ntoken_lifetime = \"1s\"\n").unwrap_err();
@@ -968,8 +980,7 @@ mod tests {
         assert!(e.0.contains("identity.max_lookup_addresses"), "{e}");
         let e = Config::from_toml("[invites]\nvalidity = \"1s\"\n").unwrap_err();
         assert!(e.0.contains("invites.validity"), "{e}");
-        let e = Config::from_toml("[invites.per_address]\nmax = 0\nwithin = \"1h\"\n")
-            .unwrap_err();
+        let e = Config::from_toml("[invites.per_address]\nmax = 0\nwithin = \"1h\"\n").unwrap_err();
         assert!(e.0.contains("invites.per_address.max"), "{e}");
         let e = Config::from_toml("[terms]\nfiles = \"x\"\n").unwrap_err();
         assert!(e.0.contains("files"), "{e}");
@@ -988,14 +999,17 @@ mod tests {
         )
         .unwrap();
         let s = c.federation.settings().unwrap();
-        assert_eq!(s.homeservers["hs1.example"].as_str(), "http://127.0.0.1:8008/");
+        assert_eq!(
+            s.homeservers["hs1.example"].as_str(),
+            "http://127.0.0.1:8008/"
+        );
         assert_eq!(s.allowed_networks.len(), 1);
         assert_eq!(s.max_response_bytes, 64 << 10);
         let e = Config::from_toml("[federation.homeservers]\n\"hs1.example\" = \"ftp://x\"\n")
             .unwrap_err();
         assert!(e.0.contains("federation.homeservers"), "{e}");
-        let e = Config::from_toml("[federation.homeservers]\n\"a b\" = \"https://x\"\n")
-            .unwrap_err();
+        let e =
+            Config::from_toml("[federation.homeservers]\n\"a b\" = \"https://x\"\n").unwrap_err();
         assert!(e.0.contains("federation.homeservers"), "{e}");
         let e = Config::from_toml("[federation]\ntimeout = \"0s\"\n").unwrap_err();
         assert!(e.0.contains("federation.timeout"), "{e}");

@@ -54,7 +54,9 @@ async fn authenticate(
     terms: bool,
 ) -> Result<Account, ApiError> {
     let Some(app) = app else {
-        return Err(ApiError::internal("identity authentication without app data"));
+        return Err(ApiError::internal(
+            "identity authentication without app data",
+        ));
     };
     let Some(token) = token else {
         return Err(ApiError::unauthorized(

@@ -139,10 +139,7 @@ struct PublicKeyQuery {
 }
 
 /// # GET /_matrix/identity/v2/pubkey/isvalid
-async fn pubkey_isvalid(
-    app: AppData,
-    MatrixQuery(q): MatrixQuery<PublicKeyQuery>,
-) -> HttpResponse {
+async fn pubkey_isvalid(app: AppData, MatrixQuery(q): MatrixQuery<PublicKeyQuery>) -> HttpResponse {
     let valid = keys::is_long_term_key(app.identity.signing_key(), &q.public_key);
     HttpResponse::Ok().json(json!({ "valid": valid }))
 }

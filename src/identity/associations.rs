@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use super::lookup::peppers_for_new_hashes;
 use super::hashing::lookup_hash;
+use super::lookup::peppers_for_new_hashes;
 use super::signing::{SignError, SigningKey, sign_json};
 use crate::app::Annuaire;
 use crate::store::identity::{self as store, AssociationRow};
@@ -137,7 +137,15 @@ mod tests {
         fields.sort_unstable();
         assert_eq!(
             fields,
-            ["address", "medium", "mxid", "not_after", "not_before", "signatures", "ts"]
+            [
+                "address",
+                "medium",
+                "mxid",
+                "not_after",
+                "not_before",
+                "signatures",
+                "ts"
+            ]
         );
         assert_eq!(v["not_before"], 1_000);
         assert!(v["not_after"].as_i64().unwrap() > 1_000 + 99 * 365 * 24 * 3600 * 1000);

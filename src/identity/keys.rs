@@ -33,10 +33,7 @@ pub fn load_signing_key(
             ))
         })?;
         return SigningKey::parse_sydent(&text).map_err(|e| {
-            IdentityStartError::Config(format!(
-                "server.signing_key_file ({}): {e}",
-                path.display()
-            ))
+            IdentityStartError::Config(format!("server.signing_key_file ({}): {e}", path.display()))
         });
     }
     let candidate = SigningKey::generate(rng).to_sydent_string();

@@ -201,7 +201,11 @@ pub fn start_housekeeping(app: &std::sync::Arc<crate::app::Annuaire>) {
             match app.db.run(move |conn| purge_expired(conn, now)).await {
                 Ok((0, 0)) => {}
                 Ok((tokens, invites)) => {
-                    tracing::info!(tokens, invites, "purged expired identity tokens and invitations");
+                    tracing::info!(
+                        tokens,
+                        invites,
+                        "purged expired identity tokens and invitations"
+                    );
                 }
                 Err(e) => tracing::warn!(error = %e, "identity purge failed; retrying later"),
             }
@@ -243,9 +247,19 @@ mod tests {
     #[test]
     fn user_id_servers() {
         assert_eq!(user_id_server("@alice:hs.example"), Some("hs.example"));
-        assert_eq!(user_id_server("@a:hs.example:8448"), Some("hs.example:8448"));
+        assert_eq!(
+            user_id_server("@a:hs.example:8448"),
+            Some("hs.example:8448")
+        );
         assert_eq!(user_id_server("@a:[::1]:8448"), Some("[::1]:8448"));
-        for bad in ["alice:hs", "@:hs.example", "@alice", "@a:", "@a:b c", "!r:hs.example"] {
+        for bad in [
+            "alice:hs",
+            "@:hs.example",
+            "@alice",
+            "@a:",
+            "@a:b c",
+            "!r:hs.example",
+        ] {
             assert_eq!(user_id_server(bad), None, "{bad}");
         }
         let long = format!("@{}:hs.example", "a".repeat(260));

@@ -313,7 +313,10 @@ en = { name = "Privacy Policy", url = "https://id.example/privacy-1.2-en.html" }
             "https://elsewhere.example/x".to_string(),
             "https://id.example/tos-2.0-en.html".to_string(),
         ];
-        assert_eq!(t.known_urls(&urls), vec!["https://id.example/tos-2.0-en.html"]);
+        assert_eq!(
+            t.known_urls(&urls),
+            vec!["https://id.example/tos-2.0-en.html"]
+        );
     }
 
     #[test]
@@ -324,15 +327,25 @@ en = { name = "Privacy Policy", url = "https://id.example/privacy-1.2-en.html" }
         let renamed = Terms::parse(&EXAMPLE.replace("Privacy Policy", "Privacy")).unwrap();
         assert_ne!(base.fingerprint(), master.fingerprint());
         assert_ne!(base.fingerprint(), policy.fingerprint());
-        assert_eq!(base.fingerprint(), renamed.fingerprint(), "names are not versions");
+        assert_eq!(
+            base.fingerprint(),
+            renamed.fingerprint(),
+            "names are not versions"
+        );
     }
 
     #[test]
     fn errors_name_the_key() {
         let cases = [
             ("version = \"\"\n", "version"),
-            ("[policies.tos]\nversion = \"1\"\n", "missing field `version`"),
-            ("version = \"1\"\n[policies.tos]\nversion = \"1\"\n", "policies.tos"),
+            (
+                "[policies.tos]\nversion = \"1\"\n",
+                "missing field `version`",
+            ),
+            (
+                "version = \"1\"\n[policies.tos]\nversion = \"1\"\n",
+                "policies.tos",
+            ),
             (
                 "version = \"1\"\n[policies.tos]\nversion = \"1\"\nEnglish = { name = \"n\", url = \"https://x\" }\n",
                 "policies.tos.English",

@@ -376,7 +376,8 @@ pub fn count_associations(conn: &mut DbConn) -> Result<i64, StoreError> {
 // ---- invites ----
 
 /// A stored invitation.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = invites)]
 pub struct InviteRow {
     /// The invitation token (public: the invite's state key in the room).
     pub token: String,
@@ -435,46 +436,11 @@ pub fn invite_by_token(conn: &mut DbConn, token: &str) -> Result<Option<InviteRo
     use invites::dsl as i;
     let row = db_dispatch!(conn, c => i::invites
         .filter(i::token.eq(token))
-        .select(INVITE_COLUMNS)
+        .select(InviteRow::as_select())
         .first::<InviteRow>(c)
         .optional()?);
     Ok(row)
 }
-
-/// Every column of `invites`, in [`InviteRow`] order.
-const INVITE_COLUMNS: (
-    invites::token,
-    invites::medium,
-    invites::address,
-    invites::room_id,
-    invites::sender,
-    invites::details_json,
-    invites::ephemeral_public_key,
-    invites::created_at,
-    invites::expires_at,
-    invites::delivery_mxid,
-    invites::delivery_attempts,
-    invites::next_delivery_at,
-    invites::last_error,
-    invites::delivered_at,
-    invites::delivery_failed_at,
-) = (
-    invites::token,
-    invites::medium,
-    invites::address,
-    invites::room_id,
-    invites::sender,
-    invites::details_json,
-    invites::ephemeral_public_key,
-    invites::created_at,
-    invites::expires_at,
-    invites::delivery_mxid,
-    invites::delivery_attempts,
-    invites::next_delivery_at,
-    invites::last_error,
-    invites::delivered_at,
-    invites::delivery_failed_at,
-);
 
 /// Invitations `sender` stored since `since_ms`: (count, oldest creation time).
 pub fn invites_by_sender_since(

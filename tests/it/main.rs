@@ -5,5 +5,6 @@
 mod support;
 
 mod foundation;
+mod identity;
 mod mail_smtp;
 mod policy;
