@@ -108,7 +108,7 @@ impl Annuaire {
             let config = config.clone();
             tokio::task::spawn_blocking(move || {
                 let mut conn = db.get()?;
-                IdentityService::open(&mut conn, &config, now)
+                IdentityService::open(&mut conn, &config, &mut rand::rngs::OsRng, now)
             })
             .await
             .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))?

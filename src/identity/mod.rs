@@ -145,15 +145,12 @@ impl IdentityService {
     pub fn open(
         conn: &mut DbConn,
         config: &Config,
+        rng: &mut (impl rand::RngCore + rand::CryptoRng),
         now_ms: i64,
     ) -> Result<IdentityService, IdentityStartError> {
-        let signing_key = keys::load_signing_key(
-            conn,
-            config.server.signing_key_file.as_deref(),
-            &mut rand::rngs::OsRng,
-            now_ms,
-        )?;
-        lookup::current_pepper(conn, &mut rand::rngs::OsRng, now_ms)?;
+        let signing_key =
+            keys::load_signing_key(conn, config.server.signing_key_file.as_deref(), rng, now_ms)?;
+        lookup::current_pepper(conn, rng, now_ms)?;
         let terms = match &config.terms.file {
             Some(path) => Terms::load(path)
                 .map_err(|e| IdentityStartError::Config(format!("terms.file: {e}")))?,

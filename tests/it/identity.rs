@@ -815,7 +815,14 @@ async fn hashed_and_plain_lookups() {
         json!({"mappings": {"marie@finances.gouv.example email": "@marie:agent.finances.example"}})
     );
     // Errors: wrong pepper (with the current one), unknown algorithm, too many, malformed.
-    let r = lookup(&s, &token, "sha256", "old-pepper", std::slice::from_ref(&marie)).await;
+    let r = lookup(
+        &s,
+        &token,
+        "sha256",
+        "old-pepper",
+        std::slice::from_ref(&marie),
+    )
+    .await;
     r.assert_error(400, "M_INVALID_PEPPER");
     assert_eq!(r.json()["lookup_pepper"], json!(pepper));
     lookup(&s, &token, "md5", &pepper, std::slice::from_ref(&marie))
