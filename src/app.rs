@@ -13,6 +13,8 @@ use crate::allowlist::{self, Allowlist, AllowlistError};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::mail::outbox::Mailer;
+use crate::federation::FederationClient;
+use crate::identity::IdentityService;
 use crate::ratelimit::KeyedLimit;
 use crate::store::{self, Db, StoreError};
 use crate::web::WebTemplates;
@@ -62,6 +64,10 @@ pub struct Annuaire {
     pub mailer: Arc<Mailer>,
     /// Pages served to browsers.
     pub web: Arc<WebTemplates>,
+    /// Outbound calls to homeservers (`[federation]`).
+    pub federation: FederationClient,
+    /// The identity service's signing key and terms.
+    pub identity: IdentityService,
 }
 
 impl std::fmt::Debug for Annuaire {
@@ -109,6 +115,23 @@ impl Annuaire {
         // Templates are read and checked once: a broken override stops the start here.
         let mailer = Arc::new(Mailer::from_config(&config)?);
         let web = Arc::new(WebTemplates::load(config.web.templates_dir.as_deref())?);
+        let federation_settings = config
+            .federation
+            .settings()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let federation = FederationClient::with_clock(federation_settings, clock.clone())
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let identity = {
+            let db = db.clone();
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = db.get()?;
+                IdentityService::open(&mut conn, &config, &mut rand::rngs::OsRng, now)
+            })
+            .await
+            .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))?
+            .map_err(|e| StartError::Config(e.to_string()))?
+        };
         Ok(Arc::new(Annuaire {
             config,
             db,
@@ -117,6 +140,8 @@ impl Annuaire {
             limits,
             mailer,
             web,
+            federation,
+            identity,
         }))
     }
 }
@@ -161,11 +186,12 @@ fn startup_jobs(
 }
 
 /// Starts the periodic jobs of this instance (rule reload, counter flush, limiter
-/// housekeeping, the outbox worker, the validation purge) on the current runtime; they end
-/// with it.
+/// housekeeping, the outbox worker, the validation and identity purges) on the current
+/// runtime; they end with it.
 pub fn start_background_jobs(app: &Arc<Annuaire>) {
     crate::mail::outbox::start_worker(app);
     crate::identity::sessions::start_purge_job(app);
+    crate::identity::start_housekeeping(app);
     let app = app.clone();
     tokio::spawn(async move {
         let interval = app.config.policy.reload_interval.0;

@@ -29,6 +29,9 @@ pub struct Config {
     pub validation: ValidationConfig,
     pub mail: MailConfig,
     pub web: WebConfig,
+    pub terms: TermsConfig,
+    pub invites: InvitesConfig,
+    pub federation: FederationConfig,
 }
 
 /// `[server]`: who this identity server is and where it keeps its files.
@@ -39,6 +42,9 @@ pub struct ServerConfig {
     pub name: String,
     /// Folder for local state; relative defaults (SQLite database, mail folder) live in it.
     pub data_dir: PathBuf,
+    /// The long-term signing key in Sydent's format (`ed25519 0 <seed>`); absent: a key created
+    /// once and kept in the database, shared by every instance.
+    pub signing_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +52,7 @@ impl Default for ServerConfig {
         Self {
             name: "localhost:8090".into(),
             data_dir: PathBuf::from("var"),
+            signing_key_file: None,
         }
     }
 }
@@ -245,6 +252,8 @@ impl Config {
         self.identity.validate()?;
         self.validation.validate()?;
         self.mail.validate()?;
+        self.invites.validate()?;
+        self.federation.validate()?;
         Ok(())
     }
 
@@ -512,6 +521,8 @@ pub struct PolicyConfig {
     pub external_homeserver: Option<String>,
     /// How often each instance checks the database for rule changes.
     pub reload_interval: HumanDuration,
+    /// A bind needs the mxid's server to be the address's homeserver or its shadow.
+    pub bind_requires_matching_homeserver: bool,
 }
 
 impl Default for PolicyConfig {
@@ -521,6 +532,7 @@ impl Default for PolicyConfig {
             default: DefaultPolicyName::Deny,
             external_homeserver: None,
             reload_interval: HumanDuration(Duration::from_secs(2)),
+            bind_requires_matching_homeserver: true,
         }
     }
 }
@@ -632,15 +644,33 @@ impl RateLimitsConfig {
     }
 }
 
-// ---- [identity], [validation], [mail], [web]: email confirmation ----
+// ---- [identity], [validation], [mail], [web], [terms], [invites], [federation] ----
 
-/// `[identity]`: the Identity Service API.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `[identity]`: the Matrix Identity Service API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
     /// Require an Identity Service access token on the validation endpoints, as the spec says.
     /// Accounts do not exist yet: `true` is refused at start-up until they do.
     pub require_auth: bool,
+    /// Homeservers whose users may register identity accounts. Absent: every homeserver the
+    /// allowlists name (and their shadows) plus `policy.external_homeserver`, evaluated live.
+    pub allowed_homeservers: Option<Vec<String>>,
+    /// How long an identity access token stays valid.
+    pub token_lifetime: HumanDuration,
+    /// Most addresses one `/v2/lookup` may ask about (413 `M_TOO_LARGE` beyond).
+    pub max_lookup_addresses: usize,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            require_auth: false,
+            allowed_homeservers: None,
+            token_lifetime: HumanDuration(Duration::from_secs(30 * 24 * 3600)),
+            max_lookup_addresses: 10_000,
+        }
+    }
 }
 
 impl IdentityConfig {
@@ -651,6 +681,20 @@ impl IdentityConfig {
                  available in this version, so no access token could be checked; set it to \
                  false (the default)"
                     .into(),
+            ));
+        }
+        for hs in self.allowed_homeservers.iter().flatten() {
+            validate_server_name(hs)
+                .map_err(|e| ConfigError(format!("identity.allowed_homeservers: {hs:?}: {e}")))?;
+        }
+        if self.token_lifetime.0 < Duration::from_secs(60) {
+            return Err(ConfigError(
+                "identity.token_lifetime: must be at least 1m".into(),
+            ));
+        }
+        if self.max_lookup_addresses == 0 {
+            return Err(ConfigError(
+                "identity.max_lookup_addresses: must be at least 1".into(),
             ));
         }
         Ok(())
@@ -955,6 +999,145 @@ pub struct WebConfig {
     pub templates_dir: Option<PathBuf>,
 }
 
+/// `[terms]`: the policies users accept before using the identity service.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TermsConfig {
+    /// The terms file (TOML, see `terms.example.toml`); absent: no terms to accept.
+    pub file: Option<PathBuf>,
+}
+
+/// At most `max` events within any `within` (counted in the database, across instances).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowLimit {
+    /// Events allowed within the window.
+    pub max: u32,
+    /// The sliding window.
+    pub within: HumanDuration,
+}
+
+impl WindowLimit {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.max == 0 {
+            return Err(ConfigError(format!("{key}.max: must be at least 1")));
+        }
+        if self.within.0.is_zero() {
+            return Err(ConfigError(format!("{key}.within: must be longer than 0s")));
+        }
+        Ok(())
+    }
+}
+
+/// `[invites]`: 3PID invitations (`/v2/store-invite`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvitesConfig {
+    /// How long a stored invitation waits for its address to be bound.
+    pub validity: HumanDuration,
+    /// Invitations one Matrix user may send.
+    pub per_sender: WindowLimit,
+    /// Invitations one address may receive (each one sends a mail).
+    pub per_address: WindowLimit,
+}
+
+impl Default for InvitesConfig {
+    fn default() -> Self {
+        Self {
+            validity: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
+            per_sender: WindowLimit {
+                max: 50,
+                within: HumanDuration(Duration::from_secs(3600)),
+            },
+            per_address: WindowLimit {
+                max: 10,
+                within: HumanDuration(Duration::from_secs(24 * 3600)),
+            },
+        }
+    }
+}
+
+impl InvitesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.validity.0 < Duration::from_secs(60) {
+            return Err(ConfigError("invites.validity: must be at least 1m".into()));
+        }
+        self.per_sender.validate("invites.per_sender")?;
+        self.per_address.validate("invites.per_address")
+    }
+}
+
+/// `[federation]`: outbound calls to homeservers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Static overrides: server name → base URL (`https://10.0.0.5:8448`; `http://` allowed).
+    /// Overridden servers are trusted: the private-network guard does not apply to them.
+    pub homeservers: std::collections::BTreeMap<String, String>,
+    /// Networks exempt from the guard that refuses private, loopback and link-local targets.
+    pub allowed_networks: Vec<IpNet>,
+    /// Extra trust anchors (PEM) for homeservers' certificates, added to the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Per-request timeout (connect, send, read the whole answer).
+    pub timeout: HumanDuration,
+    /// Largest answer accepted from a homeserver.
+    pub max_response_size: ByteSize,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            homeservers: std::collections::BTreeMap::new(),
+            allowed_networks: Vec::new(),
+            ca_file: None,
+            timeout: HumanDuration(Duration::from_secs(10)),
+            max_response_size: ByteSize(1024 * 1024),
+        }
+    }
+}
+
+impl FederationConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.settings().map(|_| ())
+    }
+
+    /// The federation client's settings (overrides parsed as URLs).
+    pub fn settings(&self) -> Result<crate::federation::FederationSettings, ConfigError> {
+        let mut homeservers = std::collections::HashMap::new();
+        for (name, url) in &self.homeservers {
+            validate_server_name(name)
+                .map_err(|e| ConfigError(format!("federation.homeservers: {name:?}: {e}")))?;
+            let parsed = reqwest::Url::parse(url).map_err(|e| {
+                ConfigError(format!("federation.homeservers.{name:?}: `{url}`: {e}"))
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(ConfigError(format!(
+                    "federation.homeservers.{name:?}: expected an http:// or https:// URL with a host"
+                )));
+            }
+            homeservers.insert(name.clone(), parsed);
+        }
+        if self.timeout.0.is_zero() {
+            return Err(ConfigError(
+                "federation.timeout: must be longer than 0s".into(),
+            ));
+        }
+        if self.max_response_size.0 < 1024 {
+            return Err(ConfigError(
+                "federation.max_response_size: must be at least 1KiB".into(),
+            ));
+        }
+        Ok(crate::federation::FederationSettings {
+            homeservers,
+            allowed_networks: self.allowed_networks.clone(),
+            ca_file: self.ca_file.clone(),
+            timeout: self.timeout.0,
+            max_response_bytes: self.max_response_size.0,
+            ..crate::federation::FederationSettings::default()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1254,4 +1437,66 @@ mod tests {
             assert!(validate_server_name(bad).is_err(), "{bad}");
         }
     }
-}
+
+    #[test]
+    fn identity_keys_defaults_and_errors() {
+        let c = Config::load_from(None, &[]).unwrap();
+        assert_eq!(c.identity.allowed_homeservers, None);
+        assert_eq!(
+            c.identity.token_lifetime.0,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        assert_eq!(c.identity.max_lookup_addresses, 10_000);
+        assert_eq!(c.terms.file, None);
+        assert_eq!(c.server.signing_key_file, None);
+        assert!(c.policy.bind_requires_matching_homeserver);
+        assert_eq!(c.invites.validity.0, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.invites.per_sender.max, 50);
+        assert_eq!(
+            c.invites.per_address.within.0,
+            Duration::from_secs(24 * 3600)
+        );
+        let e = Config::from_toml("[identity]\nallowed_homeservers = [\"a b\"]\n").unwrap_err();
+        assert!(e.0.contains("identity.allowed_homeservers"), "{e}");
+        let e = Config::from_toml("[identity]\ntoken_lifetime = \"1s\"\n").unwrap_err();
+        assert!(e.0.contains("identity.token_lifetime"), "{e}");
+        let e = Config::from_toml("[identity]\nmax_lookup_addresses = 0\n").unwrap_err();
+        assert!(e.0.contains("identity.max_lookup_addresses"), "{e}");
+        let e = Config::from_toml("[invites]\nvalidity = \"1s\"\n").unwrap_err();
+        assert!(e.0.contains("invites.validity"), "{e}");
+        let e = Config::from_toml("[invites.per_address]\nmax = 0\nwithin = \"1h\"\n").unwrap_err();
+        assert!(e.0.contains("invites.per_address.max"), "{e}");
+        let e = Config::from_toml("[terms]\nfiles = \"x\"\n").unwrap_err();
+        assert!(e.0.contains("files"), "{e}");
+    }
+
+    #[test]
+    fn federation_keys_defaults_and_errors() {
+        let c = Config::load_from(None, &[]).unwrap();
+        let s = c.federation.settings().unwrap();
+        assert!(s.homeservers.is_empty());
+        assert_eq!(s.timeout, Duration::from_secs(10));
+        assert_eq!(s.max_response_bytes, 1 << 20);
+        let c = Config::from_toml(
+            "[federation]\nallowed_networks = [\"10.0.0.0/8\"]\nmax_response_size = \"64KiB\"\n\
+             [federation.homeservers]\n\"hs1.example\" = \"http://127.0.0.1:8008\"\n",
+        )
+        .unwrap();
+        let s = c.federation.settings().unwrap();
+        assert_eq!(
+            s.homeservers["hs1.example"].as_str(),
+            "http://127.0.0.1:8008/"
+        );
+        assert_eq!(s.allowed_networks.len(), 1);
+        assert_eq!(s.max_response_bytes, 64 << 10);
+        let e = Config::from_toml("[federation.homeservers]\n\"hs1.example\" = \"ftp://x\"\n")
+            .unwrap_err();
+        assert!(e.0.contains("federation.homeservers"), "{e}");
+        let e =
+            Config::from_toml("[federation.homeservers]\n\"a b\" = \"https://x\"\n").unwrap_err();
+        assert!(e.0.contains("federation.homeservers"), "{e}");
+        let e = Config::from_toml("[federation]\ntimeout = \"0s\"\n").unwrap_err();
+        assert!(e.0.contains("federation.timeout"), "{e}");
+        let e = Config::from_toml("[federation]\nmax_response_size = 10\n").unwrap_err();
+        assert!(e.0.contains("federation.max_response_size"), "{e}");
+    }

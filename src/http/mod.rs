@@ -2,8 +2,10 @@
 //! function, map the result. Unknown paths answer 404 `M_UNRECOGNIZED`, known paths with the
 //! wrong method 405 `M_UNRECOGNIZED`.
 
+pub mod auth;
 pub mod extract;
 pub mod health;
+pub mod identity;
 pub mod middleware;
 pub mod policy;
 pub mod validation;
@@ -38,6 +40,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     health::routes(cfg);
     policy::routes(cfg);
     validation::routes(cfg);
+    identity::routes(cfg);
 }
 
 /// Why the server could not start.

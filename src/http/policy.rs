@@ -116,10 +116,30 @@ async fn info(
     }
     let address = email_param(&q.medium, &q.address)?;
     let internal = is_internal(&app, &req);
-    let decision = app.allowlist.decide(&address, app.clock.now_ms());
+    let now = app.clock.now_ms();
+    let decision = app.allowlist.decide(&address, now);
     count("info", decision.outcome);
     let answer = shard_answer(decision, internal);
-    Ok(HttpResponse::Ok().json(Value::Object(body(&answer, internal))))
+    let mut body = body(&answer, internal);
+    // An address already bound lives where it was bound: `hs` is that server, and `new_hs`
+    // the one the policy assigns now, when they differ.
+    let bound = crate::identity::associations::bound(&app, "email", address.as_str(), now).await?;
+    if let Some(bound_hs) = bound
+        .as_ref()
+        .and_then(|a| crate::identity::user_id_server(&a.mxid))
+    {
+        let d = &answer.decision;
+        let same = [&d.homeserver, &d.shadow_homeserver]
+            .into_iter()
+            .any(|hs| hs.as_deref() == Some(bound_hs));
+        if !same {
+            body.insert("hs".into(), json!(bound_hs));
+            if let Some(policy_hs) = &answer.hs {
+                body.insert("new_hs".into(), json!(policy_hs));
+            }
+        }
+    }
+    Ok(HttpResponse::Ok().json(Value::Object(body)))
 }
 
 /// # GET /_matrix/identity/api/v1/internal-info
@@ -142,7 +162,7 @@ async fn internal_info(
     app.allowlist.record_attempt(&address, &decision, now);
     let answer = shard_answer(decision, true);
     let mut body = body(&answer, true);
-    // Invitations arrive with the identity service (3PID invites); none exist yet.
-    body.insert("invited".into(), json!(false));
+    let invited = crate::identity::invites::is_invited(&app, address.as_str(), now).await?;
+    body.insert("invited".into(), json!(invited));
     Ok(HttpResponse::Ok().json(Value::Object(body)))
 }

@@ -1,11 +1,283 @@
 //! Identity Service domain (Matrix Identity Service API v2).
 //!
-//! The submodules here are pure (no I/O): canonical JSON and ed25519 signatures
-//! ([`signing`]), hashed-lookup hashing ([`hashing`]) and the X-Matrix request
-//! signature header ([`xmatrix`]). Fetching homeserver keys lives in [`crate::federation`].
+//! Pure parts: canonical JSON and ed25519 signatures ([`signing`]), hashed-lookup hashing
+//! ([`hashing`]) and the X-Matrix request signature header ([`xmatrix`]). Service parts, which
+//! read the database through [`crate::store::identity`] and call homeservers through
+//! [`crate::federation`]: the long-term signing key ([`keys`]), accounts and access tokens
+//! ([`accounts`]), terms of service ([`terms`]), associations ([`associations`]), hashed
+//! lookups and the pepper ([`lookup`]), and 3PID invitations ([`invites`]).
+//!
+//! Nothing here knows HTTP: functions return [`IdentityError`], which `http::identity` maps to
+//! Matrix errors. Time (`now_ms`) and randomness (`rng`) are parameters.
 //! [`sessions`] holds the email validation sessions (with their storage and mail).
 
+pub mod accounts;
+pub mod associations;
 pub mod hashing;
 pub mod sessions;
+pub mod invites;
+pub mod keys;
+pub mod lookup;
 pub mod signing;
+pub mod terms;
 pub mod xmatrix;
+
+use crate::config::{Config, validate_server_name};
+use crate::federation::FederationError;
+use crate::store::{DbConn, StoreError};
+use signing::SigningKey;
+use terms::Terms;
+
+/// Why an identity-service request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// No access token, or an unknown or expired one (401 `M_UNAUTHORIZED`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The account has not accepted the current terms (403 `M_TERMS_NOT_SIGNED`).
+    #[error("Please accept the terms of service before continuing")]
+    TermsNotSigned,
+    /// The caller may not act for this user (403 `M_UNAUTHORIZED`).
+    #[error("{0}")]
+    NotYours(String),
+    /// The caller is not allowed to do this at all (403 `M_FORBIDDEN`).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A parameter is malformed (400 `M_INVALID_PARAM`).
+    #[error("{0}")]
+    InvalidParam(String),
+    /// The medium is not supported (400 `M_UNRECOGNIZED`).
+    #[error("{0}")]
+    UnsupportedMedium(String),
+    /// The email address is not valid (400 `M_INVALID_EMAIL`).
+    #[error("Invalid email address: {0}")]
+    InvalidEmail(String),
+    /// The address is already bound (400 `M_THREEPID_IN_USE`, with the `mxid`).
+    #[error("This address is already bound to a Matrix account")]
+    ThreepidInUse {
+        /// Who it is bound to.
+        mxid: String,
+    },
+    /// The policy refuses the address (403 `M_THREEPID_DENIED`).
+    #[error("{0}")]
+    ThreepidDenied(String),
+    /// Too many requests (429 `M_LIMIT_EXCEEDED`).
+    #[error("Too many requests; retry later")]
+    RateLimited {
+        /// When to retry.
+        retry_after_ms: u64,
+    },
+    /// The lookup pepper is not the current one (400 `M_INVALID_PEPPER`, with the current one).
+    #[error("Unknown or invalid pepper; it may have been rotated")]
+    InvalidPepper {
+        /// The current pepper.
+        current: String,
+    },
+    /// Too many items in one request (413 `M_TOO_LARGE`).
+    #[error("{0}")]
+    TooLarge(String),
+    /// No such key (404 `M_NOT_FOUND`).
+    #[error("The public key was not found")]
+    KeyNotFound,
+    /// No such invitation token (404 `M_UNRECOGNIZED`).
+    #[error("Unrecognized invitation token")]
+    UnknownInvite,
+    /// A homeserver could not be asked (502 `M_UNKNOWN`).
+    #[error("{0}")]
+    Homeserver(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Something that should not fail did (a bug, logged; 500 `M_UNKNOWN`).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IdentityError {
+    /// Maps a federation failure met while checking a caller's credentials.
+    fn from_federation(server: &str, e: FederationError) -> Self {
+        match e {
+            FederationError::InvalidServerName(_) | FederationError::InvalidUrl(_) => {
+                IdentityError::InvalidParam(format!("Invalid homeserver name {server:?}"))
+            }
+            FederationError::Forbidden { .. } => IdentityError::Forbidden(format!(
+                "The homeserver {server} resolves to an address this server may not contact"
+            )),
+            e if e.is_authentication_failure() => {
+                IdentityError::Unauthorized(format!("The homeserver {server} rejected the token"))
+            }
+            other => {
+                tracing::warn!(server, error = %other, "homeserver request failed");
+                IdentityError::Homeserver(format!("Could not reach the homeserver {server}"))
+            }
+        }
+    }
+}
+
+/// Why the identity service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityStartError {
+    /// The database failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// A configured file is unusable (the message names the key).
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The identity service's shared, read-only parts: the long-term signing key and the terms.
+/// Everything else lives in the database, so instances share it.
+pub struct IdentityService {
+    signing_key: SigningKey,
+    terms: Terms,
+}
+
+impl std::fmt::Debug for IdentityService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityService")
+            .field("signing_key", &self.signing_key)
+            .field("terms", &self.terms.fingerprint())
+            .finish()
+    }
+}
+
+impl IdentityService {
+    /// Loads the signing key (file or database, created once), makes sure a lookup pepper
+    /// exists, and reads the terms file (blocking).
+    pub fn open(
+        conn: &mut DbConn,
+        config: &Config,
+        rng: &mut (impl rand::RngCore + rand::CryptoRng),
+        now_ms: i64,
+    ) -> Result<IdentityService, IdentityStartError> {
+        let signing_key =
+            keys::load_signing_key(conn, config.server.signing_key_file.as_deref(), rng, now_ms)?;
+        lookup::current_pepper(conn, rng, now_ms)?;
+        let terms = match &config.terms.file {
+            Some(path) => Terms::load(path)
+                .map_err(|e| IdentityStartError::Config(format!("terms.file: {e}")))?,
+            None => Terms::none(),
+        };
+        Ok(IdentityService { signing_key, terms })
+    }
+
+    /// A service from parts (tests).
+    pub fn from_parts(signing_key: SigningKey, terms: Terms) -> IdentityService {
+        IdentityService { signing_key, terms }
+    }
+
+    /// The long-term signing key.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing_key
+    }
+
+    /// The terms users must accept.
+    pub fn terms(&self) -> &Terms {
+        &self.terms
+    }
+}
+
+/// How often expired tokens and invitations are purged.
+const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Deletes expired access tokens and long-expired, never-bound invitations (blocking);
+/// (tokens, invitations) deleted. Idempotent, so every instance may run it.
+pub fn purge_expired(conn: &mut DbConn, now_ms: i64) -> Result<(usize, usize), StoreError> {
+    let tokens = crate::store::identity::purge_expired_tokens(conn, now_ms)?;
+    let invites = invites::purge_expired(conn, now_ms)?;
+    Ok((tokens, invites))
+}
+
+/// Starts this instance's identity purge job on the current runtime; it ends with it.
+pub fn start_housekeeping(app: &std::sync::Arc<crate::app::Annuaire>) {
+    let app = app.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let now = app.clock.now_ms();
+            match app.db.run(move |conn| purge_expired(conn, now)).await {
+                Ok((0, 0)) => {}
+                Ok((tokens, invites)) => {
+                    tracing::info!(
+                        tokens,
+                        invites,
+                        "purged expired identity tokens and invitations"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "identity purge failed; retrying later"),
+            }
+        }
+    });
+}
+
+/// The server part of a Matrix user ID (`@alice:hs.example:8448` → `hs.example:8448`), if it
+/// is one: a non-empty localpart and a valid server name.
+pub fn user_id_server(user_id: &str) -> Option<&str> {
+    let rest = user_id.strip_prefix('@')?;
+    let (local, server) = rest.split_once(':')?;
+    if local.is_empty() || user_id.len() > 255 || validate_server_name(server).is_err() {
+        return None;
+    }
+    Some(server)
+}
+
+/// The base URL homeservers use to reach this identity server: `http.public_base_url` when set,
+/// else `https://{server.name}` (Synapse always calls identity servers over HTTPS).
+pub fn public_base(config: &Config) -> String {
+    match &config.http.public_base_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => format!("https://{}", config.server.name),
+    }
+}
+
+/// A short, stable, non-reversible tag for an address or token in logs.
+pub fn log_tag(secret: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::digest(secret.as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_id_servers() {
+        assert_eq!(user_id_server("@alice:hs.example"), Some("hs.example"));
+        assert_eq!(
+            user_id_server("@a:hs.example:8448"),
+            Some("hs.example:8448")
+        );
+        assert_eq!(user_id_server("@a:[::1]:8448"), Some("[::1]:8448"));
+        for bad in [
+            "alice:hs",
+            "@:hs.example",
+            "@alice",
+            "@a:",
+            "@a:b c",
+            "!r:hs.example",
+        ] {
+            assert_eq!(user_id_server(bad), None, "{bad}");
+        }
+        let long = format!("@{}:hs.example", "a".repeat(260));
+        assert_eq!(user_id_server(&long), None);
+    }
+
+    #[test]
+    fn public_base_defaults_to_https_server_name() {
+        let mut c = Config::default();
+        c.server.name = "id.example".into();
+        assert_eq!(public_base(&c), "https://id.example");
+        c.http.public_base_url = Some("https://annuaire.example/".into());
+        assert_eq!(public_base(&c), "https://annuaire.example");
+    }
+
+    #[test]
+    fn log_tags_are_short_and_stable() {
+        assert_eq!(log_tag("a@b.c"), log_tag("a@b.c"));
+        assert_ne!(log_tag("a@b.c"), log_tag("a@b.d"));
+        assert_eq!(log_tag("x").len(), 8);
+    }
+}

@@ -11,6 +11,7 @@
 //!   not collide.
 
 pub mod outbox;
+pub mod identity;
 pub mod policy;
 pub mod ratelimits;
 pub mod schema;

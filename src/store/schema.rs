@@ -92,3 +92,79 @@ diesel::table! {
         tat -> BigInt,
     }
 }
+
+// ---- identity service ----
+
+diesel::table! {
+    /// Identity service accounts (one per Matrix user).
+    identity_accounts (user_id) {
+        user_id -> Text,
+        created_at -> BigInt,
+        consent_version -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    /// Identity service access tokens (SHA-256 hashes).
+    identity_tokens (token_hash) {
+        token_hash -> Text,
+        user_id -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Terms URLs accepted per account.
+    identity_accepted_terms (user_id, url) {
+        user_id -> Text,
+        url -> Text,
+        accepted_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// 3PID associations.
+    associations (medium, address) {
+        medium -> Text,
+        address -> Text,
+        mxid -> Text,
+        created_at -> BigInt,
+        not_before -> BigInt,
+        not_after -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Precomputed lookup hashes per association and pepper.
+    association_hashes (pepper_id, medium, address) {
+        pepper_id -> BigInt,
+        lookup_hash -> Text,
+        medium -> Text,
+        address -> Text,
+    }
+}
+
+diesel::table! {
+    /// Stored 3PID invitations.
+    invites (token) {
+        token -> Text,
+        medium -> Text,
+        address -> Text,
+        room_id -> Text,
+        sender -> Text,
+        details_json -> Text,
+        ephemeral_public_key -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        delivery_mxid -> Nullable<Text>,
+        delivery_attempts -> Integer,
+        next_delivery_at -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+        delivered_at -> Nullable<BigInt>,
+        delivery_failed_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(associations, association_hashes);
+diesel::allow_tables_to_appear_in_same_query!(identity_accounts, identity_tokens);

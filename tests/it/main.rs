@@ -5,6 +5,7 @@
 mod support;
 
 mod foundation;
+mod identity;
 mod mail_smtp;
 mod outbox;
 mod policy;

@@ -1,0 +1,224 @@
+//! The Matrix Identity Service API v2: accounts, terms, public keys, hashed lookups and 3PID
+//! invitations. Thin handlers over `crate::identity`; [`identity_error`] maps its errors.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{AccountAuth, IdentityAuth};
+use super::extract::{MatrixJson, MatrixQuery};
+use super::{AppData, resource};
+use crate::error::ApiError;
+use crate::identity::accounts::{self, OpenIdToken};
+use crate::identity::invites::{self, InviteRequest};
+use crate::identity::{IdentityError, keys, lookup, terms};
+
+pub(super) fn routes(cfg: &mut web::ServiceConfig) {
+    const V2: &str = "/_matrix/identity/v2";
+    cfg.service(resource(&format!("{V2}/account/register")).route(web::post().to(register)))
+        .service(resource(&format!("{V2}/account")).route(web::get().to(account)))
+        .service(resource(&format!("{V2}/account/logout")).route(web::post().to(logout)))
+        .service(
+            resource(&format!("{V2}/terms"))
+                .route(web::get().to(get_terms))
+                .route(web::post().to(accept_terms)),
+        )
+        // Before `/pubkey/{keyId}`, which would otherwise take `isvalid` as a key id.
+        .service(resource(&format!("{V2}/pubkey/isvalid")).route(web::get().to(pubkey_isvalid)))
+        .service(
+            resource(&format!("{V2}/pubkey/ephemeral/isvalid"))
+                .route(web::get().to(ephemeral_isvalid)),
+        )
+        .service(resource(&format!("{V2}/pubkey/{{key_id}}")).route(web::get().to(pubkey)))
+        .service(resource(&format!("{V2}/hash_details")).route(web::get().to(hash_details)))
+        .service(resource(&format!("{V2}/lookup")).route(web::post().to(lookup)))
+        .service(resource(&format!("{V2}/store-invite")).route(web::post().to(store_invite)))
+        .service(resource(&format!("{V2}/sign-ed25519")).route(web::post().to(sign_ed25519)));
+}
+
+/// Maps an identity error to its Matrix error.
+pub fn identity_error(e: IdentityError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        IdentityError::Unauthorized(m) => ApiError::unauthorized(m),
+        IdentityError::TermsNotSigned => {
+            ApiError::new(StatusCode::FORBIDDEN, "M_TERMS_NOT_SIGNED", message)
+        }
+        IdentityError::NotYours(m) => ApiError::new(StatusCode::FORBIDDEN, "M_UNAUTHORIZED", m),
+        IdentityError::Forbidden(m) => ApiError::forbidden(m),
+        IdentityError::InvalidParam(m) => ApiError::invalid_param(m),
+        IdentityError::UnsupportedMedium(m) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "M_UNRECOGNIZED", m)
+        }
+        IdentityError::InvalidEmail(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_EMAIL", message)
+        }
+        IdentityError::ThreepidInUse { mxid } => {
+            ApiError::new(StatusCode::BAD_REQUEST, "M_THREEPID_IN_USE", message).with("mxid", mxid)
+        }
+        IdentityError::ThreepidDenied(m) => {
+            ApiError::new(StatusCode::FORBIDDEN, "M_THREEPID_DENIED", m)
+        }
+        IdentityError::RateLimited { retry_after_ms } => ApiError::limit_exceeded(retry_after_ms),
+        IdentityError::InvalidPepper { current } => {
+            ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PEPPER", message)
+                .with("lookup_pepper", current)
+        }
+        IdentityError::TooLarge(m) => ApiError::too_large(m),
+        IdentityError::KeyNotFound => ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", message),
+        IdentityError::UnknownInvite => {
+            ApiError::new(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", message)
+        }
+        IdentityError::Homeserver(m) => ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", m),
+        IdentityError::Store(e) => e.into(),
+        IdentityError::Internal(m) => ApiError::internal(m),
+    }
+}
+
+/// # POST /_matrix/identity/v2/account/register
+async fn register(
+    app: AppData,
+    MatrixJson(openid): MatrixJson<OpenIdToken>,
+) -> Result<HttpResponse, ApiError> {
+    let now = app.clock.now_ms();
+    let token = accounts::register(&app, &openid, &mut rand::rngs::OsRng, now)
+        .await
+        .map_err(identity_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "token": token })))
+}
+
+/// # GET /_matrix/identity/v2/account
+async fn account(AccountAuth(account): AccountAuth) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "user_id": account.user_id }))
+}
+
+/// # POST /_matrix/identity/v2/account/logout
+///
+/// The body is optional (the spec's historical exception) and ignored.
+async fn logout(app: AppData, AccountAuth(account): AccountAuth) -> Result<HttpResponse, ApiError> {
+    accounts::logout(&app, &account)
+        .await
+        .map_err(identity_error)?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+/// # GET /_matrix/identity/v2/terms
+async fn get_terms(app: AppData) -> HttpResponse {
+    HttpResponse::Ok().json(app.identity.terms().to_json())
+}
+
+#[derive(Debug, Deserialize)]
+struct AcceptTerms {
+    user_accepts: Vec<String>,
+}
+
+/// # POST /_matrix/identity/v2/terms
+async fn accept_terms(
+    app: AppData,
+    AccountAuth(account): AccountAuth,
+    MatrixJson(body): MatrixJson<AcceptTerms>,
+) -> Result<HttpResponse, ApiError> {
+    let now = app.clock.now_ms();
+    terms::accept(&app, &account, &body.user_accepts, now)
+        .await
+        .map_err(identity_error)?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+/// # GET /_matrix/identity/v2/pubkey/{keyId}
+async fn pubkey(app: AppData, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let key = keys::public_key_for(app.identity.signing_key(), &path)
+        .ok_or_else(|| identity_error(IdentityError::KeyNotFound))?;
+    Ok(HttpResponse::Ok().json(json!({ "public_key": key })))
+}
+
+#[derive(Debug, Deserialize)]
+struct PublicKeyQuery {
+    public_key: String,
+}
+
+/// # GET /_matrix/identity/v2/pubkey/isvalid
+async fn pubkey_isvalid(app: AppData, MatrixQuery(q): MatrixQuery<PublicKeyQuery>) -> HttpResponse {
+    let valid = keys::is_long_term_key(app.identity.signing_key(), &q.public_key);
+    HttpResponse::Ok().json(json!({ "valid": valid }))
+}
+
+/// # GET /_matrix/identity/v2/pubkey/ephemeral/isvalid
+async fn ephemeral_isvalid(
+    app: AppData,
+    MatrixQuery(q): MatrixQuery<PublicKeyQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let now = app.clock.now_ms();
+    let valid = invites::ephemeral_key_is_valid(&app, &q.public_key, now).await?;
+    Ok(HttpResponse::Ok().json(json!({ "valid": valid })))
+}
+
+/// # GET /_matrix/identity/v2/hash_details
+async fn hash_details(app: AppData, _auth: IdentityAuth) -> Result<HttpResponse, ApiError> {
+    let pepper = lookup::hash_details(&app).await.map_err(identity_error)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "algorithms": lookup::ALGORITHMS,
+        "lookup_pepper": pepper.value,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct LookupBody {
+    algorithm: String,
+    pepper: String,
+    addresses: Vec<String>,
+}
+
+/// # POST /_matrix/identity/v2/lookup
+async fn lookup(
+    app: AppData,
+    _auth: IdentityAuth,
+    MatrixJson(body): MatrixJson<LookupBody>,
+) -> Result<HttpResponse, ApiError> {
+    let now = app.clock.now_ms();
+    let mappings = lookup::lookup(&app, &body.algorithm, &body.pepper, body.addresses, now)
+        .await
+        .map_err(identity_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "mappings": mappings })))
+}
+
+/// # POST /_matrix/identity/v2/store-invite
+async fn store_invite(
+    app: AppData,
+    IdentityAuth(account): IdentityAuth,
+    MatrixJson(request): MatrixJson<InviteRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let now = app.clock.now_ms();
+    let receipt = invites::store_invite(&app, &account, &request, &mut rand::rngs::OsRng, now)
+        .await
+        .map_err(identity_error)?;
+    Ok(HttpResponse::Ok().json(receipt.to_json()))
+}
+
+#[derive(Debug, Deserialize)]
+struct SignBody {
+    mxid: String,
+    token: String,
+    private_key: String,
+}
+
+/// # POST /_matrix/identity/v2/sign-ed25519
+async fn sign_ed25519(
+    app: AppData,
+    IdentityAuth(account): IdentityAuth,
+    MatrixJson(body): MatrixJson<SignBody>,
+) -> Result<HttpResponse, ApiError> {
+    let now = app.clock.now_ms();
+    let signed = invites::sign_ed25519(
+        &app,
+        &account,
+        &body.mxid,
+        &body.token,
+        &body.private_key,
+        now,
+    )
+    .await
+    .map_err(identity_error)?;
+    Ok(HttpResponse::Ok().json(signed))
+}

@@ -1,0 +1,403 @@
+//! 3PID invitations: `POST /v2/store-invite` (a homeserver stores an invitation to an email
+//! address that is not bound yet), the ephemeral keys minted for them, `POST /v2/sign-ed25519`,
+//! and whether an address is invited (`/internal-info`).
+//!
+//! Synapse sends empty strings for the optional fields it does not know, and may add fields of
+//! its own: both are accepted (empty strings count as absent, unknown fields are ignored).
+
+use rand::distributions::Alphanumeric;
+use rand::{CryptoRng, Rng as _, RngCore};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value, json};
+
+use super::accounts::Account;
+use super::keys::canonical_public_key;
+use super::signing::{DEFAULT_KEY_ID, SigningKey, sign_json};
+use super::{IdentityError, log_tag, public_base};
+use crate::app::Annuaire;
+use crate::config::WindowLimit;
+use crate::policy::{Outcome, normalize_email};
+use crate::store::identity::{self as store, InviteRow};
+use crate::store::{DbConn, StoreError};
+
+/// Length of an invitation token (`[0-9a-zA-Z]`, within the spec's `[0-9a-zA-Z.=_-]{1,255}`).
+pub const INVITE_TOKEN_LEN: usize = 32;
+/// Longest optional field kept (room names, display names, …), in characters.
+const MAX_DETAIL_CHARS: usize = 1000;
+/// How long an expired, never-bound invitation is kept before it is purged.
+pub const EXPIRED_INVITE_RETENTION_MS: i64 = 24 * 3600 * 1000;
+
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) if !s.is_empty() => Some(s),
+        _ => None,
+    })
+}
+
+/// The body of `POST /v2/store-invite`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InviteRequest {
+    /// `email`.
+    pub medium: String,
+    /// The invited address.
+    pub address: String,
+    /// The room.
+    pub room_id: String,
+    /// The inviter (must be the caller).
+    pub sender: String,
+    /// The room's canonical alias.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub room_alias: Option<String>,
+    /// The room's avatar.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub room_avatar_url: Option<String>,
+    /// The room's join rule.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub room_join_rules: Option<String>,
+    /// The room's name.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub room_name: Option<String>,
+    /// The room's type (`m.space`).
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub room_type: Option<String>,
+    /// The inviter's display name.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub sender_display_name: Option<String>,
+    /// The inviter's avatar.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub sender_avatar_url: Option<String>,
+}
+
+impl InviteRequest {
+    /// The optional fields that were given, capped in length, as stored.
+    fn details(&self) -> Map<String, Value> {
+        let fields = [
+            ("room_alias", &self.room_alias),
+            ("room_avatar_url", &self.room_avatar_url),
+            ("room_join_rules", &self.room_join_rules),
+            ("room_name", &self.room_name),
+            ("room_type", &self.room_type),
+            ("sender_display_name", &self.sender_display_name),
+            ("sender_avatar_url", &self.sender_avatar_url),
+        ];
+        fields
+            .into_iter()
+            .filter_map(|(k, v)| {
+                v.as_ref().map(|s| {
+                    (
+                        k.to_string(),
+                        json!(s.chars().take(MAX_DETAIL_CHARS).collect::<String>()),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// What `store-invite` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteReceipt {
+    /// The invitation token.
+    pub token: String,
+    /// `(public_key, key_validity_url)`: the long-term key, then the ephemeral one.
+    pub public_keys: Vec<(String, String)>,
+    /// The redacted address (`j…@f…`).
+    pub display_name: String,
+}
+
+impl InviteReceipt {
+    /// The spec's response body.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "token": self.token,
+            "public_keys": self.public_keys.iter().map(|(k, url)| json!({
+                "public_key": k,
+                "key_validity_url": url,
+            })).collect::<Vec<_>>(),
+            "display_name": self.display_name,
+        })
+    }
+}
+
+/// A fresh invitation token.
+pub fn mint_invite_token(rng: &mut impl RngCore) -> String {
+    (0..INVITE_TOKEN_LEN)
+        .map(|_| char::from(rng.sample(Alphanumeric)))
+        .collect()
+}
+
+/// The address as shown to the inviter: first character of each part (`jean@finances.fr` →
+/// `j…@f…`), so the room learns nothing it did not know.
+pub fn redact_address(address: &str) -> String {
+    let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
+    let first = |s: &str| s.chars().next().map(String::from).unwrap_or_default();
+    format!("{}…@{}…", first(local), first(domain))
+}
+
+/// `POST /v2/store-invite`: checks the caller and the address, then stores the invitation and
+/// answers its token, the keys that will sign it, and the redacted address.
+pub async fn store_invite(
+    app: &Annuaire,
+    account: &Account,
+    request: &InviteRequest,
+    rng: &mut (impl RngCore + CryptoRng),
+    now_ms: i64,
+) -> Result<InviteReceipt, IdentityError> {
+    if request.sender != account.user_id {
+        return Err(IdentityError::NotYours(
+            "The sender of an invitation must be the user whose token is used".into(),
+        ));
+    }
+    if request.medium != "email" {
+        return Err(IdentityError::UnsupportedMedium(
+            "Only the `email` medium is supported".into(),
+        ));
+    }
+    let address = normalize_email(&request.address)
+        .map_err(|e| IdentityError::InvalidEmail(e.to_string()))?;
+    if !request.room_id.starts_with('!') || request.room_id.len() > 255 {
+        return Err(IdentityError::InvalidParam(
+            "room_id must be a room ID (`!…`)".into(),
+        ));
+    }
+    let decision = app.allowlist.decide(&address, now_ms);
+    let denial = (decision.outcome == Outcome::Denied).then(|| {
+        if decision.rule.is_some() {
+            "Invitations to this address are not allowed on the service"
+        } else {
+            "This address's administration is not on the service yet; it cannot be invited"
+        }
+    });
+
+    let token = mint_invite_token(rng);
+    let ephemeral = SigningKey::generate(rng);
+    let row = InviteRow {
+        token: token.clone(),
+        medium: "email".into(),
+        address: address.as_str().to_string(),
+        room_id: request.room_id.clone(),
+        sender: request.sender.clone(),
+        details_json: Value::Object(request.details()).to_string(),
+        ephemeral_public_key: ephemeral.public_key_base64(),
+        created_at: now_ms,
+        expires_at: now_ms.saturating_add(app.config.invites.validity.as_millis_i64()),
+        delivery_mxid: None,
+        delivery_attempts: 0,
+        next_delivery_at: None,
+        last_error: None,
+        delivered_at: None,
+        delivery_failed_at: None,
+    };
+    let per_sender = app.config.invites.per_sender;
+    let per_address = app.config.invites.per_address;
+    let outcome = app
+        .db
+        .run(move |conn| {
+            if let Some(bound) = store::association(conn, &row.medium, &row.address)?
+                && bound.not_before <= now_ms
+                && now_ms < bound.not_after
+            {
+                return Ok(Err(IdentityError::ThreepidInUse { mxid: bound.mxid }));
+            }
+            if let Some(reason) = denial {
+                return Ok(Err(IdentityError::ThreepidDenied(reason.into())));
+            }
+            let sent = store::invites_by_sender_since(
+                conn,
+                &row.sender,
+                now_ms - per_sender.within.as_millis_i64(),
+            )?;
+            if let Some(retry_after_ms) = over_limit(sent, per_sender, now_ms) {
+                return Ok(Err(IdentityError::RateLimited { retry_after_ms }));
+            }
+            let received = store::invites_to_address_since(
+                conn,
+                &row.medium,
+                &row.address,
+                now_ms - per_address.within.as_millis_i64(),
+            )?;
+            if let Some(retry_after_ms) = over_limit(received, per_address, now_ms) {
+                return Ok(Err(IdentityError::RateLimited { retry_after_ms }));
+            }
+            store::in_transaction(conn, |conn| {
+                store::insert_invite(conn, &row)?;
+                // PHASE 2: queue the invite mail (template `invite`, FR/EN) through the outbox
+                // here, in this same transaction, and wake the outbox worker after it commits.
+                Ok::<_, StoreError>(())
+            })?;
+            Ok(Ok(()))
+        })
+        .await?;
+    if let Err(e) = outcome {
+        tracing::info!(
+            domain = address.ascii_domain(),
+            address = %log_tag(address.as_str()),
+            error = %e,
+            "invitation refused"
+        );
+        return Err(e);
+    }
+    tracing::info!(
+        domain = address.ascii_domain(),
+        address = %log_tag(address.as_str()),
+        "invitation stored"
+    );
+    let base = public_base(&app.config);
+    Ok(InviteReceipt {
+        token,
+        public_keys: vec![
+            (
+                app.identity.signing_key().public_key_base64(),
+                format!("{base}/_matrix/identity/v2/pubkey/isvalid"),
+            ),
+            (
+                ephemeral.public_key_base64(),
+                format!("{base}/_matrix/identity/v2/pubkey/ephemeral/isvalid"),
+            ),
+        ],
+        display_name: redact_address(address.as_str()),
+    })
+}
+
+/// When the window holds `limit.max` events already: how long until the oldest leaves it.
+fn over_limit((count, oldest): (i64, Option<i64>), limit: WindowLimit, now_ms: i64) -> Option<u64> {
+    if count < i64::from(limit.max) {
+        return None;
+    }
+    let leaves_at = oldest.unwrap_or(now_ms) + limit.within.as_millis_i64();
+    Some(u64::try_from(leaves_at - now_ms).unwrap_or(0).max(1))
+}
+
+/// `POST /v2/sign-ed25519`: signs `{mxid, sender, token}` of a stored invitation with the
+/// private key the caller gives (the spec's "blind" signing, for clients without crypto), as
+/// the caller accepting it.
+///
+/// The key is not checked against the invitation's ephemeral key: this server never hands that
+/// private key out, and a signature by any other key verifies nothing, since homeservers check
+/// it against the public keys listed in the room's invite event.
+pub async fn sign_ed25519(
+    app: &Annuaire,
+    account: &Account,
+    mxid: &str,
+    token: &str,
+    private_key: &str,
+    now_ms: i64,
+) -> Result<Value, IdentityError> {
+    if mxid != account.user_id {
+        return Err(IdentityError::NotYours(
+            "mxid must be the user whose token is used".into(),
+        ));
+    }
+    let key = SigningKey::from_seed_base64(DEFAULT_KEY_ID, private_key).map_err(|_| {
+        IdentityError::InvalidParam("private_key must be an unpadded base64 ed25519 seed".into())
+    })?;
+    let lookup = token.to_string();
+    let invite = app
+        .db
+        .run(move |conn| store::invite_by_token(conn, &lookup))
+        .await?
+        .filter(|i| i.expires_at > now_ms || i.delivered_at.is_some())
+        .ok_or(IdentityError::UnknownInvite)?;
+    let mut value = json!({ "mxid": mxid, "sender": invite.sender, "token": invite.token });
+    sign_json(&mut value, &app.config.server.name, &key)
+        .map_err(|e| IdentityError::Internal(format!("signing an invitation: {e}")))?;
+    Ok(value)
+}
+
+/// Whether an unexpired invitation to `address` (normalised) waits for a bind.
+pub async fn is_invited(app: &Annuaire, address: &str, now_ms: i64) -> Result<bool, StoreError> {
+    let address = address.to_string();
+    app.db
+        .run(move |conn| store::pending_invite_exists(conn, "email", &address, now_ms))
+        .await
+}
+
+/// Whether `public_key` (any base64 form) is a valid ephemeral invitation key.
+pub async fn ephemeral_key_is_valid(
+    app: &Annuaire,
+    public_key: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let Some(key) = canonical_public_key(public_key) else {
+        return Ok(false);
+    };
+    app.db
+        .run(move |conn| store::ephemeral_key_is_valid(conn, &key, now_ms))
+        .await
+}
+
+/// Deletes invitations that expired a while ago without being bound (blocking).
+pub fn purge_expired(conn: &mut DbConn, now_ms: i64) -> Result<usize, StoreError> {
+    store::purge_expired_invites(conn, now_ms - EXPIRED_INVITE_RETENTION_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HumanDuration;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use std::time::Duration;
+
+    #[test]
+    fn addresses_are_redacted_to_first_letters() {
+        assert_eq!(redact_address("jean.dupont@finances.gouv.fr"), "j…@f…");
+        assert_eq!(redact_address("élodie@exemple.fr"), "é…@e…");
+        assert_eq!(redact_address("x@y"), "x…@y…");
+    }
+
+    #[test]
+    fn synapse_empty_strings_and_unknown_fields_are_accepted() {
+        let r: InviteRequest = serde_json::from_value(json!({
+            "medium": "email", "address": "a@b.example", "room_id": "!r:hs", "sender": "@s:hs",
+            "room_alias": "", "room_avatar_url": "", "room_join_rules": "", "room_name": "Budget",
+            "room_type": null, "sender_display_name": "", "sender_avatar_url": "",
+            "org.matrix.web_client_location": "https://app.example", "guest_user_id": 3
+        }))
+        .unwrap();
+        assert_eq!(r.room_alias, None);
+        assert_eq!(r.room_type, None);
+        assert_eq!(r.room_name.as_deref(), Some("Budget"));
+        assert_eq!(Value::Object(r.details()), json!({"room_name": "Budget"}));
+    }
+
+    #[test]
+    fn long_details_are_capped() {
+        let r = InviteRequest {
+            medium: "email".into(),
+            address: "a@b".into(),
+            room_id: "!r".into(),
+            sender: "@s:hs".into(),
+            room_alias: None,
+            room_avatar_url: None,
+            room_join_rules: None,
+            room_name: Some("é".repeat(5000)),
+            room_type: None,
+            sender_display_name: None,
+            sender_avatar_url: None,
+        };
+        let d = r.details();
+        assert_eq!(
+            d["room_name"].as_str().unwrap().chars().count(),
+            MAX_DETAIL_CHARS
+        );
+    }
+
+    #[test]
+    fn invite_tokens_fit_the_spec_alphabet() {
+        let t = mint_invite_token(&mut StdRng::seed_from_u64(2));
+        assert_eq!(t.len(), INVITE_TOKEN_LEN);
+        assert!(t.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn window_limits_say_when_to_retry() {
+        let limit = WindowLimit {
+            max: 2,
+            within: HumanDuration(Duration::from_secs(60)),
+        };
+        assert_eq!(over_limit((1, Some(0)), limit, 10_000), None);
+        assert_eq!(over_limit((2, Some(5_000)), limit, 10_000), Some(55_000));
+        assert_eq!(over_limit((3, Some(0)), limit, 60_000), Some(1));
+    }
+}
