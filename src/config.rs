@@ -1500,3 +1500,4 @@ mod tests {
         let e = Config::from_toml("[federation]\nmax_response_size = 10\n").unwrap_err();
         assert!(e.0.contains("federation.max_response_size"), "{e}");
     }
+}

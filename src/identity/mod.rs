@@ -14,10 +14,10 @@
 pub mod accounts;
 pub mod associations;
 pub mod hashing;
-pub mod sessions;
 pub mod invites;
 pub mod keys;
 pub mod lookup;
+pub mod sessions;
 pub mod signing;
 pub mod terms;
 pub mod xmatrix;

@@ -10,8 +10,8 @@
 //!   `annuaire migrate`; on PostgreSQL under an advisory lock so instances starting together do
 //!   not collide.
 
-pub mod outbox;
 pub mod identity;
+pub mod outbox;
 pub mod policy;
 pub mod ratelimits;
 pub mod schema;
