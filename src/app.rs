@@ -48,6 +48,8 @@ pub struct Annuaire {
     pub allowlist: Allowlist,
     /// Rate limits.
     pub limits: Limits,
+    /// Administration: admin tokens and login limits.
+    pub admin: crate::admin::Admin,
 }
 
 impl std::fmt::Debug for Annuaire {
@@ -91,12 +93,24 @@ impl Annuaire {
         let limits = Limits {
             info_per_ip: KeyedLimit::new(&config.rate_limits.info_per_ip),
         };
+        let admin = {
+            let db = db.clone();
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = db.get()?;
+                crate::admin::Admin::open(&mut conn, &config, now, &mut rand::rngs::OsRng)
+                    .map_err(|e| StartError::Config(format!("administration: {e}")))
+            })
+            .await
+            .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))??
+        };
         Ok(Arc::new(Annuaire {
             config,
             db,
             clock,
             allowlist,
             limits,
+            admin,
         }))
     }
 }
@@ -123,7 +137,14 @@ fn startup_jobs(
             "allowlist folder not found: file rules left as they are"
         );
     } else {
-        let diff = allowlist::import_dir(conn, dir, &default, false, now)?;
+        let diff = crate::admin::rules::import_dir_audited(
+            conn,
+            dir,
+            &default,
+            false,
+            &crate::admin::Actor::startup(),
+            now,
+        )?;
         tracing::info!(
             dir = %dir.display(),
             added = diff.added.len(),
@@ -175,6 +196,7 @@ pub fn start_background_jobs(app: &Arc<Annuaire>) {
             }
             if last_housekeeping.elapsed() >= Duration::from_secs(60) {
                 app.limits.info_per_ip.housekeep();
+                app.admin.housekeep();
                 last_housekeeping = std::time::Instant::now();
             }
         }
