@@ -244,7 +244,11 @@ impl Config {
         self.policy.validate()?;
         self.rate_limits.validate()?;
         self.admin.validate()?;
-        if self.http.admin_bind.is_some_and(|a| a == self.http.bind && a.port() != 0) {
+        if self
+            .http
+            .admin_bind
+            .is_some_and(|a| a == self.http.bind && a.port() != 0)
+        {
             return Err(ConfigError(
                 "http.admin_bind: must differ from http.bind".into(),
             ));
@@ -786,8 +790,10 @@ mod tests {
         assert!(e.0.contains("admin.lockout_threshold"), "{e}");
         let e = Config::from_toml("[admin.login_per_ip]\nburst = 0\nevery = \"1s\"\n").unwrap_err();
         assert!(e.0.contains("admin.login_per_ip.burst"), "{e}");
-        let e = Config::from_toml("[http]\nbind = \"127.0.0.1:9000\"\nadmin_bind = \"127.0.0.1:9000\"\n")
-            .unwrap_err();
+        let e = Config::from_toml(
+            "[http]\nbind = \"127.0.0.1:9000\"\nadmin_bind = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap_err();
         assert!(e.0.contains("http.admin_bind"), "{e}");
         let c = Config::from_toml("[http]\nadmin_bind = \"127.0.0.1:9001\"\n").unwrap();
         assert_eq!(c.http.admin_bind.unwrap().port(), 9001);
@@ -808,7 +814,11 @@ mod tests {
             match v {
                 serde_json::Value::Object(map) => {
                     for (k, v) in map {
-                        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        let path = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
                         // A table of user-chosen keys (maps) is documented by example only.
                         if v.as_object().is_some_and(|m| m.is_empty()) {
                             continue;
@@ -821,7 +831,11 @@ mod tests {
             }
         }
         let mut paths = Vec::new();
-        leaves("", &serde_json::to_value(Config::default()).unwrap(), &mut paths);
+        leaves(
+            "",
+            &serde_json::to_value(Config::default()).unwrap(),
+            &mut paths,
+        );
         for path in paths {
             let mut node = toml::Value::Table(parsed.clone());
             for part in path.split('.') {

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{Actor, AdminError};
 use crate::policy::{Rule, RuleDiff};
@@ -128,7 +129,7 @@ pub struct AuditFilter {
 }
 
 /// One entry, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct AuditEntry {
     /// Position in the log (increasing with time).
     pub id: i64,
@@ -140,18 +141,21 @@ pub struct AuditEntry {
     pub action: String,
     /// On what.
     pub target: String,
-    /// The object before the change (absent for a creation).
+    /// The object before the change (null for a creation).
+    #[schema(value_type = Option<Object>)]
     pub before: Option<Value>,
-    /// The object after the change (absent for a deletion).
+    /// The object after the change (null for a deletion).
+    #[schema(value_type = Option<Object>)]
     pub after: Option<Value>,
 }
 
 /// A page of entries, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct AuditPage {
     /// The entries.
     pub entries: Vec<AuditEntry>,
     /// Pass as `next_batch` for older entries; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub next_batch: Option<String>,
 }
 

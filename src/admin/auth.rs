@@ -13,11 +13,11 @@
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
-use diesel::Connection;
 use argon2::password_hash::SaltString;
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use diesel::Connection;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::distributions::Alphanumeric;
 use rand::{CryptoRng, Rng, RngCore};
@@ -170,10 +170,7 @@ impl Admin {
         let secret = match &config.admin.jwt_secret_file {
             Some(path) => {
                 let bytes = std::fs::read(path).map_err(|e| {
-                    AdminError::Internal(format!(
-                        "admin.jwt_secret_file ({}): {e}",
-                        path.display()
-                    ))
+                    AdminError::Internal(format!("admin.jwt_secret_file ({}): {e}", path.display()))
                 })?;
                 let trimmed = bytes.trim_ascii().to_vec();
                 if trimmed.len() < MIN_SECRET_BYTES {
@@ -187,8 +184,12 @@ impl Admin {
             None => {
                 let mut candidate = [0u8; 48];
                 rng.fill_bytes(&mut candidate);
-                let stored =
-                    state::get_or_insert(conn, JWT_SECRET_KEY, &STANDARD.encode(candidate), now_ms)?;
+                let stored = state::get_or_insert(
+                    conn,
+                    JWT_SECRET_KEY,
+                    &STANDARD.encode(candidate),
+                    now_ms,
+                )?;
                 STANDARD.decode(stored.as_bytes()).map_err(|e| {
                     StoreError::Corrupt(format!("state `{JWT_SECRET_KEY}` is not base64: {e}"))
                 })?
@@ -350,10 +351,13 @@ impl Admin {
             role,
             iat,
             exp: iat + expires_in,
-            jti: (0..24).map(|_| char::from(rng.sample(Alphanumeric))).collect(),
+            jti: (0..24)
+                .map(|_| char::from(rng.sample(Alphanumeric)))
+                .collect(),
         };
-        let access_token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| AdminError::Internal(format!("cannot encode an admin token: {e}")))?;
+        let access_token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+                .map_err(|e| AdminError::Internal(format!("cannot encode an admin token: {e}")))?;
         Ok(IssuedToken {
             access_token,
             expires_in,
@@ -476,9 +480,9 @@ fn normalize_username(username: &str) -> String {
 pub fn check_username(username: &str) -> Result<(), AdminError> {
     let ok = !username.is_empty()
         && username.len() <= 64
-        && username
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && username.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
         && username
             .bytes()
             .next()
@@ -628,7 +632,16 @@ mod tests {
         for ok in ["alice", "a", "jean.dupont", "ops-1", "x_y"] {
             assert!(check_username(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Alice", "cli:root", "a@b", "-x", ".x", "a b", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "Alice",
+            "cli:root",
+            "a@b",
+            "-x",
+            ".x",
+            "a b",
+            &"a".repeat(65),
+        ] {
             assert!(check_username(bad).is_err(), "{bad}");
         }
         assert!(check_password("short").is_err());
@@ -657,8 +670,12 @@ mod tests {
     fn tokens_carry_issuer_audience_lifetime_and_a_unique_id() {
         let admin = service();
         let mut rng = rand::rngs::OsRng;
-        let a = admin.mint("alice", Role::Editor, 900_000, NOW, &mut rng).unwrap();
-        let b = admin.mint("alice", Role::Editor, 900_000, NOW, &mut rng).unwrap();
+        let a = admin
+            .mint("alice", Role::Editor, 900_000, NOW, &mut rng)
+            .unwrap();
+        let b = admin
+            .mint("alice", Role::Editor, 900_000, NOW, &mut rng)
+            .unwrap();
         assert_eq!(a.expires_in, 900);
         let c = claims(&admin, &a.access_token);
         assert_eq!(c["iss"], "is.example");
@@ -678,11 +695,19 @@ mod tests {
             .unwrap();
         assert!(admin.decode(&t.access_token, NOW + 60_000).is_ok());
         assert!(admin.decode(&t.access_token, NOW + 60_000 + 30_000).is_ok());
-        let e = admin.decode(&t.access_token, NOW + 60_000 + 31_000).unwrap_err();
-        assert!(matches!(e, AdminError::InvalidToken(ref m) if m.contains("expired")), "{e}");
+        let e = admin
+            .decode(&t.access_token, NOW + 60_000 + 31_000)
+            .unwrap_err();
+        assert!(
+            matches!(e, AdminError::InvalidToken(ref m) if m.contains("expired")),
+            "{e}"
+        );
         // Issued "in the future" beyond the leeway: another instance's clock is far off.
         let e = admin.decode(&t.access_token, NOW - 31_000).unwrap_err();
-        assert!(matches!(e, AdminError::InvalidToken(ref m) if m.contains("future")), "{e}");
+        assert!(
+            matches!(e, AdminError::InvalidToken(ref m) if m.contains("future")),
+            "{e}"
+        );
         assert!(admin.decode(&t.access_token, NOW - 29_000).is_ok());
     }
 
@@ -708,7 +733,9 @@ mod tests {
         other_iss["iss"] = json!("elsewhere.example");
         let e = admin.decode(&sign(other_iss, &[7u8; 32]), NOW).unwrap_err();
         assert!(e.to_string().contains("another server"), "{e}");
-        let e = admin.decode(&sign(good.clone(), &[8u8; 32]), NOW).unwrap_err();
+        let e = admin
+            .decode(&sign(good.clone(), &[8u8; 32]), NOW)
+            .unwrap_err();
         assert!(e.to_string().contains("signature"), "{e}");
         let mut no_exp = good.clone();
         no_exp.as_object_mut().unwrap().remove("exp");
@@ -717,7 +744,8 @@ mod tests {
         // "none" and other algorithms are refused whatever the claims.
         let unsigned = format!(
             "{}.{}.",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(br#"{"alg":"none","typ":"JWT"}"#),
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(good.to_string())
         );
         assert!(admin.decode(&unsigned, NOW).is_err());

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AdminError;
 use crate::allowlist::Allowlist;
@@ -61,7 +62,7 @@ impl Period {
 }
 
 /// Refused or invite-required attempts for one domain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct DomainAttempts {
     /// The domain (IDNA ASCII).
     pub domain: String,
@@ -76,7 +77,7 @@ pub struct DomainAttempts {
 }
 
 /// The "who is knocking" list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct AttemptStats {
     /// `24h`, `7d` or `30d`.
     pub period: &'static str,

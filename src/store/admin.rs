@@ -278,7 +278,10 @@ pub struct AuditQuery {
 /// Audit rows, newest first.
 pub fn query_audit(conn: &mut DbConn, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
     use admin_audit::dsl as a;
-    let prefix = q.action_prefix.as_deref().map(|p| format!("{}%", escape_like(p)));
+    let prefix = q
+        .action_prefix
+        .as_deref()
+        .map(|p| format!("{}%", escape_like(p)));
     let rows = db_dispatch!(conn, c => {
         let mut query = a::admin_audit.into_boxed();
         if let Some(actor) = &q.actor {
