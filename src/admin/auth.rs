@@ -56,6 +56,9 @@ struct Claims {
     iat: i64,
     exp: i64,
     jti: String,
+    /// The account's creation instant (ms): a removed and re-created account of the same name
+    /// does not accept the old account's tokens.
+    acct: i64,
 }
 
 /// A token handed to an administrator.
@@ -296,10 +299,9 @@ impl Admin {
             }
             return Err(AdminError::BadCredentials);
         }
-        let role = parse_role(&account)?;
         admin_store::record_login_success(conn, &username, now_ms)?;
         admin_store::purge_revoked(conn, now_ms - LEEWAY_SECS * 1000)?;
-        self.mint(&username, role, self.token_lifetime_ms, now_ms, rng)
+        self.mint(&account, self.token_lifetime_ms, now_ms, rng)
     }
 
     /// A token for automation (`annuaire admin token USER --ttl 1h`), audited.
@@ -312,7 +314,7 @@ impl Admin {
         now_ms: i64,
         rng: &mut impl RngCore,
     ) -> Result<IssuedToken, AdminError> {
-        if ttl_ms < 1000 || ttl_ms > MAX_CLI_TOKEN_MS {
+        if !(1000..=MAX_CLI_TOKEN_MS).contains(&ttl_ms) {
             return Err(AdminError::InvalidInput(
                 "the token lifetime must be between 1s and 366 days".to_owned(),
             ));
@@ -320,15 +322,14 @@ impl Admin {
         let username = normalize_username(username);
         let account = admin_store::get_account(conn, &username)?
             .ok_or_else(|| AdminError::NotFound(format!("no admin account {username}")))?;
-        let role = parse_role(&account)?;
-        let token = self.mint(&username, role, ttl_ms, now_ms, rng)?;
+        let token = self.mint(&account, ttl_ms, now_ms, rng)?;
         audit::record(
             conn,
             actor,
             action::TOKEN_ISSUE,
             &audit::account_target(&username),
             None,
-            Some(&json!({"role": role, "expires_in": token.expires_in})),
+            Some(&json!({"role": token.role, "expires_in": token.expires_in})),
             now_ms,
         )?;
         Ok(token)
@@ -336,24 +337,25 @@ impl Admin {
 
     fn mint(
         &self,
-        username: &str,
-        role: Role,
+        account: &AccountRow,
         ttl_ms: i64,
         now_ms: i64,
         rng: &mut impl RngCore,
     ) -> Result<IssuedToken, AdminError> {
+        let role = parse_role(account)?;
         let iat = now_ms.div_euclid(1000);
         let expires_in = ttl_ms / 1000;
         let claims = Claims {
             iss: self.issuer.clone(),
             aud: AUDIENCE.to_owned(),
-            sub: username.to_owned(),
+            sub: account.username.clone(),
             role,
             iat,
             exp: iat + expires_in,
             jti: (0..24)
                 .map(|_| char::from(rng.sample(Alphanumeric)))
                 .collect(),
+            acct: account.created_at,
         };
         let access_token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -380,7 +382,7 @@ impl Admin {
             ));
         }
         let account = admin_store::get_account(conn, &claims.sub)?;
-        let Some(account) = account.filter(|a| claims.iat >= a.created_at.div_euclid(1000)) else {
+        let Some(account) = account.filter(|a| a.created_at == claims.acct) else {
             return Err(AdminError::InvalidToken(
                 "The token's admin account no longer exists".to_owned(),
             ));
@@ -651,6 +653,20 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000_000;
 
+    fn account(username: &str, role: &str) -> AccountRow {
+        AccountRow {
+            username: username.into(),
+            role: role.into(),
+            source: "local".into(),
+            password_hash: None,
+            failed_logins: 0,
+            locked_until: None,
+            last_login_at: None,
+            created_at: NOW - 5,
+            updated_at: NOW - 5,
+        }
+    }
+
     fn service() -> Admin {
         let mut config = Config::default();
         config.server.name = "is.example".into();
@@ -671,10 +687,10 @@ mod tests {
         let admin = service();
         let mut rng = rand::rngs::OsRng;
         let a = admin
-            .mint("alice", Role::Editor, 900_000, NOW, &mut rng)
+            .mint(&account("alice", "editor"), 900_000, NOW, &mut rng)
             .unwrap();
         let b = admin
-            .mint("alice", Role::Editor, 900_000, NOW, &mut rng)
+            .mint(&account("alice", "editor"), 900_000, NOW, &mut rng)
             .unwrap();
         assert_eq!(a.expires_in, 900);
         let c = claims(&admin, &a.access_token);
@@ -682,6 +698,7 @@ mod tests {
         assert_eq!(c["aud"], AUDIENCE);
         assert_eq!(c["sub"], "alice");
         assert_eq!(c["role"], "editor");
+        assert_eq!(c["acct"], NOW - 5);
         assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 900);
         assert_ne!(c["jti"], claims(&admin, &b.access_token)["jti"]);
         assert_eq!(admin.decode(&a.access_token, NOW).unwrap().sub, "alice");
@@ -691,7 +708,12 @@ mod tests {
     fn expiry_is_checked_against_the_given_clock_with_bounded_leeway() {
         let admin = service();
         let t = admin
-            .mint("alice", Role::Viewer, 60_000, NOW, &mut rand::rngs::OsRng)
+            .mint(
+                &account("alice", "viewer"),
+                60_000,
+                NOW,
+                &mut rand::rngs::OsRng,
+            )
             .unwrap();
         assert!(admin.decode(&t.access_token, NOW + 60_000).is_ok());
         assert!(admin.decode(&t.access_token, NOW + 60_000 + 30_000).is_ok());
@@ -723,7 +745,7 @@ mod tests {
             .unwrap()
         };
         let good = json!({"iss": "is.example", "aud": AUDIENCE, "sub": "alice", "role": "editor",
-            "iat": NOW / 1000, "exp": NOW / 1000 + 60, "jti": "j"});
+            "iat": NOW / 1000, "exp": NOW / 1000 + 60, "jti": "j", "acct": 1});
         assert!(admin.decode(&sign(good.clone(), &[7u8; 32]), NOW).is_ok());
         let mut other_aud = good.clone();
         other_aud["aud"] = json!("synapse");

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod admin;
 mod foundation;
 mod mail_smtp;
 mod policy;
