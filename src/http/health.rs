@@ -25,7 +25,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 #[utoipa::path(get, path = "/_matrix/identity/versions", tag = "operations",
     summary = "Identity Service API versions supported",
     responses((status = 200, description = "`{versions: [\"v1.1\", …]}`", content_type = "application/json")))]
-pub(super) async fn versions() -> HttpResponse {
+async fn versions() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "versions": SPEC_VERSIONS }))
 }
 
@@ -33,7 +33,7 @@ pub(super) async fn versions() -> HttpResponse {
 #[utoipa::path(get, path = "/_matrix/identity/v2", tag = "operations",
     summary = "Identity Service status (an empty object)",
     responses((status = 200, description = "`{}`", content_type = "application/json")))]
-pub(super) async fn v2_status() -> HttpResponse {
+async fn v2_status() -> HttpResponse {
     HttpResponse::Ok().json(json!({}))
 }
 
@@ -41,7 +41,7 @@ pub(super) async fn v2_status() -> HttpResponse {
 #[utoipa::path(get, path = "/health/live", tag = "operations",
     summary = "Liveness: the process answers",
     responses((status = 200, description = "`{status: \"live\"}`", content_type = "application/json")))]
-pub(super) async fn live() -> HttpResponse {
+async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "live" }))
 }
 
@@ -52,7 +52,7 @@ pub(super) async fn live() -> HttpResponse {
         (status = 200, description = "`{status: \"ready\"}`", content_type = "application/json"),
         (status = 503, description = "M_UNKNOWN: the database does not answer", content_type = "application/json"),
     ))]
-pub(super) async fn ready(app: AppData) -> Result<HttpResponse, ApiError> {
+async fn ready(app: AppData) -> Result<HttpResponse, ApiError> {
     match app.db.ping().await {
         Ok(()) => Ok(HttpResponse::Ok().json(json!({ "status": "ready" }))),
         Err(e) => {
@@ -66,7 +66,7 @@ pub(super) async fn ready(app: AppData) -> Result<HttpResponse, ApiError> {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     summary = "Prometheus metrics",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub(super) async fn metrics() -> HttpResponse {
+async fn metrics() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(crate::telemetry::render_metrics())

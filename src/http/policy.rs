@@ -114,7 +114,7 @@ fn count(endpoint: &'static str, outcome: Outcome) {
         (status = 400, description = "M_INVALID_PARAM, M_INVALID_EMAIL, M_MISSING_PARAMS", content_type = "application/json"),
         (status = 429, description = "M_LIMIT_EXCEEDED", content_type = "application/json"),
     ))]
-pub(super) async fn info(
+async fn info(
     req: HttpRequest,
     app: AppData,
     MatrixQuery(q): MatrixQuery<ThreepidQuery>,
@@ -144,7 +144,7 @@ pub(super) async fn info(
         (status = 400, description = "M_INVALID_PARAM, M_INVALID_EMAIL, M_MISSING_PARAMS", content_type = "application/json"),
         (status = 403, description = "M_FORBIDDEN: caller outside http.internal_networks", content_type = "application/json"),
     ))]
-pub(super) async fn internal_info(
+async fn internal_info(
     req: HttpRequest,
     app: AppData,
     MatrixQuery(q): MatrixQuery<ThreepidQuery>,

@@ -1594,13 +1594,22 @@ async fn the_admin_listener_alone_serves_admin_paths() {
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let serve = ServeProcess::start(dir.path(), &["serve"], &env);
-    let started: Value = serve
-        .log()
-        .lines()
-        .filter(|l| l.contains("annuaire started"))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .next()
-        .unwrap();
+    // The start-up line reaches the captured log just after `start` returns.
+    let mut started: Option<Value> = None;
+    eventually(
+        Duration::from_secs(10),
+        "the start-up log line",
+        async || {
+            started = serve
+                .log()
+                .lines()
+                .find(|l| l.contains("annuaire started"))
+                .map(|l| serde_json::from_str(l).unwrap());
+            started.is_some()
+        },
+    )
+    .await;
+    let started = started.unwrap();
     let admin = format!("http://{}", started["admin_listen"].as_str().unwrap());
     assert_ne!(admin, serve.base);
     let client = support::client();
