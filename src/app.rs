@@ -68,6 +68,8 @@ pub struct Annuaire {
     pub federation: FederationClient,
     /// The identity service's signing key and terms.
     pub identity: IdentityService,
+    /// Administration: admin tokens and login limits.
+    pub admin: crate::admin::Admin,
 }
 
 impl std::fmt::Debug for Annuaire {
@@ -132,6 +134,17 @@ impl Annuaire {
             .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))?
             .map_err(|e| StartError::Config(e.to_string()))?
         };
+        let admin = {
+            let db = db.clone();
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = db.get()?;
+                crate::admin::Admin::open(&mut conn, &config, now, &mut rand::rngs::OsRng)
+                    .map_err(|e| StartError::Config(format!("administration: {e}")))
+            })
+            .await
+            .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))??
+        };
         Ok(Arc::new(Annuaire {
             config,
             db,
@@ -142,6 +155,7 @@ impl Annuaire {
             web,
             federation,
             identity,
+            admin,
         }))
     }
 }
@@ -168,7 +182,14 @@ fn startup_jobs(
             "allowlist folder not found: file rules left as they are"
         );
     } else {
-        let diff = allowlist::import_dir(conn, dir, &default, false, now)?;
+        let diff = crate::admin::rules::import_dir_audited(
+            conn,
+            dir,
+            &default,
+            false,
+            &crate::admin::Actor::startup(),
+            now,
+        )?;
         tracing::info!(
             dir = %dir.display(),
             added = diff.added.len(),
@@ -225,6 +246,7 @@ pub fn start_background_jobs(app: &Arc<Annuaire>) {
             if last_housekeeping.elapsed() >= Duration::from_secs(60) {
                 app.limits.info_per_ip.housekeep();
                 app.limits.request_token_per_ip.housekeep();
+                app.admin.housekeep();
                 last_housekeeping = std::time::Instant::now();
             }
         }

@@ -32,6 +32,7 @@ pub struct Config {
     pub terms: TermsConfig,
     pub invites: InvitesConfig,
     pub federation: FederationConfig,
+    pub admin: AdminConfig,
 }
 
 /// `[server]`: who this identity server is and where it keeps its files.
@@ -75,6 +76,9 @@ pub struct HttpConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Number of HTTP worker threads (0 = one per CPU).
     pub workers: usize,
+    /// A second listener for `/_annuaire/*` and `/metrics`; when set, the public listener does
+    /// not serve them.
+    pub admin_bind: Option<SocketAddr>,
 }
 
 impl Default for HttpConfig {
@@ -90,6 +94,7 @@ impl Default for HttpConfig {
             ],
             trusted_proxies: Vec::new(),
             workers: 0,
+            admin_bind: None,
         }
     }
 }
@@ -254,6 +259,16 @@ impl Config {
         self.mail.validate()?;
         self.invites.validate()?;
         self.federation.validate()?;
+        self.admin.validate()?;
+        if self
+            .http
+            .admin_bind
+            .is_some_and(|a| a == self.http.bind && a.port() != 0)
+        {
+            return Err(ConfigError(
+                "http.admin_bind: must differ from http.bind".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -1138,6 +1153,69 @@ impl FederationConfig {
     }
 }
 
+// ---- [admin] ----
+
+/// `[admin]`: the administration API (`/_annuaire/admin/v1/…`) and its accounts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// File holding the secret that signs admin tokens (at least 32 bytes); default: a secret
+    /// created once in the database, shared by every instance.
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Lifetime of the tokens `POST /_annuaire/admin/v1/login` gives.
+    pub token_lifetime: HumanDuration,
+    /// Failed logins in a row after which an account is locked.
+    pub lockout_threshold: u32,
+    /// How long a locked account stays locked.
+    pub lockout_duration: HumanDuration,
+    /// Login attempts per client IP.
+    pub login_per_ip: RateLimit,
+    /// Login attempts per username.
+    pub login_per_username: RateLimit,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret_file: None,
+            token_lifetime: HumanDuration(Duration::from_secs(15 * 60)),
+            lockout_threshold: 5,
+            lockout_duration: HumanDuration(Duration::from_secs(15 * 60)),
+            login_per_ip: RateLimit {
+                burst: 20,
+                every: HumanDuration(Duration::from_secs(3)),
+            },
+            login_per_username: RateLimit {
+                burst: 10,
+                every: HumanDuration(Duration::from_secs(6)),
+            },
+        }
+    }
+}
+
+impl AdminConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let lifetime = self.token_lifetime.0;
+        if lifetime < Duration::from_secs(60) || lifetime > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError(
+                "admin.token_lifetime: must be between 1m and 24h".into(),
+            ));
+        }
+        if self.lockout_threshold == 0 {
+            return Err(ConfigError(
+                "admin.lockout_threshold: must be at least 1".into(),
+            ));
+        }
+        if self.lockout_duration.0.is_zero() {
+            return Err(ConfigError(
+                "admin.lockout_duration: must be longer than 0s".into(),
+            ));
+        }
+        self.login_per_ip.validate("admin.login_per_ip")?;
+        self.login_per_username.validate("admin.login_per_username")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1363,6 +1441,28 @@ mod tests {
         .unwrap();
         let e = c.mail.smtp.read_password().unwrap_err();
         assert!(e.0.contains("mail.smtp.password_file"), "{e}");
+    }
+
+    #[test]
+    fn admin_keys() {
+        let c = Config::load_from(None, &[]).unwrap();
+        assert_eq!(c.admin.token_lifetime.0, Duration::from_secs(900));
+        assert_eq!(c.admin.lockout_threshold, 5);
+        assert_eq!(c.admin.jwt_secret_file, None);
+        assert_eq!(c.http.admin_bind, None);
+        let e = Config::from_toml("[admin]\ntoken_lifetime = \"2days\"\n").unwrap_err();
+        assert!(e.0.contains("admin.token_lifetime"), "{e}");
+        let e = Config::from_toml("[admin]\nlockout_threshold = 0\n").unwrap_err();
+        assert!(e.0.contains("admin.lockout_threshold"), "{e}");
+        let e = Config::from_toml("[admin.login_per_ip]\nburst = 0\nevery = \"1s\"\n").unwrap_err();
+        assert!(e.0.contains("admin.login_per_ip.burst"), "{e}");
+        let e = Config::from_toml(
+            "[http]\nbind = \"127.0.0.1:9000\"\nadmin_bind = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap_err();
+        assert!(e.0.contains("http.admin_bind"), "{e}");
+        let c = Config::from_toml("[http]\nadmin_bind = \"127.0.0.1:9001\"\n").unwrap();
+        assert_eq!(c.http.admin_bind.unwrap().port(), 9001);
     }
 
     /// Every key with a default must be documented in annuaire.example.toml, with that default.

@@ -12,6 +12,7 @@
     )
 )]
 
+pub mod admin;
 pub mod allowlist;
 pub mod app;
 pub mod cli;

@@ -22,21 +22,36 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// # GET /_matrix/identity/versions
+#[utoipa::path(get, path = "/_matrix/identity/versions", tag = "operations",
+    summary = "Identity Service API versions supported",
+    responses((status = 200, description = "`{versions: [\"v1.1\", …]}`", content_type = "application/json")))]
 async fn versions() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "versions": SPEC_VERSIONS }))
 }
 
 /// # GET /_matrix/identity/v2
+#[utoipa::path(get, path = "/_matrix/identity/v2", tag = "operations",
+    summary = "Identity Service status (an empty object)",
+    responses((status = 200, description = "`{}`", content_type = "application/json")))]
 async fn v2_status() -> HttpResponse {
     HttpResponse::Ok().json(json!({}))
 }
 
 /// # GET /health/live: the process answers.
+#[utoipa::path(get, path = "/health/live", tag = "operations",
+    summary = "Liveness: the process answers",
+    responses((status = 200, description = "`{status: \"live\"}`", content_type = "application/json")))]
 async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "live" }))
 }
 
 /// # GET /health/ready: the database answers.
+#[utoipa::path(get, path = "/health/ready", tag = "operations",
+    summary = "Readiness: the database answers",
+    responses(
+        (status = 200, description = "`{status: \"ready\"}`", content_type = "application/json"),
+        (status = 503, description = "M_UNKNOWN: the database does not answer", content_type = "application/json"),
+    ))]
 async fn ready(app: AppData) -> Result<HttpResponse, ApiError> {
     match app.db.ping().await {
         Ok(()) => Ok(HttpResponse::Ok().json(json!({ "status": "ready" }))),
@@ -48,6 +63,9 @@ async fn ready(app: AppData) -> Result<HttpResponse, ApiError> {
 }
 
 /// # GET /metrics: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

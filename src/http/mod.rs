@@ -2,11 +2,13 @@
 //! function, map the result. Unknown paths answer 404 `M_UNRECOGNIZED`, known paths with the
 //! wrong method 405 `M_UNRECOGNIZED`.
 
+pub mod admin;
 pub mod auth;
 pub mod extract;
 pub mod health;
 pub mod identity;
 pub mod middleware;
+pub mod openapi;
 pub mod policy;
 pub mod validation;
 
@@ -15,7 +17,7 @@ use std::sync::Arc;
 
 use actix_web::dev::{Server, Service};
 use actix_web::http::Method;
-use actix_web::{App, HttpRequest, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpServer, ResponseError, web};
 use futures_util::future::LocalBoxFuture;
 
 use crate::app::Annuaire;
@@ -41,6 +43,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     policy::routes(cfg);
     validation::routes(cfg);
     identity::routes(cfg);
+    admin::routes(cfg);
+    openapi::routes(cfg);
 }
 
 /// Why the server could not start.
@@ -54,17 +58,54 @@ pub enum ServeError {
     Tls(String),
 }
 
-/// Builds the HTTP server on an already bound listener (tests bind port 0).
+/// Builds the HTTP server on an already bound listener (tests bind port 0). With
+/// `http.admin_bind`, binds the admin listener too.
 pub fn server(app: Arc<Annuaire>, listener: TcpListener) -> Result<Server, ServeError> {
+    let admin = match app.config.http.admin_bind {
+        Some(addr) => Some(bind(addr)?),
+        None => None,
+    };
+    server_with_admin(app, listener, admin)
+}
+
+/// Whether a path belongs on the admin listener (`http.admin_bind`).
+pub fn is_admin_path(path: &str) -> bool {
+    path.starts_with("/_annuaire/") || path == "/metrics"
+}
+
+/// Builds the HTTP server on the public listener and, if given, a second listener that alone
+/// serves `/_annuaire/*` and `/metrics` (the public one then answers 404 for them).
+pub fn server_with_admin(
+    app: Arc<Annuaire>,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+) -> Result<Server, ServeError> {
     crate::telemetry::install_metrics();
     let data = web::Data::from(app.clone());
     let limit = BodyLimit(app.config.http.max_body.0);
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     let http_server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(limit)
             .configure(routes)
             .default_service(web::to(unrecognized))
+            .wrap_fn(move |req, srv| {
+                // With an admin listener, each listener serves only its own paths.
+                let misplaced = admin_addr.is_some_and(|admin| {
+                    (req.app_config().local_addr() == admin) != is_admin_path(req.path())
+                });
+                let fut: LocalBoxFuture<'static, _> = if misplaced {
+                    let res = req.into_response(ApiError::unrecognized().error_response());
+                    Box::pin(std::future::ready(Ok(res)))
+                } else {
+                    Box::pin(srv.call(req))
+                };
+                fut
+            })
             .wrap_fn(|req, srv| {
                 // CORS, as the Matrix specifications ask, on the Matrix paths only.
                 let cors = middleware::cors_applies(req.path());
@@ -97,11 +138,12 @@ pub fn server(app: Arc<Annuaire>, listener: TcpListener) -> Result<Server, Serve
         n => http_server.workers(n),
     }
     .shutdown_timeout(10);
+    let mut listeners = std::iter::once(listener).chain(admin_listener);
     let http_server = if app.config.tls_enabled() {
         let tls = tls_config(&app)?;
-        http_server.listen_rustls_0_23(listener, tls)?
+        listeners.try_fold(http_server, |s, l| s.listen_rustls_0_23(l, tls.clone()))?
     } else {
-        http_server.listen(listener)?
+        listeners.try_fold(http_server, |s, l| s.listen(l))?
     };
     Ok(http_server.run())
 }

@@ -18,9 +18,12 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// The query of both endpoints.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ThreepidQuery {
+    /// `email`.
     medium: String,
+    /// The email address.
     address: String,
 }
 
@@ -103,6 +106,14 @@ fn count(endpoint: &'static str, outcome: Outcome) {
 ///
 /// For clients choosing a homeserver. Rate limited per client IP; outside callers see the
 /// public (shadow) homeserver.
+#[utoipa::path(get, path = "/_matrix/identity/api/v1/info", tag = "policy",
+    summary = "Which homeserver an address belongs to (clients)",
+    params(ThreepidQuery),
+    responses(
+        (status = 200, description = "`{hs?, shadow_hs?, requires_invite, decision: allowed|invite_required|denied, organisation?, reason}`; outside callers see the public (shadow) homeserver as `hs`", content_type = "application/json"),
+        (status = 400, description = "M_INVALID_PARAM, M_INVALID_EMAIL, M_MISSING_PARAMS", content_type = "application/json"),
+        (status = 429, description = "M_LIMIT_EXCEEDED", content_type = "application/json"),
+    ))]
 async fn info(
     req: HttpRequest,
     app: AppData,
@@ -145,6 +156,14 @@ async fn info(
 /// # GET /_matrix/identity/api/v1/internal-info
 ///
 /// For homeservers (the `threepid-checker` module): only from `http.internal_networks`.
+#[utoipa::path(get, path = "/_matrix/identity/api/v1/internal-info", tag = "policy",
+    summary = "Which homeserver an address belongs to (homeservers, internal networks only)",
+    params(ThreepidQuery),
+    responses(
+        (status = 200, description = "`{hs?, shadow_hs?, requires_invite, invited, decision, organisation?, reason}`", content_type = "application/json"),
+        (status = 400, description = "M_INVALID_PARAM, M_INVALID_EMAIL, M_MISSING_PARAMS", content_type = "application/json"),
+        (status = 403, description = "M_FORBIDDEN: caller outside http.internal_networks", content_type = "application/json"),
+    ))]
 async fn internal_info(
     req: HttpRequest,
     app: AppData,

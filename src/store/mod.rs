@@ -10,6 +10,7 @@
 //!   `annuaire migrate`; on PostgreSQL under an advisory lock so instances starting together do
 //!   not collide.
 
+pub mod admin;
 pub mod identity;
 pub mod outbox;
 pub mod policy;

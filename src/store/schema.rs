@@ -168,3 +168,41 @@ diesel::table! {
 
 diesel::allow_tables_to_appear_in_same_query!(associations, association_hashes);
 diesel::allow_tables_to_appear_in_same_query!(identity_accounts, identity_tokens);
+
+diesel::table! {
+    /// Administrators of the admin API.
+    admin_accounts (username) {
+        username -> Text,
+        role -> Text,
+        source -> Text,
+        password_hash -> Nullable<Text>,
+        failed_logins -> Integer,
+        locked_until -> Nullable<BigInt>,
+        last_login_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Admin tokens revoked before their expiry.
+    admin_revoked_tokens (jti) {
+        jti -> Text,
+        username -> Text,
+        expires_at -> BigInt,
+        revoked_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// The audit log of administrative changes.
+    admin_audit (seq) {
+        seq -> BigInt,
+        at -> BigInt,
+        actor -> Text,
+        action -> Text,
+        target -> Text,
+        before_json -> Nullable<Text>,
+        after_json -> Nullable<Text>,
+    }
+}

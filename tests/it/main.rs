@@ -4,6 +4,7 @@
 
 mod support;
 
+mod admin;
 mod foundation;
 mod identity;
 mod mail_smtp;

@@ -1,0 +1,223 @@
+//! The audit log: every administrative change (rules, accounts, later directory moderation) with
+//! who, when, what, before and after. Written in the same transaction as the change; read with
+//! filters, newest first; never deleted or edited by the application.
+
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::{Actor, AdminError};
+use crate::policy::{Rule, RuleDiff};
+use crate::store::admin::{self as admin_store, AuditQuery, NewAuditRow};
+use crate::store::{DbConn, StoreError};
+
+/// Audit action names (the `action` column).
+pub mod action {
+    /// A rule created through the API.
+    pub const RULE_CREATE: &str = "rule.create";
+    /// An admin rule replaced through the API.
+    pub const RULE_UPDATE: &str = "rule.update";
+    /// An admin rule deleted through the API.
+    pub const RULE_DELETE: &str = "rule.delete";
+    /// A file rule turned into an admin rule.
+    pub const RULE_CONVERT: &str = "rule.convert";
+    /// A rule added or replaced by `POST /rules/import`.
+    pub const RULE_IMPORT: &str = "rule.import";
+    /// A rule added, changed or removed by an import of the allowlist files (CLI or start-up).
+    pub const RULE_FILE_IMPORT: &str = "rule.file_import";
+    /// An admin account created.
+    pub const ACCOUNT_CREATE: &str = "account.create";
+    /// An admin account removed.
+    pub const ACCOUNT_REMOVE: &str = "account.remove";
+    /// An admin account locked after failed logins.
+    pub const ACCOUNT_LOCK: &str = "account.lock";
+    /// A token issued on the command line (`annuaire admin token`).
+    pub const TOKEN_ISSUE: &str = "token.issue";
+}
+
+/// The audit target naming a rule.
+pub fn rule_target(id: &str) -> String {
+    format!("rule:{id}")
+}
+
+/// The audit target naming an admin account.
+pub fn account_target(username: &str) -> String {
+    format!("account:{username}")
+}
+
+/// Appends one change to the log (call inside the change's transaction).
+pub fn record(
+    conn: &mut DbConn,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    admin_store::insert_audit(
+        conn,
+        &NewAuditRow {
+            at: now_ms,
+            actor: actor.as_str().to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            before_json: before.map(Value::to_string),
+            after_json: after.map(Value::to_string),
+        },
+    )
+}
+
+/// One row per rule a diff adds, changes or removes.
+pub fn record_rule_diff(
+    conn: &mut DbConn,
+    actor: &Actor,
+    action: &str,
+    diff: &RuleDiff,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let rule_json = |r: &Rule| r.to_json();
+    for rule in &diff.added {
+        record(
+            conn,
+            actor,
+            action,
+            &rule_target(&rule.id),
+            None,
+            Some(&rule_json(rule)),
+            now_ms,
+        )?;
+    }
+    for (old, new) in &diff.changed {
+        record(
+            conn,
+            actor,
+            action,
+            &rule_target(&new.id),
+            Some(&rule_json(old)),
+            Some(&rule_json(new)),
+            now_ms,
+        )?;
+    }
+    for rule in &diff.removed {
+        record(
+            conn,
+            actor,
+            action,
+            &rule_target(&rule.id),
+            Some(&rule_json(rule)),
+            None,
+            now_ms,
+        )?;
+    }
+    Ok(())
+}
+
+/// Which entries to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Exactly this actor.
+    pub actor: Option<String>,
+    /// This action, or every action starting with the prefix when it ends with `*` ("rule.*").
+    pub action: Option<String>,
+    /// Exactly this target ("rule:r0123…", "account:alice").
+    pub target: Option<String>,
+    /// At or after (ms).
+    pub since: Option<i64>,
+    /// Before (ms, exclusive).
+    pub until: Option<i64>,
+}
+
+/// One entry, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct AuditEntry {
+    /// Position in the log (increasing with time).
+    pub id: i64,
+    /// When (ms since the epoch).
+    pub at: i64,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// The object before the change (null for a creation).
+    #[schema(value_type = Option<Object>)]
+    pub before: Option<Value>,
+    /// The object after the change (null for a deletion).
+    #[schema(value_type = Option<Object>)]
+    pub after: Option<Value>,
+}
+
+/// A page of entries, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct AuditPage {
+    /// The entries.
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `next_batch` for older entries; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_batch: Option<String>,
+}
+
+/// Entries matching `filter`, newest first, starting after the page token `from`.
+pub fn list(
+    conn: &mut DbConn,
+    filter: &AuditFilter,
+    from: Option<&str>,
+    limit: usize,
+) -> Result<AuditPage, AdminError> {
+    let before_seq = match from {
+        None => None,
+        Some(token) => Some(token.parse::<i64>().map_err(|_| {
+            AdminError::InvalidInput("`next_batch` is not a token from a previous page".into())
+        })?),
+    };
+    let (action, action_prefix) = match filter.action.as_deref() {
+        Some(a) => match a.strip_suffix('*') {
+            Some(prefix) => (None, Some(prefix.to_owned())),
+            None => (Some(a.to_owned()), None),
+        },
+        None => (None, None),
+    };
+    let query = AuditQuery {
+        actor: filter.actor.clone(),
+        action,
+        action_prefix,
+        target: filter.target.clone(),
+        since: filter.since,
+        until: filter.until,
+        before_seq,
+        limit: i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX),
+    };
+    let mut rows = admin_store::query_audit(conn, &query)?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let parse = |seq: i64, text: Option<String>| -> Result<Option<Value>, AdminError> {
+        text.map(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| StoreError::Corrupt(format!("audit row {seq}: {e}")).into())
+        })
+        .transpose()
+    };
+    let next_batch = if more {
+        rows.last().map(|r| r.seq.to_string())
+    } else {
+        None
+    };
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        entries.push(AuditEntry {
+            id: row.seq,
+            at: row.at,
+            before: parse(row.seq, row.before_json)?,
+            after: parse(row.seq, row.after_json)?,
+            actor: row.actor,
+            action: row.action,
+            target: row.target,
+        });
+    }
+    Ok(AuditPage {
+        entries,
+        next_batch,
+    })
+}

@@ -1,0 +1,183 @@
+//! Administration: admin accounts and their tokens (JWT), allowlist rules managed through the
+//! admin API, the decision explainer, the audit log and the statistics.
+//!
+//! Everything here is blocking code over a `&mut DbConn` (the HTTP layer runs it with
+//! `Db::run`); no actix. `http::admin` maps [`AdminError`] to responses once.
+
+pub mod audit;
+pub mod auth;
+pub mod rules;
+pub mod stats;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::RuleError;
+use crate::store::StoreError;
+
+pub use audit::{AuditEntry, AuditFilter, AuditPage};
+pub use auth::{AccountSummary, Admin, IssuedToken, Session};
+pub use rules::{RuleFilter, RulePage};
+pub use stats::{AttemptStats, DomainAttempts, Period};
+
+/// What an administrator may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read everything (GET).
+    Viewer,
+    /// Read and change everything.
+    Editor,
+}
+
+impl Role {
+    /// "viewer" or "editor", as stored and in tokens.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+        }
+    }
+
+    /// Parses "viewer" or "editor".
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "viewer" => Some(Role::Viewer),
+            "editor" => Some(Role::Editor),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an administrative request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The database failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// No bearer token in the request.
+    #[error("no admin access token in the request")]
+    MissingToken,
+    /// The token is malformed, signed with another key, for another audience or issuer,
+    /// expired, revoked, or its account is gone. The text says which, for the operator.
+    #[error("{0}")]
+    InvalidToken(String),
+    /// The caller may not do this (a viewer changing something).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Wrong username or password (never says which).
+    #[error("invalid username or password")]
+    BadCredentials,
+    /// The account is locked after too many failed logins.
+    #[error("this account is locked after too many failed logins")]
+    Locked {
+        /// Until when (ms).
+        until_ms: i64,
+        /// How long from now (ms).
+        retry_after_ms: u64,
+    },
+    /// Too many login attempts from this address or for this username.
+    #[error("too many login attempts")]
+    RateLimited {
+        /// When to retry (ms from now).
+        retry_after_ms: u64,
+    },
+    /// No such object.
+    #[error("{0}")]
+    NotFound(String),
+    /// Rules are invalid: the same messages as the file importer.
+    #[error("{}", join_rule_errors(.0))]
+    InvalidRules(Vec<RuleError>),
+    /// The rule already exists (same kind and value), named with both sources.
+    #[error("{}", join_rule_errors(.0))]
+    RuleExists(Vec<RuleError>),
+    /// A file-sourced rule cannot be changed through the API.
+    #[error("{0}")]
+    FileRule(String),
+    /// An account with this name already exists.
+    #[error("{0}")]
+    AccountExists(String),
+    /// A malformed parameter.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// A malformed email address.
+    #[error("{0}")]
+    InvalidAddress(String),
+    /// Something that should not fail did (hashing, token encoding, a secret file).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// One error per line, each "path:line: message".
+pub fn join_rule_errors(errors: &[RuleError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Who made a change, as written in the audit log: an admin's username, `cli:<unix user>` for
+/// the command line, `startup` for the import `serve` runs at start, `system` for automatic
+/// changes (an account locked after failed logins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor(pub String);
+
+impl Actor {
+    /// An administrator acting through the API.
+    pub fn admin(username: &str) -> Actor {
+        Actor(username.to_owned())
+    }
+
+    /// An operator on the command line.
+    pub fn cli(unix_user: &str) -> Actor {
+        Actor(format!("cli:{unix_user}"))
+    }
+
+    /// The instance itself.
+    pub fn system() -> Actor {
+        Actor("system".to_owned())
+    }
+
+    /// The allowlist import that `serve` runs at start.
+    pub fn startup() -> Actor {
+        Actor("startup".to_owned())
+    }
+
+    /// As written in the audit log.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Page sizes of the list endpoints: the default and the largest accepted.
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest page a caller may ask for.
+pub const MAX_PAGE: usize = 1000;
+
+/// A caller's `limit`, checked.
+pub fn page_limit(limit: Option<usize>) -> Result<usize, AdminError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(0) => Err(AdminError::InvalidInput(
+            "`limit` must be at least 1".to_owned(),
+        )),
+        Some(n) if n > MAX_PAGE => Err(AdminError::InvalidInput(format!(
+            "`limit` must be at most {MAX_PAGE}"
+        ))),
+        Some(n) => Ok(n),
+    }
+}

@@ -1,0 +1,442 @@
+//! Administration storage: admin accounts, revoked admin tokens, the audit log, and the paged
+//! rule queries of the admin API.
+
+use diesel::prelude::*;
+
+use super::policy::StoredRule;
+use super::schema::{admin_accounts, admin_audit, admin_revoked_tokens, policy_rules};
+use super::{DbConn, StoreError};
+use crate::db_dispatch;
+use crate::policy::Rule;
+
+// ---- accounts ----
+
+/// An admin account as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct AccountRow {
+    /// Login name.
+    pub username: String,
+    /// "viewer" or "editor".
+    pub role: String,
+    /// "local" (password) or "ldap".
+    pub source: String,
+    /// PHC string of the argon2id hash (local accounts).
+    pub password_hash: Option<String>,
+    /// Failed logins since the last success or lock.
+    pub failed_logins: i32,
+    /// Locked until this instant (ms), if locked.
+    pub locked_until: Option<i64>,
+    /// Last successful login (ms).
+    pub last_login_at: Option<i64>,
+    /// Created (ms); tokens issued before it belong to an earlier account of the same name.
+    pub created_at: i64,
+    /// Last changed (ms).
+    pub updated_at: i64,
+}
+
+type AccountColumns = (
+    admin_accounts::username,
+    admin_accounts::role,
+    admin_accounts::source,
+    admin_accounts::password_hash,
+    admin_accounts::failed_logins,
+    admin_accounts::locked_until,
+    admin_accounts::last_login_at,
+    admin_accounts::created_at,
+    admin_accounts::updated_at,
+);
+
+const ACCOUNT_COLUMNS: AccountColumns = (
+    admin_accounts::username,
+    admin_accounts::role,
+    admin_accounts::source,
+    admin_accounts::password_hash,
+    admin_accounts::failed_logins,
+    admin_accounts::locked_until,
+    admin_accounts::last_login_at,
+    admin_accounts::created_at,
+    admin_accounts::updated_at,
+);
+
+/// Inserts an account (a unique violation when the name is taken).
+pub fn insert_account(
+    conn: &mut DbConn,
+    username: &str,
+    role: &str,
+    source: &str,
+    password_hash: Option<&str>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    use admin_accounts::dsl as a;
+    db_dispatch!(conn, c => diesel::insert_into(a::admin_accounts)
+        .values((
+            a::username.eq(username),
+            a::role.eq(role),
+            a::source.eq(source),
+            a::password_hash.eq(password_hash),
+            a::failed_logins.eq(0),
+            a::created_at.eq(now_ms),
+            a::updated_at.eq(now_ms),
+        ))
+        .execute(c)?);
+    Ok(())
+}
+
+/// One account.
+pub fn get_account(conn: &mut DbConn, username: &str) -> Result<Option<AccountRow>, StoreError> {
+    use admin_accounts::dsl as a;
+    let row = db_dispatch!(conn, c => a::admin_accounts
+        .filter(a::username.eq(username))
+        .select(ACCOUNT_COLUMNS)
+        .first::<AccountRow>(c)
+        .optional()?);
+    Ok(row)
+}
+
+/// Every account, by name.
+pub fn list_accounts(conn: &mut DbConn) -> Result<Vec<AccountRow>, StoreError> {
+    use admin_accounts::dsl as a;
+    let rows = db_dispatch!(conn, c => a::admin_accounts
+        .select(ACCOUNT_COLUMNS)
+        .order(a::username.asc())
+        .load::<AccountRow>(c)?);
+    Ok(rows)
+}
+
+/// Deletes an account; whether it existed.
+pub fn delete_account(conn: &mut DbConn, username: &str) -> Result<bool, StoreError> {
+    use admin_accounts::dsl as a;
+    let n = db_dispatch!(conn, c => diesel::delete(a::admin_accounts.filter(a::username.eq(username)))
+        .execute(c)?);
+    Ok(n > 0)
+}
+
+/// Counts a failed login; when the count reaches `threshold`, locks the account until
+/// `lock_until_ms` and starts counting again. Returns the lock when this failure set it.
+pub fn record_login_failure(
+    conn: &mut DbConn,
+    username: &str,
+    threshold: i32,
+    lock_until_ms: i64,
+    now_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    use admin_accounts::dsl as a;
+    // Increment in SQL and lock with a conditional update, so that failures counted at once by
+    // several instances lock the account exactly once.
+    db_dispatch!(conn, c => diesel::update(a::admin_accounts.filter(a::username.eq(username)))
+        .set((a::failed_logins.eq(a::failed_logins + 1), a::updated_at.eq(now_ms)))
+        .execute(c)?);
+    let locked = db_dispatch!(conn, c => diesel::update(
+            a::admin_accounts
+                .filter(a::username.eq(username))
+                .filter(a::failed_logins.ge(threshold)),
+        )
+        .set((
+            a::failed_logins.eq(0),
+            a::locked_until.eq(Some(lock_until_ms)),
+            a::updated_at.eq(now_ms),
+        ))
+        .execute(c)?);
+    Ok((locked > 0).then_some(lock_until_ms))
+}
+
+/// Records a successful login: the failure count and any expired lock are cleared.
+pub fn record_login_success(
+    conn: &mut DbConn,
+    username: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    use admin_accounts::dsl as a;
+    db_dispatch!(conn, c => diesel::update(a::admin_accounts.filter(a::username.eq(username)))
+        .set((
+            a::failed_logins.eq(0),
+            a::locked_until.eq(None::<i64>),
+            a::last_login_at.eq(Some(now_ms)),
+        ))
+        .execute(c)?);
+    Ok(())
+}
+
+// ---- revoked tokens ----
+
+/// Revokes a token id until it expires anyway (idempotent).
+pub fn revoke_token(
+    conn: &mut DbConn,
+    jti: &str,
+    username: &str,
+    expires_at_ms: i64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    use admin_revoked_tokens::dsl as t;
+    db_dispatch!(conn, c => diesel::insert_into(t::admin_revoked_tokens)
+        .values((
+            t::jti.eq(jti),
+            t::username.eq(username),
+            t::expires_at.eq(expires_at_ms),
+            t::revoked_at.eq(now_ms),
+        ))
+        .on_conflict(t::jti)
+        .do_nothing()
+        .execute(c)?);
+    Ok(())
+}
+
+/// Whether a token id was revoked.
+pub fn is_revoked(conn: &mut DbConn, jti: &str) -> Result<bool, StoreError> {
+    use admin_revoked_tokens::dsl as t;
+    let found = db_dispatch!(conn, c => t::admin_revoked_tokens
+        .filter(t::jti.eq(jti))
+        .select(t::jti)
+        .first::<String>(c)
+        .optional()?);
+    Ok(found.is_some())
+}
+
+/// Forgets revocations of tokens that expired before `before_ms` (they fail on expiry alone).
+pub fn purge_revoked(conn: &mut DbConn, before_ms: i64) -> Result<usize, StoreError> {
+    use admin_revoked_tokens::dsl as t;
+    let n = db_dispatch!(conn, c => diesel::delete(t::admin_revoked_tokens.filter(t::expires_at.lt(before_ms)))
+        .execute(c)?);
+    Ok(n)
+}
+
+// ---- audit log ----
+
+/// One audit row to write.
+#[derive(Debug, Clone)]
+pub struct NewAuditRow {
+    /// When (ms).
+    pub at: i64,
+    /// Who: an admin username, "cli:<unix user>", "startup".
+    pub actor: String,
+    /// What: "rule.create", "account.remove", …
+    pub action: String,
+    /// On what: "rule:<id>", "account:<username>", …
+    pub target: String,
+    /// The object before the change (JSON), if it existed.
+    pub before_json: Option<String>,
+    /// The object after the change (JSON), if it still exists.
+    pub after_json: Option<String>,
+}
+
+/// One audit row as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct AuditRow {
+    /// Position in the log (increasing).
+    pub seq: i64,
+    /// When (ms).
+    pub at: i64,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// Before (JSON).
+    pub before_json: Option<String>,
+    /// After (JSON).
+    pub after_json: Option<String>,
+}
+
+/// Appends a row to the audit log.
+pub fn insert_audit(conn: &mut DbConn, row: &NewAuditRow) -> Result<(), StoreError> {
+    use admin_audit::dsl as a;
+    db_dispatch!(conn, c => diesel::insert_into(a::admin_audit)
+        .values((
+            a::at.eq(row.at),
+            a::actor.eq(&row.actor),
+            a::action.eq(&row.action),
+            a::target.eq(&row.target),
+            a::before_json.eq(&row.before_json),
+            a::after_json.eq(&row.after_json),
+        ))
+        .execute(c)?);
+    Ok(())
+}
+
+/// Which audit rows to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Exactly this actor.
+    pub actor: Option<String>,
+    /// Exactly this action.
+    pub action: Option<String>,
+    /// Actions starting with this prefix ("rule.").
+    pub action_prefix: Option<String>,
+    /// Exactly this target.
+    pub target: Option<String>,
+    /// At or after (ms).
+    pub since: Option<i64>,
+    /// Before (ms, exclusive).
+    pub until: Option<i64>,
+    /// Rows older than this position only (pagination).
+    pub before_seq: Option<i64>,
+    /// At most this many rows.
+    pub limit: i64,
+}
+
+/// Audit rows, newest first.
+pub fn query_audit(conn: &mut DbConn, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+    use admin_audit::dsl as a;
+    let prefix = q
+        .action_prefix
+        .as_deref()
+        .map(|p| format!("{}%", escape_like(p)));
+    let rows = db_dispatch!(conn, c => {
+        let mut query = a::admin_audit.into_boxed();
+        if let Some(actor) = &q.actor {
+            query = query.filter(a::actor.eq(actor));
+        }
+        if let Some(action) = &q.action {
+            query = query.filter(a::action.eq(action));
+        }
+        if let Some(prefix) = &prefix {
+            query = query.filter(a::action.like(prefix).escape('\\'));
+        }
+        if let Some(target) = &q.target {
+            query = query.filter(a::target.eq(target));
+        }
+        if let Some(since) = q.since {
+            query = query.filter(a::at.ge(since));
+        }
+        if let Some(until) = q.until {
+            query = query.filter(a::at.lt(until));
+        }
+        if let Some(before) = q.before_seq {
+            query = query.filter(a::seq.lt(before));
+        }
+        query
+            .order(a::seq.desc())
+            .limit(q.limit)
+            .load::<AuditRow>(c)?
+    });
+    Ok(rows)
+}
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
+pub fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+// ---- rules, paged ----
+
+/// Which stored rules to read (every condition given must hold).
+#[derive(Debug, Clone, Default)]
+pub struct RuleQuery {
+    /// Exactly this source ("admin" or a file path).
+    pub source: Option<String>,
+    /// Exactly this organisation label.
+    pub label: Option<String>,
+    /// Exactly this homeserver.
+    pub homeserver: Option<String>,
+    /// Exactly this kind ("domain", "deny", "address", "pattern").
+    pub kind: Option<String>,
+    /// The value is one of these, or ends with one of `value_suffixes`.
+    pub values: Option<Vec<String>>,
+    /// Suffixes for `values` (`@example.org`): ORed with it.
+    pub value_suffixes: Vec<String>,
+    /// Ids greater than this only (pagination).
+    pub after_id: Option<String>,
+    /// At most this many rows.
+    pub limit: Option<i64>,
+}
+
+/// Rules matching `q`, by id.
+pub fn query_rules(conn: &mut DbConn, q: &RuleQuery) -> Result<Vec<StoredRule>, StoreError> {
+    use policy_rules::dsl as r;
+    let values = q.values.clone();
+    let suffixes: Vec<String> = q
+        .value_suffixes
+        .iter()
+        .map(|s| format!("%{}", escape_like(s)))
+        .collect();
+    let rows: Vec<(String, String, i64, i64)> = db_dispatch!(conn, c => {
+        let mut query = r::policy_rules
+            .select((r::id, r::rule_json, r::created_at, r::updated_at))
+            .into_boxed();
+        if let Some(source) = &q.source {
+            query = query.filter(r::source.eq(source));
+        }
+        if let Some(label) = &q.label {
+            query = query.filter(r::label.eq(label));
+        }
+        if let Some(hs) = &q.homeserver {
+            query = query.filter(r::homeserver.eq(hs));
+        }
+        if let Some(kind) = &q.kind {
+            query = query.filter(r::kind.eq(kind));
+        }
+        if let Some(values) = &values {
+            // At most two suffixes (a domain's ASCII and Unicode spellings).
+            let first = suffixes.first().cloned().unwrap_or_default();
+            let second = suffixes.get(1).cloned().unwrap_or_else(|| first.clone());
+            if suffixes.is_empty() {
+                query = query.filter(r::value.eq_any(values.clone()));
+            } else {
+                query = query.filter(
+                    r::value
+                        .eq_any(values.clone())
+                        .or(r::value.like(first).escape('\\'))
+                        .or(r::value.like(second).escape('\\')),
+                );
+            }
+        }
+        if let Some(after) = &q.after_id {
+            query = query.filter(r::id.gt(after));
+        }
+        query = query.order(r::id.asc());
+        if let Some(limit) = q.limit {
+            query = query.limit(limit);
+        }
+        query.load::<(String, String, i64, i64)>(c)?
+    });
+    rows.into_iter()
+        .map(|(id, json, created_at, updated_at)| {
+            let rule: Rule = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("rule {id}: {e}")))?;
+            Ok(StoredRule {
+                rule,
+                created_at,
+                updated_at,
+            })
+        })
+        .collect()
+}
+
+/// One stored rule.
+pub fn get_rule(conn: &mut DbConn, id: &str) -> Result<Option<StoredRule>, StoreError> {
+    use policy_rules::dsl as r;
+    let row: Option<(String, i64, i64)> = db_dispatch!(conn, c => r::policy_rules
+        .filter(r::id.eq(id))
+        .select((r::rule_json, r::created_at, r::updated_at))
+        .first::<(String, i64, i64)>(c)
+        .optional()?);
+    row.map(|(json, created_at, updated_at)| {
+        let rule: Rule = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Corrupt(format!("rule {id}: {e}")))?;
+        Ok(StoredRule {
+            rule,
+            created_at,
+            updated_at,
+        })
+    })
+    .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_are_escaped() {
+        assert_eq!(escape_like("a_b%c\\d"), "a\\_b\\%c\\\\d");
+        assert_eq!(escape_like("rule."), "rule.");
+    }
+}
