@@ -109,7 +109,11 @@ async fn onbind(
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
     let status = if fail { 500 } else { 200 };
-    state.onbinds.lock().unwrap().push((status, body.into_inner()));
+    state
+        .onbinds
+        .lock()
+        .unwrap()
+        .push((status, body.into_inner()));
     if fail {
         actix_web::HttpResponse::InternalServerError()
             .json(json!({"errcode": "M_UNKNOWN", "error": "try again"}))
@@ -1685,19 +1689,17 @@ async fn bind_answers_a_signed_association_and_a_new_bind_replaces_the_old() {
     bind(&s, &shadow_token, &sid2, "secret-2", shadow)
         .await
         .assert_ok();
-    assert_eq!(looked_up(&s, &token, address).await.as_deref(), Some(shadow));
+    assert_eq!(
+        looked_up(&s, &token, address).await.as_deref(),
+        Some(shadow)
+    );
     assert_eq!(count_hash_rows(&s).await, 1);
     // A validated session can be used again while it lives: the first user binds it back.
     s.clock.as_ref().unwrap().advance(60_000);
     let again = bind(&s, &token, &sid, "secret-1", marie).await.assert_ok();
     assert_eq!(again["ts"], START_MS + 60_000);
     assert_eq!(bound_to(&s, address).await.as_deref(), Some(marie));
-    let count = s
-        .app
-        .db
-        .run(store::count_associations)
-        .await
-        .unwrap();
+    let count = s.app.db.run(store::count_associations).await.unwrap();
     assert_eq!(count, 1);
 }
 
@@ -1766,12 +1768,7 @@ async fn bind_errors() {
     bind(&s, &token, &sid, "s1", marie)
         .await
         .assert_error(400, "M_SESSION_EXPIRED");
-    let count = s
-        .app
-        .db
-        .run(store::count_associations)
-        .await
-        .unwrap();
+    let count = s.app.db.run(store::count_associations).await.unwrap();
     assert_eq!(count, 0, "nothing was bound");
 
     // Without policy.bind_requires_matching_homeserver, any homeserver will do; a denied
@@ -1865,7 +1862,10 @@ async fn unbind_three_ways_and_only_bad_credentials_are_refused() {
     unbind(&s, &with_session, None)
         .await
         .assert_error(403, "M_FORBIDDEN");
-    with_session.as_object_mut().unwrap().remove("client_secret");
+    with_session
+        .as_object_mut()
+        .unwrap()
+        .remove("client_secret");
     unbind(&s, &with_session, None)
         .await
         .assert_error(400, "M_INVALID_PARAM");
@@ -1908,10 +1908,7 @@ async fn unbind_three_ways_and_only_bad_credentials_are_refused() {
     let mut with_session = body.clone();
     with_session["sid"] = json!(sid);
     with_session["client_secret"] = json!("s1");
-    assert_eq!(
-        unbind(&s, &with_session, None).await.assert_ok(),
-        json!({})
-    );
+    assert_eq!(unbind(&s, &with_session, None).await.assert_ok(), json!({}));
     assert_eq!(bound_to(&s, address).await, None);
 
     // 3. With the user's own access token.
@@ -2015,7 +2012,10 @@ async fn a_bind_delivers_the_pending_invitations_to_the_new_users_homeserver() {
     let jean_token = register(&s, &hs, jean).await;
     let address = "marie@finances.gouv.example";
     let mut tokens = Vec::new();
-    for room in ["!budget:agent.finances.example", "!rh:agent.finances.example"] {
+    for room in [
+        "!budget:agent.finances.example",
+        "!rh:agent.finances.example",
+    ] {
         let mut body = invite_body("Marie@finances.gouv.example", jean);
         body["room_id"] = json!(room);
         let r = post_auth(&s, &format!("{V2}/store-invite"), &jean_token, &body).await;
@@ -2154,11 +2154,15 @@ async fn failed_deliveries_are_retried_then_given_up() {
     let second = store_invite("bruno@finances.gouv.example").await;
     hs.fail_onbinds(1_000);
     bind_as("bruno").await;
-    eventually(Duration::from_secs(20), "the delivery is given up", async || {
-        invites_to(&s, "bruno@finances.gouv.example").await[0]
-            .delivery_failed_at
-            .is_some()
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the delivery is given up",
+        async || {
+            invites_to(&s, "bruno@finances.gouv.example").await[0]
+                .delivery_failed_at
+                .is_some()
+        },
+    )
     .await;
     let invite = invites_to(&s, "bruno@finances.gouv.example")
         .await
@@ -2216,9 +2220,11 @@ async fn scheduled_deliveries_survive_a_restart() {
         .manual_clock(START_MS + 3_600_000)
         .start()
         .await;
-    eventually(Duration::from_secs(20), "delivered after the restart", async || {
-        invites_to(&s, address).await[0].delivered_at.is_some()
-    })
+    eventually(
+        Duration::from_secs(20),
+        "delivered after the restart",
+        async || invites_to(&s, address).await[0].delivered_at.is_some(),
+    )
     .await;
     assert_eq!(onbinds_for(&hs, &invite_token), [500, 200]);
     assert_eq!(invites_to(&s, address).await[0].delivery_attempts, 2);
@@ -2358,7 +2364,14 @@ async fn a_client_journey_over_https_from_registration_to_unbind() {
         .as_object()
         .unwrap()
         .values()
-        .map(|p| p["fr"].get("url").or(p["en"].get("url")).unwrap().as_str().unwrap())
+        .map(|p| {
+            p["fr"]
+                .get("url")
+                .or(p["en"].get("url"))
+                .unwrap()
+                .as_str()
+                .unwrap()
+        })
         .collect();
     post_auth(
         &s,
