@@ -207,12 +207,14 @@ fn startup_jobs(
 }
 
 /// Starts the periodic jobs of this instance (rule reload, counter flush, limiter
-/// housekeeping, the outbox worker, the validation and identity purges) on the current
+/// housekeeping, the outbox worker, the validation and identity purges, the invitation
+/// delivery worker) on the current
 /// runtime; they end with it.
 pub fn start_background_jobs(app: &Arc<Annuaire>) {
     crate::mail::outbox::start_worker(app);
     crate::identity::sessions::start_purge_job(app);
     crate::identity::start_housekeeping(app);
+    crate::identity::delivery::start_worker(app);
     let app = app.clone();
     tokio::spawn(async move {
         let interval = app.config.policy.reload_interval.0;

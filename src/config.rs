@@ -665,8 +665,8 @@ impl RateLimitsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
-    /// Require an Identity Service access token on the validation endpoints, as the spec says.
-    /// Accounts do not exist yet: `true` is refused at start-up until they do.
+    /// Require an Identity Service access token (and the accepted terms) on the validation
+    /// endpoints, as the spec says (`GET …/submitToken` excepted: the mailed token is enough).
     pub require_auth: bool,
     /// Homeservers whose users may register identity accounts. Absent: every homeserver the
     /// allowlists name (and their shadows) plus `policy.external_homeserver`, evaluated live.
@@ -680,7 +680,7 @@ pub struct IdentityConfig {
 impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
-            require_auth: false,
+            require_auth: true,
             allowed_homeservers: None,
             token_lifetime: HumanDuration(Duration::from_secs(30 * 24 * 3600)),
             max_lookup_addresses: 10_000,
@@ -690,14 +690,6 @@ impl Default for IdentityConfig {
 
 impl IdentityConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.require_auth {
-            return Err(ConfigError(
-                "identity.require_auth: identity service accounts (register/login) are not \
-                 available in this version, so no access token could be checked; set it to \
-                 false (the default)"
-                    .into(),
-            ));
-        }
         for hs in self.allowed_homeservers.iter().flatten() {
             validate_server_name(hs)
                 .map_err(|e| ConfigError(format!("identity.allowed_homeservers: {hs:?}: {e}")))?;
@@ -1054,6 +1046,17 @@ pub struct InvitesConfig {
     pub per_sender: WindowLimit,
     /// Invitations one address may receive (each one sends a mail).
     pub per_address: WindowLimit,
+    /// The web client invitation mails link to (`https://…`); absent: no link. The
+    /// `org.matrix.web_client_location` of a request is not used: any token holder could put
+    /// any link in our mail.
+    pub web_client_url: Option<String>,
+    /// Wait before the first retry of an `onbind` delivery; doubled after each further
+    /// failure, up to `delivery_max_backoff`.
+    pub delivery_initial_backoff: HumanDuration,
+    /// Longest wait between two `onbind` delivery attempts.
+    pub delivery_max_backoff: HumanDuration,
+    /// `onbind` deliveries tried before an invitation is given up.
+    pub delivery_max_attempts: u32,
 }
 
 impl Default for InvitesConfig {
@@ -1068,6 +1071,10 @@ impl Default for InvitesConfig {
                 max: 10,
                 within: HumanDuration(Duration::from_secs(24 * 3600)),
             },
+            web_client_url: None,
+            delivery_initial_backoff: HumanDuration(Duration::from_secs(30)),
+            delivery_max_backoff: HumanDuration(Duration::from_secs(2 * 3600)),
+            delivery_max_attempts: 12,
         }
     }
 }
@@ -1078,7 +1085,33 @@ impl InvitesConfig {
             return Err(ConfigError("invites.validity: must be at least 1m".into()));
         }
         self.per_sender.validate("invites.per_sender")?;
-        self.per_address.validate("invites.per_address")
+        self.per_address.validate("invites.per_address")?;
+        if let Some(url) = &self.web_client_url {
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| ConfigError(format!("invites.web_client_url: `{url}`: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(ConfigError(
+                    "invites.web_client_url: expected an https:// URL with a host".into(),
+                ));
+            }
+        }
+        if self.delivery_initial_backoff.0.is_zero() {
+            return Err(ConfigError(
+                "invites.delivery_initial_backoff: must be longer than 0s".into(),
+            ));
+        }
+        if self.delivery_max_backoff.0 < self.delivery_initial_backoff.0 {
+            return Err(ConfigError(
+                "invites.delivery_max_backoff: must be at least invites.delivery_initial_backoff"
+                    .into(),
+            ));
+        }
+        if self.delivery_max_attempts == 0 {
+            return Err(ConfigError(
+                "invites.delivery_max_attempts: must be at least 1".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1310,7 +1343,7 @@ mod tests {
     #[test]
     fn validation_and_mail_defaults() {
         let c = Config::load_from(None, &[]).unwrap();
-        assert!(!c.identity.require_auth);
+        assert!(c.identity.require_auth);
         assert_eq!(c.validation.token_lifetime.0, Duration::from_secs(86_400));
         assert_eq!(c.validation.session_lifetime.0, Duration::from_secs(86_400));
         assert!(c.validation.require_allowed);
@@ -1336,7 +1369,7 @@ mod tests {
     #[test]
     fn validation_and_mail_errors_name_the_key() {
         for (toml, key) in [
-            ("[identity]\nrequire_auth = true\n", "identity.require_auth"),
+            ("[identity]\nrequire_auth = 1\n", "identity.require_auth"),
             (
                 "[validation]\ntoken_lifetime = \"10s\"\n",
                 "validation.token_lifetime",
@@ -1566,6 +1599,44 @@ mod tests {
         assert!(e.0.contains("invites.validity"), "{e}");
         let e = Config::from_toml("[invites.per_address]\nmax = 0\nwithin = \"1h\"\n").unwrap_err();
         assert!(e.0.contains("invites.per_address.max"), "{e}");
+        assert_eq!(c.invites.web_client_url, None);
+        assert_eq!(
+            c.invites.delivery_initial_backoff.0,
+            Duration::from_secs(30)
+        );
+        assert_eq!(c.invites.delivery_max_backoff.0, Duration::from_secs(7200));
+        assert_eq!(c.invites.delivery_max_attempts, 12);
+        for (toml, key) in [
+            (
+                "[invites]\nweb_client_url = \"app.example\"\n",
+                "invites.web_client_url",
+            ),
+            (
+                "[invites]\nweb_client_url = \"ftp://app.example\"\n",
+                "invites.web_client_url",
+            ),
+            (
+                "[invites]\ndelivery_initial_backoff = \"0s\"\n",
+                "invites.delivery_initial_backoff",
+            ),
+            (
+                "[invites]\ndelivery_max_backoff = \"10s\"\n",
+                "invites.delivery_max_backoff",
+            ),
+            (
+                "[invites]\ndelivery_max_attempts = 0\n",
+                "invites.delivery_max_attempts",
+            ),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err();
+            assert!(e.0.contains(key), "{toml}: {e}");
+        }
+        let c =
+            Config::from_toml("[invites]\nweb_client_url = \"https://app.example/\"\n").unwrap();
+        assert_eq!(
+            c.invites.web_client_url.as_deref(),
+            Some("https://app.example/")
+        );
         let e = Config::from_toml("[terms]\nfiles = \"x\"\n").unwrap_err();
         assert!(e.0.contains("files"), "{e}");
     }

@@ -4,7 +4,8 @@
 //!
 //! [`IdentityAuth`] also requires the current terms to be accepted (403 `M_TERMS_NOT_SIGNED`);
 //! [`AccountAuth`] does not, for `/v2/terms` and `/v2/account*`, where users must be able to
-//! act before accepting.
+//! act before accepting. [`ValidationAuth`] is [`IdentityAuth`] when `identity.require_auth`
+//! is set (the default), and nothing otherwise: the validation endpoints.
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -24,6 +25,11 @@ pub struct IdentityAuth(pub Account);
 /// A caller with a valid token (terms not checked).
 #[derive(Debug, Clone)]
 pub struct AccountAuth(pub Account);
+
+/// The validation endpoints' caller: authenticated as [`IdentityAuth`] when
+/// `identity.require_auth` is true, anonymous (`None`) when it is false.
+#[derive(Debug, Clone)]
+pub struct ValidationAuth(pub Option<Account>);
 
 #[derive(Deserialize)]
 struct TokenQuery {
@@ -83,6 +89,27 @@ impl FromRequest for IdentityAuth {
         let app = req.app_data::<AppData>().cloned();
         let token = access_token(req);
         Box::pin(async move { authenticate(app, token, true).await.map(IdentityAuth) })
+    }
+}
+
+impl FromRequest for ValidationAuth {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let app = req.app_data::<AppData>().cloned();
+        let required = app
+            .as_ref()
+            .is_none_or(|app| app.config.identity.require_auth);
+        let token = access_token(req);
+        Box::pin(async move {
+            if !required {
+                return Ok(ValidationAuth(None));
+            }
+            authenticate(app, token, true)
+                .await
+                .map(|a| ValidationAuth(Some(a)))
+        })
     }
 }
 

@@ -1,18 +1,21 @@
-//! The Matrix Identity Service API v2: accounts, terms, public keys, hashed lookups and 3PID
-//! invitations. Thin handlers over `crate::identity`; [`identity_error`] maps its errors.
+//! The Matrix Identity Service API v2: accounts, terms, public keys, hashed lookups, binds and
+//! unbinds, and 3PID invitations. Thin handlers over `crate::identity`; [`identity_error`] maps
+//! its errors.
 
-use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, web};
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use super::auth::{AccountAuth, IdentityAuth};
-use super::extract::{MatrixJson, MatrixQuery};
+use super::auth::{AccountAuth, IdentityAuth, access_token};
+use super::extract::{MatrixJson, MatrixQuery, RawBody, parse_json_object};
 use super::{AppData, resource};
 use crate::error::ApiError;
 use crate::identity::accounts::{self, OpenIdToken};
+use crate::identity::bindings::{self, BindRequest, UnbindAuth, UnbindRequest};
 use crate::identity::invites::{self, InviteRequest};
 use crate::identity::{IdentityError, keys, lookup, terms};
+use crate::mail::negotiate_language;
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     const V2: &str = "/_matrix/identity/v2";
@@ -33,6 +36,8 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource(&format!("{V2}/pubkey/{{key_id}}")).route(web::get().to(pubkey)))
         .service(resource(&format!("{V2}/hash_details")).route(web::get().to(hash_details)))
         .service(resource(&format!("{V2}/lookup")).route(web::post().to(lookup)))
+        .service(resource(&format!("{V2}/3pid/bind")).route(web::post().to(bind)))
+        .service(resource(&format!("{V2}/3pid/unbind")).route(web::post().to(unbind)))
         .service(resource(&format!("{V2}/store-invite")).route(web::post().to(store_invite)))
         .service(resource(&format!("{V2}/sign-ed25519")).route(web::post().to(sign_ed25519)));
 }
@@ -60,6 +65,10 @@ pub fn identity_error(e: IdentityError) -> ApiError {
         IdentityError::ThreepidDenied(m) => {
             ApiError::new(StatusCode::FORBIDDEN, "M_THREEPID_DENIED", m)
         }
+        IdentityError::BindingNotPermitted(m) => {
+            ApiError::new(StatusCode::FORBIDDEN, "M_BINDING_NOT_PERMITTED", m)
+        }
+        IdentityError::Session(e) => super::validation::session_error(e),
         IdentityError::RateLimited { retry_after_ms } => ApiError::limit_exceeded(retry_after_ms),
         IdentityError::InvalidPepper { current } => {
             ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PEPPER", message)
@@ -183,16 +192,87 @@ async fn lookup(
     Ok(HttpResponse::Ok().json(json!({ "mappings": mappings })))
 }
 
+/// # POST /_matrix/identity/v2/3pid/bind
+async fn bind(
+    app: AppData,
+    IdentityAuth(account): IdentityAuth,
+    MatrixJson(request): MatrixJson<BindRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let now = app.clock.now_ms();
+    let signed = bindings::bind(&app, &account, &request, now)
+        .await
+        .map_err(identity_error)?;
+    Ok(HttpResponse::Ok().json(signed))
+}
+
+/// # POST /_matrix/identity/v2/3pid/unbind
+///
+/// Authenticated by the body (`sid` + `client_secret`), an `X-Matrix` signature of the user's
+/// homeserver, or the user's own access token; see `identity::bindings::unbind`.
+async fn unbind(
+    req: HttpRequest,
+    app: AppData,
+    RawBody(body): RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let request: UnbindRequest = parse_json_object(&body)?;
+    let content: Value = parse_json_object(&body)?;
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| {
+            v.get(..9)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("X-Matrix "))
+        });
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.path().to_string(), |p| p.as_str().to_string());
+    let token = access_token(&req);
+    let auth = match (authorization, &token) {
+        (Some(authorization), _) => UnbindAuth::Signature {
+            authorization,
+            uri: &uri,
+            content: &content,
+        },
+        (None, Some(token)) => UnbindAuth::Token(token),
+        (None, None) => UnbindAuth::None,
+    };
+    let now = app.clock.now_ms();
+    bindings::unbind(&app, &request, auth, now)
+        .await
+        .map_err(identity_error)?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
 /// # POST /_matrix/identity/v2/store-invite
+///
+/// The mail's language comes from the request's `Accept-Language`, else
+/// `mail.default_language`.
 async fn store_invite(
+    req: HttpRequest,
     app: AppData,
     IdentityAuth(account): IdentityAuth,
     MatrixJson(request): MatrixJson<InviteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let now = app.clock.now_ms();
-    let receipt = invites::store_invite(&app, &account, &request, &mut rand::rngs::OsRng, now)
-        .await
-        .map_err(identity_error)?;
+    let language = negotiate_language(
+        req.headers()
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok()),
+        app.mailer.default_language(),
+    );
+    let receipt = invites::store_invite(
+        &app,
+        &account,
+        &request,
+        language,
+        &mut rand::rngs::OsRng,
+        now,
+    )
+    .await
+    .map_err(identity_error)?;
     Ok(HttpResponse::Ok().json(receipt.to_json()))
 }
 

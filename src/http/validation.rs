@@ -1,5 +1,9 @@
 //! Email validation (Matrix Identity Service API v2): requestToken, submitToken (JSON for
 //! clients, an HTML page for the link in the mail), getValidated3pid.
+//!
+//! With `identity.require_auth` (the default) these need an identity access token and the
+//! accepted terms ([`ValidationAuth`]), except the mail link's `GET …/submitToken`, which the
+//! mailed token itself authenticates.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
@@ -7,6 +11,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::ValidationAuth;
 use super::extract::{MatrixQuery, RawBody, parse_json_object, parse_query};
 use super::{AppData, caller_ip, resource};
 use crate::app::Annuaire;
@@ -80,20 +85,6 @@ pub fn session_error(e: SessionError) -> ApiError {
     }
 }
 
-/// The spec's authentication of the validation endpoints (a Bearer IS access token). Accounts
-/// arrive with the identity service (issue 5); until then `identity.require_auth = true` is
-/// refused at start-up, so this is only the place where the account check goes.
-fn authenticate(_req: &HttpRequest, app: &Annuaire) -> Result<(), ApiError> {
-    if app.config.identity.require_auth {
-        // Account check: the access token (Authorization header, or `access_token` in the
-        // query) must name a live IS account, else 401 M_UNAUTHORIZED.
-        return Err(ApiError::unauthorized(
-            "Identity server accounts are not available on this server",
-        ));
-    }
-    Ok(())
-}
-
 fn language(req: &HttpRequest, app: &Annuaire) -> Language {
     let header = req
         .headers()
@@ -125,9 +116,9 @@ fn send_attempt_param(value: &Value) -> Result<i64, ApiError> {
 async fn request_token(
     req: HttpRequest,
     app: AppData,
+    _auth: ValidationAuth,
     RawBody(body): RawBody,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &app)?;
     let body: RequestTokenBody = parse_json_object(&body)?;
     let send_attempt = send_attempt_param(&body.send_attempt)?;
     let request = TokenRequest {
@@ -154,11 +145,10 @@ struct SubmitTokenBody {
 
 /// # POST /_matrix/identity/v2/validate/email/submitToken
 async fn submit_token(
-    req: HttpRequest,
     app: AppData,
+    _auth: ValidationAuth,
     RawBody(body): RawBody,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &app)?;
     let body: SubmitTokenBody = parse_json_object(&body)?;
     sessions::submit_token(&app, &body.sid, &body.client_secret, &body.token)
         .await
@@ -248,11 +238,10 @@ struct SessionQuery {
 
 /// # GET /_matrix/identity/v2/3pid/getValidated3pid
 async fn get_validated_3pid(
-    req: HttpRequest,
     app: AppData,
+    _auth: ValidationAuth,
     MatrixQuery(q): MatrixQuery<SessionQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &app)?;
     let threepid = sessions::validated_threepid(&app, &q.sid, &q.client_secret)
         .await
         .map_err(session_error)?;

@@ -4,6 +4,9 @@
 //!
 //! Synapse sends empty strings for the optional fields it does not know, and may add fields of
 //! its own: both are accepted (empty strings count as absent, unknown fields are ignored).
+//!
+//! The invitation mail (template `invite`) is queued in the outbox in the transaction that
+//! stores the invitation, so it is sent once the invitation exists and never without it.
 
 use rand::distributions::Alphanumeric;
 use rand::{CryptoRng, Rng as _, RngCore};
@@ -13,9 +16,11 @@ use serde_json::{Map, Value, json};
 use super::accounts::Account;
 use super::keys::canonical_public_key;
 use super::signing::{DEFAULT_KEY_ID, SigningKey, sign_json};
-use super::{IdentityError, log_tag, public_base};
+use super::{IdentityError, log_tag, public_base, user_id_server};
 use crate::app::Annuaire;
 use crate::config::WindowLimit;
+use crate::mail::outbox;
+use crate::mail::{InviteMail, Language};
 use crate::policy::{Outcome, normalize_email};
 use crate::store::identity::{self as store, InviteRow};
 use crate::store::{DbConn, StoreError};
@@ -26,6 +31,8 @@ pub const INVITE_TOKEN_LEN: usize = 32;
 const MAX_DETAIL_CHARS: usize = 1000;
 /// How long an expired, never-bound invitation is kept before it is purged.
 pub const EXPIRED_INVITE_RETENTION_MS: i64 = 24 * 3600 * 1000;
+/// The outbox kind of invitation mails (their dedupe key is the invitation token).
+pub const MAIL_KIND: &str = "invite";
 
 fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(match Value::deserialize(d)? {
@@ -134,12 +141,14 @@ pub fn redact_address(address: &str) -> String {
     format!("{}…@{}…", first(local), first(domain))
 }
 
-/// `POST /v2/store-invite`: checks the caller and the address, then stores the invitation and
-/// answers its token, the keys that will sign it, and the redacted address.
+/// `POST /v2/store-invite`: checks the caller and the address, then stores the invitation with
+/// its mail (in `language`) and answers its token, the keys that will sign it, and the
+/// redacted address.
 pub async fn store_invite(
     app: &Annuaire,
     account: &Account,
     request: &InviteRequest,
+    language: Language,
     rng: &mut (impl RngCore + CryptoRng),
     now_ms: i64,
 ) -> Result<InviteReceipt, IdentityError> {
@@ -188,6 +197,24 @@ pub async fn store_invite(
         delivered_at: None,
         delivery_failed_at: None,
     };
+    let mail = InviteMail {
+        sender_display_name: request.sender_display_name.clone(),
+        sender: request.sender.clone(),
+        room_id: request.room_id.clone(),
+        room_name: request.room_name.clone(),
+        room_type: request.room_type.clone(),
+        web_client_location: app.config.invites.web_client_url.clone(),
+        address: address.as_str().to_string(),
+        server_name: user_id_server(&request.sender)
+            .unwrap_or(&app.config.server.name)
+            .to_string(),
+    };
+    let message = app
+        .mailer
+        .templates()
+        .render_invite(language, &mail)
+        .and_then(|rendered| app.mailer.compose(address.as_str(), &rendered, now_ms, rng))
+        .map_err(|e| IdentityError::Internal(format!("the invitation mail: {e}")))?;
     let per_sender = app.config.invites.per_sender;
     let per_address = app.config.invites.per_address;
     let outcome = app
@@ -221,8 +248,7 @@ pub async fn store_invite(
             }
             store::in_transaction(conn, |conn| {
                 store::insert_invite(conn, &row)?;
-                // PHASE 2: queue the invite mail (template `invite`, FR/EN) through the outbox
-                // here, in this same transaction, and wake the outbox worker after it commits.
+                outbox::enqueue(conn, &message, MAIL_KIND, &row.token, now_ms)?;
                 Ok::<_, StoreError>(())
             })?;
             Ok(Ok(()))
@@ -237,10 +263,12 @@ pub async fn store_invite(
         );
         return Err(e);
     }
+    outbox::wake(app);
     tracing::info!(
         domain = address.ascii_domain(),
         address = %log_tag(address.as_str()),
-        "invitation stored"
+        language = language.code(),
+        "invitation stored, its mail queued"
     );
     let base = public_base(&app.config);
     Ok(InviteReceipt {

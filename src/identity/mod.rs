@@ -5,7 +5,8 @@
 //! read the database through [`crate::store::identity`] and call homeservers through
 //! [`crate::federation`]: the long-term signing key ([`keys`]), accounts and access tokens
 //! ([`accounts`]), terms of service ([`terms`]), associations ([`associations`]), hashed
-//! lookups and the pepper ([`lookup`]), and 3PID invitations ([`invites`]).
+//! lookups and the pepper ([`lookup`]), 3PID invitations ([`invites`]), binds and unbinds
+//! ([`bindings`]) and the delivery of invitations to newly bound users ([`delivery`]).
 //!
 //! Nothing here knows HTTP: functions return [`IdentityError`], which `http::identity` maps to
 //! Matrix errors. Time (`now_ms`) and randomness (`rng`) are parameters.
@@ -13,6 +14,8 @@
 
 pub mod accounts;
 pub mod associations;
+pub mod bindings;
+pub mod delivery;
 pub mod hashing;
 pub mod invites;
 pub mod keys;
@@ -25,6 +28,7 @@ pub mod xmatrix;
 use crate::config::{Config, validate_server_name};
 use crate::federation::FederationError;
 use crate::store::{DbConn, StoreError};
+use sessions::SessionError;
 use signing::SigningKey;
 use terms::Terms;
 
@@ -61,6 +65,13 @@ pub enum IdentityError {
     /// The policy refuses the address (403 `M_THREEPID_DENIED`).
     #[error("{0}")]
     ThreepidDenied(String),
+    /// The address may not be bound to this Matrix ID: its homeserver is not the one the policy
+    /// assigns to the address (403 `M_BINDING_NOT_PERMITTED`).
+    #[error("{0}")]
+    BindingNotPermitted(String),
+    /// The validation session cannot be used (its own Matrix errors).
+    #[error(transparent)]
+    Session(SessionError),
     /// Too many requests (429 `M_LIMIT_EXCEEDED`).
     #[error("Too many requests; retry later")]
     RateLimited {
@@ -125,11 +136,13 @@ pub enum IdentityStartError {
     Config(String),
 }
 
-/// The identity service's shared, read-only parts: the long-term signing key and the terms.
-/// Everything else lives in the database, so instances share it.
+/// The identity service's shared, read-only parts: the long-term signing key and the terms
+/// (and this instance's wake-up call for the invitation delivery job). Everything else lives
+/// in the database, so instances share it.
 pub struct IdentityService {
     signing_key: SigningKey,
     terms: Terms,
+    delivery_wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for IdentityService {
@@ -158,12 +171,16 @@ impl IdentityService {
                 .map_err(|e| IdentityStartError::Config(format!("terms.file: {e}")))?,
             None => Terms::none(),
         };
-        Ok(IdentityService { signing_key, terms })
+        Ok(IdentityService::from_parts(signing_key, terms))
     }
 
     /// A service from parts (tests).
     pub fn from_parts(signing_key: SigningKey, terms: Terms) -> IdentityService {
-        IdentityService { signing_key, terms }
+        IdentityService {
+            signing_key,
+            terms,
+            delivery_wake: tokio::sync::Notify::new(),
+        }
     }
 
     /// The long-term signing key.
@@ -174,6 +191,16 @@ impl IdentityService {
     /// The terms users must accept.
     pub fn terms(&self) -> &Terms {
         &self.terms
+    }
+
+    /// Wakes this instance's invitation delivery job (after a bind scheduled deliveries).
+    pub fn wake_delivery(&self) {
+        self.delivery_wake.notify_one();
+    }
+
+    /// Resolves when [`IdentityService::wake_delivery`] is called.
+    pub(crate) async fn delivery_woken(&self) {
+        self.delivery_wake.notified().await;
     }
 }
 

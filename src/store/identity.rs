@@ -216,6 +216,36 @@ pub fn delete_association(
     })
 }
 
+/// Deletes the association of an address if it is bound to `mxid` (its hashes go with it);
+/// whether one was deleted. The delete comes first (see the module doc), and a concurrent
+/// bind of the address to someone else is never undone by it.
+pub fn delete_association_of(
+    conn: &mut DbConn,
+    medium: &str,
+    address: &str,
+    mxid: &str,
+) -> Result<bool, StoreError> {
+    use association_hashes::dsl as h;
+    use associations::dsl as a;
+    conn.transaction(|conn| {
+        let n = db_dispatch!(conn, c => diesel::delete(
+            a::associations
+                .filter(a::medium.eq(medium))
+                .filter(a::address.eq(address))
+                .filter(a::mxid.eq(mxid)),
+        )
+        .execute(c)?);
+        if n > 0 {
+            // Explicitly, not only by the foreign key: it must hold on connections without it.
+            db_dispatch!(conn, c => diesel::delete(
+                h::association_hashes.filter(h::medium.eq(medium)).filter(h::address.eq(address)),
+            )
+            .execute(c)?);
+        }
+        Ok(n > 0)
+    })
+}
+
 /// Stores lookup hashes `(pepper_id, hash, medium, address)`; existing rows are kept.
 pub fn insert_hashes(
     conn: &mut DbConn,
@@ -508,6 +538,162 @@ pub fn ephemeral_key_is_valid(
     ))
     .get_result::<bool>(c)?);
     Ok(found)
+}
+
+/// Hands the unexpired invitations waiting for the address over to delivery to `mxid`,
+/// due at `now_ms`; how many.
+pub fn schedule_invite_delivery(
+    conn: &mut DbConn,
+    medium: &str,
+    address: &str,
+    mxid: &str,
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    use invites::dsl as i;
+    let n = db_dispatch!(conn, c => diesel::update(
+        i::invites
+            .filter(i::medium.eq(medium))
+            .filter(i::address.eq(address))
+            .filter(i::expires_at.gt(now_ms))
+            .filter(i::delivery_mxid.is_null()),
+    )
+    .set((i::delivery_mxid.eq(mxid), i::next_delivery_at.eq(now_ms)))
+    .execute(c)?);
+    Ok(n)
+}
+
+/// The invitation whose delivery is due first at `now_ms`, if any.
+pub fn next_due_invite(conn: &mut DbConn, now_ms: i64) -> Result<Option<InviteRow>, StoreError> {
+    use invites::dsl as i;
+    let row = db_dispatch!(conn, c => i::invites
+        .filter(i::delivery_mxid.is_not_null())
+        .filter(i::delivered_at.is_null())
+        .filter(i::delivery_failed_at.is_null())
+        .filter(i::next_delivery_at.le(now_ms))
+        .order(i::next_delivery_at)
+        .select(InviteRow::as_select())
+        .first::<InviteRow>(c)
+        .optional()?);
+    Ok(row)
+}
+
+/// When the next pending delivery is due (claimed ones included: their lease end).
+pub fn next_invite_delivery_at(conn: &mut DbConn) -> Result<Option<i64>, StoreError> {
+    use invites::dsl as i;
+    let due = db_dispatch!(conn, c => i::invites
+        .filter(i::delivery_mxid.is_not_null())
+        .filter(i::delivered_at.is_null())
+        .filter(i::delivery_failed_at.is_null())
+        .select(min(i::next_delivery_at))
+        .first::<Option<i64>>(c)?);
+    Ok(due)
+}
+
+/// Claims a due delivery: moves its `next_delivery_at` from `seen` (what the caller read) to
+/// `lease_until`. Only one of several instances racing for the row succeeds; a claim whose
+/// worker died ends with its lease.
+pub fn claim_invite_delivery(
+    conn: &mut DbConn,
+    token: &str,
+    seen: i64,
+    lease_until: i64,
+) -> Result<bool, StoreError> {
+    use invites::dsl as i;
+    let n = db_dispatch!(conn, c => diesel::update(
+        i::invites
+            .filter(i::token.eq(token))
+            .filter(i::next_delivery_at.eq(seen))
+            .filter(i::delivered_at.is_null())
+            .filter(i::delivery_failed_at.is_null()),
+    )
+    .set(i::next_delivery_at.eq(lease_until))
+    .execute(c)?);
+    Ok(n == 1)
+}
+
+/// What became of a claimed delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InviteDeliveryOutcome {
+    /// The homeserver took it.
+    Delivered,
+    /// It failed; try again at this time.
+    Retry {
+        /// The error, without personal data.
+        error: String,
+        /// When to try again (ms).
+        next_at: i64,
+    },
+    /// It failed for the last time.
+    Failed {
+        /// The error, without personal data.
+        error: String,
+    },
+}
+
+/// Records the end of a claimed delivery (`lease_until` is the claim's): whether the claim
+/// was still ours (a lease that ended meanwhile may have been taken over).
+pub fn finish_invite_delivery(
+    conn: &mut DbConn,
+    token: &str,
+    lease_until: i64,
+    attempts: i32,
+    outcome: &InviteDeliveryOutcome,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    use invites::dsl as i;
+    let target = i::invites
+        .filter(i::token.eq(token))
+        .filter(i::next_delivery_at.eq(lease_until))
+        .filter(i::delivered_at.is_null())
+        .filter(i::delivery_failed_at.is_null());
+    let n = match outcome {
+        InviteDeliveryOutcome::Delivered => {
+            db_dispatch!(conn, c => diesel::update(target)
+                .set((
+                    i::delivery_attempts.eq(attempts),
+                    i::delivered_at.eq(Some(now_ms)),
+                    i::next_delivery_at.eq(None::<i64>),
+                    i::last_error.eq(None::<String>),
+                ))
+                .execute(c)?)
+        }
+        InviteDeliveryOutcome::Retry { error, next_at } => {
+            db_dispatch!(conn, c => diesel::update(target)
+                .set((
+                    i::delivery_attempts.eq(attempts),
+                    i::next_delivery_at.eq(Some(*next_at)),
+                    i::last_error.eq(Some(error.as_str())),
+                ))
+                .execute(c)?)
+        }
+        InviteDeliveryOutcome::Failed { error } => {
+            db_dispatch!(conn, c => diesel::update(target)
+                .set((
+                    i::delivery_attempts.eq(attempts),
+                    i::delivery_failed_at.eq(Some(now_ms)),
+                    i::next_delivery_at.eq(None::<i64>),
+                    i::last_error.eq(Some(error.as_str())),
+                ))
+                .execute(c)?)
+        }
+    };
+    Ok(n == 1)
+}
+
+/// The invitations to an address, oldest first (tests and administration).
+pub fn invites_to_address(
+    conn: &mut DbConn,
+    medium: &str,
+    address: &str,
+) -> Result<Vec<InviteRow>, StoreError> {
+    use invites::dsl as i;
+    let rows = db_dispatch!(conn, c => i::invites
+        .filter(i::medium.eq(medium))
+        .filter(i::address.eq(address))
+        .order((i::created_at, i::token))
+        .select(InviteRow::as_select())
+        .load::<InviteRow>(c)?);
+    Ok(rows)
 }
 
 /// Deletes invitations that expired before `before_ms` without being bound; how many.

@@ -1,6 +1,8 @@
 //! The Matrix Identity Service API over HTTP: accounts (OpenID against a homeserver double),
 //! terms, public keys, hashed lookups and pepper rotation, store-invite and sign-ed25519, the
-//! policy endpoints' `invited` and `new_hs`, the `keys` CLI, and the whole thing over HTTPS.
+//! policy endpoints' `invited` and `new_hs`, the `keys` CLI, binds and unbinds (X-Matrix signed
+//! by the double), invitation delivery (`onbind`, recorded by the double) and mails, the
+//! validation endpoints' authentication, and the whole journey over HTTPS.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -12,13 +14,15 @@ use std::time::Duration;
 use annuaire::config::{HumanDuration, WindowLimit};
 use annuaire::identity::associations::{self, Association};
 use annuaire::identity::hashing::lookup_hash;
-use annuaire::identity::signing::{SigningKey, verify_json};
+use annuaire::identity::signing::{SigningKey, sign_json, verify_json};
+use annuaire::identity::xmatrix::{XMatrixAuth, identity_request_json};
 use annuaire::store::identity as store;
 use serde_json::{Value, json};
 
 use crate::support::{Builder, Reply, TestServer, eventually, run_cli};
 
 const V2: &str = "/_matrix/identity/v2";
+const UNBIND_PATH: &str = "/_matrix/identity/v2/3pid/unbind";
 const FINANCES_HS: &str = "agent.finances.example";
 const JUSTICE_HS: &str = "agent.justice.example";
 const START_MS: i64 = 1_800_000_000_000;
@@ -59,11 +63,19 @@ en = { name = "Privacy", url = "https://is.test.example/privacy-1.0-en.html" }
 
 // ---- a homeserver double ----
 
-/// A homeserver's federation API, as much as the identity service calls: OpenID userinfo.
+/// A homeserver's federation API, as much as the identity service calls: OpenID userinfo, its
+/// signing keys (as [`FINANCES_HS`], whatever name it is reached by) and `onbind`, whose calls
+/// it records and can be told to fail.
 struct Homeserver {
     base: String,
     tokens: Arc<Mutex<HashMap<String, String>>>,
     userinfo_calls: Arc<AtomicUsize>,
+    /// The key it signs requests and its key response with.
+    key: Arc<SigningKey>,
+    /// Every `onbind` POST: (status answered, body).
+    onbinds: Arc<Mutex<Vec<(u16, Value)>>>,
+    /// `onbind` calls still to answer with a 500.
+    onbind_failures: Arc<AtomicUsize>,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -72,6 +84,42 @@ struct Homeserver {
 struct HomeserverState {
     tokens: Arc<Mutex<HashMap<String, String>>>,
     userinfo_calls: Arc<AtomicUsize>,
+    key: Arc<SigningKey>,
+    onbinds: Arc<Mutex<Vec<(u16, Value)>>>,
+    onbind_failures: Arc<AtomicUsize>,
+}
+
+async fn server_keys(state: actix_web::web::Data<HomeserverState>) -> actix_web::HttpResponse {
+    let mut body = json!({
+        "server_name": FINANCES_HS,
+        "verify_keys": { state.key.key_id(): { "key": state.key.public_key_base64() } },
+        "old_verify_keys": {},
+        "valid_until_ts": 4_000_000_000_000_i64,
+    });
+    sign_json(&mut body, FINANCES_HS, &state.key).unwrap();
+    actix_web::HttpResponse::Ok().json(body)
+}
+
+async fn onbind(
+    state: actix_web::web::Data<HomeserverState>,
+    body: actix_web::web::Json<Value>,
+) -> actix_web::HttpResponse {
+    let fail = state
+        .onbind_failures
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let status = if fail { 500 } else { 200 };
+    state
+        .onbinds
+        .lock()
+        .unwrap()
+        .push((status, body.into_inner()));
+    if fail {
+        actix_web::HttpResponse::InternalServerError()
+            .json(json!({"errcode": "M_UNKNOWN", "error": "try again"}))
+    } else {
+        actix_web::HttpResponse::Ok().json(json!({}))
+    }
 }
 
 async fn userinfo(
@@ -92,6 +140,13 @@ impl Homeserver {
         let state = HomeserverState {
             tokens: Arc::new(Mutex::new(HashMap::new())),
             userinfo_calls: Arc::new(AtomicUsize::new(0)),
+            key: Arc::new(
+                SigningKey::generate(&mut rand::rngs::OsRng)
+                    .with_key_id("ed25519:hs1")
+                    .unwrap(),
+            ),
+            onbinds: Arc::new(Mutex::new(Vec::new())),
+            onbind_failures: Arc::new(AtomicUsize::new(0)),
         };
         let (tx, rx) = mpsc::channel();
         let served = state.clone();
@@ -102,10 +157,20 @@ impl Homeserver {
                 let addr = listener.local_addr().unwrap();
                 let data = actix_web::web::Data::new(served);
                 let server = actix_web::HttpServer::new(move || {
-                    actix_web::App::new().app_data(data.clone()).route(
-                        "/_matrix/federation/v1/openid/userinfo",
-                        actix_web::web::get().to(userinfo),
-                    )
+                    actix_web::App::new()
+                        .app_data(data.clone())
+                        .route(
+                            "/_matrix/federation/v1/openid/userinfo",
+                            actix_web::web::get().to(userinfo),
+                        )
+                        .route(
+                            "/_matrix/key/v2/server",
+                            actix_web::web::get().to(server_keys),
+                        )
+                        .route(
+                            "/_matrix/federation/v1/3pid/onbind",
+                            actix_web::web::post().to(onbind),
+                        )
                 })
                 .workers(1);
                 let (server, scheme) = match tls {
@@ -123,6 +188,9 @@ impl Homeserver {
             base,
             tokens: state.tokens,
             userinfo_calls: state.userinfo_calls,
+            key: state.key,
+            onbinds: state.onbinds,
+            onbind_failures: state.onbind_failures,
             handle,
             thread: Some(thread),
         }
@@ -141,6 +209,43 @@ impl Homeserver {
     fn calls(&self) -> usize {
         self.userinfo_calls.load(Ordering::SeqCst)
     }
+
+    /// The `onbind` calls so far.
+    fn onbinds(&self) -> Vec<(u16, Value)> {
+        self.onbinds.lock().unwrap().clone()
+    }
+
+    /// The next `n` `onbind` calls fail with a 500.
+    fn fail_onbinds(&self, n: usize) {
+        self.onbind_failures.store(n, Ordering::SeqCst);
+    }
+
+    /// An `Authorization: X-Matrix` header for an unbind, signed as Synapse signs it
+    /// (`destination_is` in the signed object, no `destination` in the header).
+    fn sign_unbind(&self, origin: &str, destination_is: &str, content: &Value) -> String {
+        sign_unbind_with(&self.key, origin, destination_is, content)
+    }
+}
+
+fn sign_unbind_with(
+    key: &SigningKey,
+    origin: &str,
+    destination_is: &str,
+    content: &Value,
+) -> String {
+    let mut object =
+        identity_request_json("POST", UNBIND_PATH, origin, destination_is, Some(content));
+    sign_json(&mut object, origin, key).unwrap();
+    XMatrixAuth {
+        origin: origin.to_string(),
+        destination: None,
+        key: key.key_id().to_string(),
+        sig: object["signatures"][origin][key.key_id()]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    }
+    .to_string()
 }
 
 impl Drop for Homeserver {
@@ -1437,4 +1542,896 @@ async fn the_identity_service_over_https() {
         internal_info(&s, "paul@finances.gouv.example").await["invited"],
         json!(true)
     );
+}
+
+// ---- binds and unbinds ----
+
+const REQUEST_TOKEN: &str = "/_matrix/identity/v2/validate/email/requestToken";
+const SUBMIT_TOKEN: &str = "/_matrix/identity/v2/validate/email/submitToken";
+const GET_VALIDATED: &str = "/_matrix/identity/v2/3pid/getValidated3pid";
+
+/// The `.eml` of the outbox row (kind, dedupe key), once the file transport sent it.
+async fn sent_mail(s: &TestServer, kind: &str, key: &str) -> std::path::PathBuf {
+    let mut message_id = String::new();
+    eventually(Duration::from_secs(20), "the mail is sent", async || {
+        match crate::validation::outbox(s)
+            .await
+            .into_iter()
+            .find(|r| r.kind == kind && r.dedupe_key == key)
+        {
+            Some(r) if r.status == "sent" => {
+                message_id = r.message_id;
+                true
+            }
+            _ => false,
+        }
+    })
+    .await;
+    s.dir.path().join("mail").join(format!("{message_id}.eml"))
+}
+
+/// requestToken as `token`'s account, the token from the mail, submitToken: the session id.
+async fn validate(s: &TestServer, token: &str, address: &str, secret: &str) -> String {
+    let r = post_auth(
+        s,
+        REQUEST_TOKEN,
+        token,
+        &json!({"client_secret": secret, "email": address, "send_attempt": 1}),
+    )
+    .await;
+    let sid = r.assert_ok()["sid"].as_str().unwrap().to_string();
+    let raw =
+        std::fs::read_to_string(sent_mail(s, "verification", &format!("{sid}:1")).await).unwrap();
+    let mailed = crate::validation::token_in(&raw);
+    post_auth(
+        s,
+        SUBMIT_TOKEN,
+        token,
+        &json!({"sid": sid, "client_secret": secret, "token": mailed}),
+    )
+    .await
+    .assert_ok();
+    sid
+}
+
+async fn bind(s: &TestServer, token: &str, sid: &str, secret: &str, mxid: &str) -> Reply {
+    post_auth(
+        s,
+        &format!("{V2}/3pid/bind"),
+        token,
+        &json!({"sid": sid, "client_secret": secret, "mxid": mxid}),
+    )
+    .await
+}
+
+fn unbind_body(mxid: &str, address: &str) -> Value {
+    json!({"mxid": mxid, "threepid": {"medium": "email", "address": address}})
+}
+
+/// POST /3pid/unbind with an optional `Authorization` header value.
+async fn unbind(s: &TestServer, body: &Value, authorization: Option<&str>) -> Reply {
+    let mut req = s.client.post(s.url(UNBIND_PATH)).json(body);
+    if let Some(value) = authorization {
+        req = req.header("Authorization", value);
+    }
+    Reply::from(req.send().await.unwrap()).await
+}
+
+/// Who the address (normalised) is bound to, from the store.
+async fn bound_to(s: &TestServer, address: &str) -> Option<String> {
+    let address = address.to_string();
+    s.app
+        .db
+        .run(move |conn| store::association(conn, "email", &address))
+        .await
+        .unwrap()
+        .map(|a| a.mxid)
+}
+
+async fn looked_up(s: &TestServer, token: &str, address: &str) -> Option<String> {
+    let pepper = pepper(s, token).await;
+    let hash = lookup_hash(address, "email", &pepper);
+    let body = lookup(s, token, "sha256", &pepper, std::slice::from_ref(&hash))
+        .await
+        .assert_ok();
+    body["mappings"][&hash].as_str().map(String::from)
+}
+
+#[tokio::test]
+async fn bind_answers_a_signed_association_and_a_new_bind_replaces_the_old() {
+    let hs = Homeserver::start(None);
+    let s = builder(&hs).manual_clock(START_MS).start().await;
+    let marie = "@marie:agent.finances.example";
+    let token = register(&s, &hs, marie).await;
+    let address = "marie.curie@finances.gouv.example";
+    let sid = validate(&s, &token, "Marie.Curie@Finances.GOUV.example", "secret-1").await;
+    let signed = bind(&s, &token, &sid, "secret-1", marie).await.assert_ok();
+    let mut fields: Vec<&str> = signed
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "address",
+            "medium",
+            "mxid",
+            "not_after",
+            "not_before",
+            "signatures",
+            "ts"
+        ]
+    );
+    assert_eq!(signed["address"], address);
+    assert_eq!(signed["medium"], "email");
+    assert_eq!(signed["mxid"], marie);
+    assert_eq!(signed["ts"], START_MS);
+    assert_eq!(signed["not_before"], START_MS);
+    assert!(signed["not_after"].as_i64().unwrap() > START_MS);
+    verify_json(
+        &signed,
+        "is.test.example",
+        "ed25519:0",
+        &s.app.identity.signing_key().public_key_base64(),
+    )
+    .unwrap();
+    assert_eq!(looked_up(&s, &token, address).await.as_deref(), Some(marie));
+    assert_eq!(count_hash_rows(&s).await, 1);
+
+    // The shadow homeserver's users may bind the address too, and the new bind replaces the
+    // old one: one association, one hash, found for its new owner.
+    let shadow = "@marie:public.finances.example";
+    let shadow_token = register(&s, &hs, shadow).await;
+    let sid2 = validate(&s, &shadow_token, address, "secret-2").await;
+    bind(&s, &shadow_token, &sid2, "secret-2", shadow)
+        .await
+        .assert_ok();
+    assert_eq!(
+        looked_up(&s, &token, address).await.as_deref(),
+        Some(shadow)
+    );
+    assert_eq!(count_hash_rows(&s).await, 1);
+    // A validated session can be used again while it lives: the first user binds it back.
+    s.clock.as_ref().unwrap().advance(60_000);
+    let again = bind(&s, &token, &sid, "secret-1", marie).await.assert_ok();
+    assert_eq!(again["ts"], START_MS + 60_000);
+    assert_eq!(bound_to(&s, address).await.as_deref(), Some(marie));
+    let count = s.app.db.run(store::count_associations).await.unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn bind_errors() {
+    let hs = Homeserver::start(None);
+    let s = builder(&hs)
+        .config(|_, dir| {
+            std::fs::write(dir.join("allowlists").join("justice.toml"), JUSTICE).unwrap();
+        })
+        .manual_clock(START_MS)
+        .start()
+        .await;
+    let path = format!("{V2}/3pid/bind");
+    let marie = "@marie:agent.finances.example";
+    let token = register(&s, &hs, marie).await;
+    // No token; missing parameters.
+    s.post(
+        &path,
+        &json!({"sid": "x", "client_secret": "y", "mxid": marie}),
+    )
+    .await
+    .assert_error(401, "M_UNAUTHORIZED");
+    post_auth(&s, &path, &token, &json!({"sid": "x", "mxid": marie}))
+        .await
+        .assert_error(400, "M_MISSING_PARAMS");
+    // Session errors, as the spec says.
+    bind(&s, &token, "nosuchsession", "secret", marie)
+        .await
+        .assert_error(404, "M_NO_VALID_SESSION");
+    let r = post_auth(
+        &s,
+        REQUEST_TOKEN,
+        &token,
+        &json!({"client_secret": "pending", "email": "marie@finances.gouv.example", "send_attempt": 1}),
+    )
+    .await;
+    let pending = r.assert_ok()["sid"].as_str().unwrap().to_string();
+    bind(&s, &token, &pending, "pending", marie)
+        .await
+        .assert_error(400, "M_SESSION_NOT_VALIDATED");
+    let sid = validate(&s, &token, "marie@finances.gouv.example", "s1").await;
+    bind(&s, &token, &sid, "wrong-secret", marie)
+        .await
+        .assert_error(404, "M_NO_VALID_SESSION");
+    // Only to the caller's own Matrix ID.
+    bind(&s, &token, &sid, "s1", "@paul:agent.finances.example")
+        .await
+        .assert_error(403, "M_UNAUTHORIZED");
+    // A user of another homeserver than the address's (or its shadow).
+    let luc = "@luc:agent.justice.example";
+    let luc_token = register(&s, &hs, luc).await;
+    let luc_sid = validate(&s, &luc_token, "luc@finances.gouv.example", "s2").await;
+    let r = bind(&s, &luc_token, &luc_sid, "s2", luc).await;
+    r.assert_error(403, "M_BINDING_NOT_PERMITTED");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("agent.finances.example"),
+        "{}",
+        r.text
+    );
+    // Validated sessions expire (validation.session_lifetime, a day by default).
+    s.clock.as_ref().unwrap().advance(24 * 3600 * 1000);
+    bind(&s, &token, &sid, "s1", marie)
+        .await
+        .assert_error(400, "M_SESSION_EXPIRED");
+    let count = s.app.db.run(store::count_associations).await.unwrap();
+    assert_eq!(count, 0, "nothing was bound");
+
+    // Without policy.bind_requires_matching_homeserver, any homeserver will do; a denied
+    // address (validated here because validation.require_allowed is off) still may not be
+    // bound.
+    let open = builder(&hs)
+        .config(|c, dir| {
+            std::fs::write(dir.join("allowlists").join("justice.toml"), JUSTICE).unwrap();
+            c.policy.bind_requires_matching_homeserver = false;
+            c.validation.require_allowed = false;
+        })
+        .start()
+        .await;
+    let luc_token = register(&open, &hs, luc).await;
+    let luc_sid = validate(&open, &luc_token, "luc@finances.gouv.example", "s2").await;
+    bind(&open, &luc_token, &luc_sid, "s2", luc)
+        .await
+        .assert_ok();
+    let denied = validate(&open, &luc_token, "luc@webmail.finances.gouv.example", "s3").await;
+    bind(&open, &luc_token, &denied, "s3", luc)
+        .await
+        .assert_error(403, "M_THREEPID_DENIED");
+    assert_eq!(
+        bound_to(&open, "luc@webmail.finances.gouv.example").await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn unbind_three_ways_and_only_bad_credentials_are_refused() {
+    let hs = Homeserver::start(None);
+    let s = builder(&hs)
+        .config(|c, _| c.http.public_base_url = Some("https://id.finances.example:8443".into()))
+        .manual_clock(START_MS)
+        .start()
+        .await;
+    let marie = "@marie:agent.finances.example";
+    let token = register(&s, &hs, marie).await;
+    let address = "marie@finances.gouv.example";
+    let sid = validate(&s, &token, address, "s1").await;
+    bind(&s, &token, &sid, "s1", marie).await.assert_ok();
+    // The body as Synapse sends it: the address as the user typed it.
+    let body = unbind_body(marie, "Marie@Finances.gouv.example");
+
+    // Bad or missing credentials: refused, and the association stays.
+    unbind(&s, &body, None)
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+    let impostor = SigningKey::generate(&mut rand::rngs::OsRng)
+        .with_key_id("ed25519:hs1")
+        .unwrap();
+    let forged = sign_unbind_with(&impostor, FINANCES_HS, "is.test.example", &body);
+    unbind(&s, &body, Some(&forged))
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+    let elsewhere = hs.sign_unbind(FINANCES_HS, "other-is.example", &body);
+    unbind(&s, &body, Some(&elsewhere))
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+    let other_content = hs.sign_unbind(
+        FINANCES_HS,
+        "is.test.example",
+        &unbind_body(marie, "other@finances.gouv.example"),
+    );
+    unbind(&s, &body, Some(&other_content))
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+    let other_origin = hs.sign_unbind(JUSTICE_HS, "is.test.example", &body);
+    unbind(&s, &body, Some(&other_origin))
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+    unbind(&s, &body, Some("X-Matrix garbage"))
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+    unbind(&s, &body, Some("Bearer unknown-token"))
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+    let paul = "@paul:agent.finances.example";
+    let paul_token = register(&s, &hs, paul).await;
+    unbind(&s, &body, Some(&format!("Bearer {paul_token}")))
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+    let paul_sid = validate(&s, &paul_token, "paul@finances.gouv.example", "p1").await;
+    let mut with_session = body.clone();
+    with_session["sid"] = json!(paul_sid);
+    with_session["client_secret"] = json!("p1");
+    unbind(&s, &with_session, None)
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+    with_session["sid"] = json!("nosuchsession");
+    unbind(&s, &with_session, None)
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+    with_session
+        .as_object_mut()
+        .unwrap()
+        .remove("client_secret");
+    unbind(&s, &with_session, None)
+        .await
+        .assert_error(400, "M_INVALID_PARAM");
+    unbind(&s, &json!({"mxid": marie}), None)
+        .await
+        .assert_error(400, "M_MISSING_PARAMS");
+    assert_eq!(bound_to(&s, address).await.as_deref(), Some(marie));
+
+    // Valid credentials for another Matrix ID than the address's: nothing to unbind.
+    let not_hers = unbind_body(paul, address);
+    let signed = hs.sign_unbind(FINANCES_HS, "is.test.example", &not_hers);
+    assert_eq!(
+        unbind(&s, &not_hers, Some(&signed)).await.assert_ok(),
+        json!({})
+    );
+    assert_eq!(bound_to(&s, address).await.as_deref(), Some(marie));
+
+    // 1. Signed by the user's homeserver, as Synapse does.
+    let signed = hs.sign_unbind(FINANCES_HS, "is.test.example", &body);
+    assert_eq!(
+        unbind(&s, &body, Some(&signed)).await.assert_ok(),
+        json!({})
+    );
+    assert_eq!(bound_to(&s, address).await, None, "deleted, not kept");
+    assert_eq!(looked_up(&s, &token, address).await, None);
+    assert_eq!(count_hash_rows(&s).await, 0);
+    // Unbinding what is not bound: {}.
+    assert_eq!(
+        unbind(&s, &body, Some(&signed)).await.assert_ok(),
+        json!({})
+    );
+    // Addressed to the public base URL's host, which is what Synapse users type.
+    bind(&s, &token, &sid, "s1", marie).await.assert_ok();
+    let signed = hs.sign_unbind(FINANCES_HS, "id.finances.example:8443", &body);
+    unbind(&s, &body, Some(&signed)).await.assert_ok();
+    assert_eq!(bound_to(&s, address).await, None);
+
+    // 2. With the validation session of the address.
+    bind(&s, &token, &sid, "s1", marie).await.assert_ok();
+    let mut with_session = body.clone();
+    with_session["sid"] = json!(sid);
+    with_session["client_secret"] = json!("s1");
+    assert_eq!(unbind(&s, &with_session, None).await.assert_ok(), json!({}));
+    assert_eq!(bound_to(&s, address).await, None);
+
+    // 3. With the user's own access token.
+    bind(&s, &token, &sid, "s1", marie).await.assert_ok();
+    assert_eq!(
+        unbind(&s, &body, Some(&format!("Bearer {token}")))
+            .await
+            .assert_ok(),
+        json!({})
+    );
+    assert_eq!(bound_to(&s, address).await, None);
+    assert_eq!(looked_up(&s, &token, address).await, None);
+}
+
+// ---- invitation mails and delivery ----
+
+#[tokio::test]
+async fn invitation_mails_are_queued_and_sent_in_the_senders_language() {
+    let hs = Homeserver::start(None);
+    let s = builder(&hs)
+        .config(|c, _| c.invites.web_client_url = Some("https://app.tchap.example/".into()))
+        .manual_clock(START_MS)
+        .start()
+        .await;
+    let jean = "@jean:agent.finances.example";
+    let token = register(&s, &hs, jean).await;
+    let mut body = invite_body("Marie@Finances.gouv.example", jean);
+    body["room_name"] = json!("Budget <2027>");
+    body["org.matrix.web_client_location"] = json!("https://phishing.example");
+    let r = Reply::from(
+        s.client
+            .post(s.url(&format!("{V2}/store-invite")))
+            .bearer_auth(&token)
+            .header("Accept-Language", "en-GB,en;q=0.8")
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let english = r.assert_ok()["token"].as_str().unwrap().to_string();
+    let r = post_auth(
+        &s,
+        &format!("{V2}/store-invite"),
+        &token,
+        &invite_body("paul@finances.gouv.example", jean),
+    )
+    .await;
+    let french = r.assert_ok()["token"].as_str().unwrap().to_string();
+
+    let eml = crate::mail_smtp::Parsed::read(&sent_mail(&s, "invite", &english).await);
+    assert_eq!(eml.header("to"), "marie@finances.gouv.example");
+    assert_eq!(eml.header("content-language"), "en");
+    assert!(eml.header("subject").contains("Jean Dupont"), "{:?}", eml.0);
+    let text = eml.part("text/plain");
+    let html = eml.part("text/html");
+    assert!(text.contains("Budget <2027>"), "{text}");
+    assert!(html.contains("Budget &lt;2027&gt;"), "{html}");
+    assert!(!html.contains("<2027>"), "{html}");
+    assert!(
+        text.contains("https://app.tchap.example/#/room/!room:agent.finances.example"),
+        "{text}"
+    );
+    assert!(!text.contains("phishing") && !html.contains("phishing"));
+    let eml = crate::mail_smtp::Parsed::read(&sent_mail(&s, "invite", &french).await);
+    assert_eq!(eml.header("to"), "paul@finances.gouv.example");
+    assert_eq!(eml.header("content-language"), "fr");
+    assert!(eml.header("subject").contains("vous invite"), "{:?}", eml.0);
+
+    // Refused invitations send nothing.
+    post_auth(
+        &s,
+        &format!("{V2}/store-invite"),
+        &token,
+        &invite_body("x@webmail.finances.gouv.example", jean),
+    )
+    .await
+    .assert_error(403, "M_THREEPID_DENIED");
+    let invite_mails = crate::validation::outbox(&s)
+        .await
+        .into_iter()
+        .filter(|r| r.kind == "invite")
+        .count();
+    assert_eq!(invite_mails, 2);
+}
+
+async fn invites_to(s: &TestServer, address: &str) -> Vec<store::InviteRow> {
+    let address = address.to_string();
+    s.app
+        .db
+        .run(move |conn| store::invites_to_address(conn, "email", &address))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_bind_delivers_the_pending_invitations_to_the_new_users_homeserver() {
+    let hs = Homeserver::start(None);
+    let s = builder(&hs).manual_clock(START_MS).start().await;
+    let jean = "@jean:agent.finances.example";
+    let jean_token = register(&s, &hs, jean).await;
+    let address = "marie@finances.gouv.example";
+    let mut tokens = Vec::new();
+    for room in [
+        "!budget:agent.finances.example",
+        "!rh:agent.finances.example",
+    ] {
+        let mut body = invite_body("Marie@finances.gouv.example", jean);
+        body["room_id"] = json!(room);
+        let r = post_auth(&s, &format!("{V2}/store-invite"), &jean_token, &body).await;
+        tokens.push(r.assert_ok()["token"].as_str().unwrap().to_string());
+    }
+    // An invitation that expires before the bind is not delivered.
+    let luc_address = "luc@finances.gouv.example";
+    post_auth(
+        &s,
+        &format!("{V2}/store-invite"),
+        &jean_token,
+        &invite_body(luc_address, jean),
+    )
+    .await
+    .assert_ok();
+    assert_eq!(internal_info(&s, address).await["invited"], json!(true));
+    assert!(hs.onbinds().is_empty());
+
+    let marie = "@marie:agent.finances.example";
+    let marie_token = register(&s, &hs, marie).await;
+    let sid = validate(&s, &marie_token, address, "s1").await;
+    bind(&s, &marie_token, &sid, "s1", marie).await.assert_ok();
+    eventually(
+        Duration::from_secs(20),
+        "both invitations are delivered",
+        async || {
+            invites_to(&s, address)
+                .await
+                .iter()
+                .all(|i| i.delivered_at.is_some())
+        },
+    )
+    .await;
+    let calls = hs.onbinds();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let public_key = s.app.identity.signing_key().public_key_base64();
+    let mut delivered = Vec::new();
+    for (status, body) in &calls {
+        assert_eq!(*status, 200);
+        assert_eq!(body["medium"], "email");
+        assert_eq!(body["address"], address);
+        assert_eq!(body["mxid"], marie);
+        let invites = body["invites"].as_array().unwrap();
+        assert_eq!(invites.len(), 1);
+        let invite = &invites[0];
+        assert_eq!(invite["medium"], "email");
+        assert_eq!(invite["address"], address);
+        assert_eq!(invite["mxid"], marie);
+        assert_eq!(invite["sender"], jean);
+        assert!(invite["room_id"].as_str().unwrap().starts_with('!'));
+        let signed = &invite["signed"];
+        assert_eq!(signed["mxid"], marie);
+        verify_json(signed, "is.test.example", "ed25519:0", &public_key).unwrap();
+        delivered.push(signed["token"].as_str().unwrap().to_string());
+    }
+    delivered.sort();
+    tokens.sort();
+    assert_eq!(delivered, tokens);
+    for invite in invites_to(&s, address).await {
+        assert_eq!(invite.delivery_mxid.as_deref(), Some(marie));
+        assert_eq!(invite.delivery_attempts, 1);
+        assert_eq!(invite.last_error, None);
+        assert_eq!(invite.delivery_failed_at, None);
+    }
+    // Delivered: no longer waiting for a bind.
+    assert_eq!(internal_info(&s, address).await["invited"], json!(false));
+
+    // Eight days later, Luc's invitation has expired: his bind delivers nothing.
+    s.clock.as_ref().unwrap().advance(8 * 24 * 3600 * 1000);
+    let luc = "@luc:agent.finances.example";
+    let luc_token = register(&s, &hs, luc).await;
+    let sid = validate(&s, &luc_token, luc_address, "s2").await;
+    bind(&s, &luc_token, &sid, "s2", luc).await.assert_ok();
+    let invites = invites_to(&s, luc_address).await;
+    assert_eq!(invites.len(), 1);
+    assert_eq!(invites[0].delivery_mxid, None);
+    assert_eq!(hs.onbinds().len(), 2);
+}
+
+/// The `onbind` calls for one invitation token.
+fn onbinds_for(hs: &Homeserver, token: &str) -> Vec<u16> {
+    hs.onbinds()
+        .into_iter()
+        .filter(|(_, body)| body["invites"][0]["signed"]["token"] == token)
+        .map(|(status, _)| status)
+        .collect()
+}
+
+#[tokio::test]
+async fn failed_deliveries_are_retried_then_given_up() {
+    let hs = Homeserver::start(None);
+    let s = builder(&hs)
+        .config(|c, _| {
+            c.invites.delivery_initial_backoff = HumanDuration(Duration::from_millis(100));
+            c.invites.delivery_max_backoff = HumanDuration(Duration::from_millis(200));
+            c.invites.delivery_max_attempts = 3;
+        })
+        .start()
+        .await;
+    let jean = "@jean:agent.finances.example";
+    let jean_token = register(&s, &hs, jean).await;
+    let store_invite = async |address: &str| {
+        let r = post_auth(
+            &s,
+            &format!("{V2}/store-invite"),
+            &jean_token,
+            &invite_body(address, jean),
+        )
+        .await;
+        r.assert_ok()["token"].as_str().unwrap().to_string()
+    };
+    let bind_as = async |local: &str| {
+        let mxid = format!("@{local}:agent.finances.example");
+        let address = format!("{local}@finances.gouv.example");
+        let token = register(&s, &hs, &mxid).await;
+        let sid = validate(&s, &token, &address, "s").await;
+        bind(&s, &token, &sid, "s", &mxid).await.assert_ok();
+    };
+
+    // One failure, then the retry goes through.
+    let first = store_invite("anne@finances.gouv.example").await;
+    hs.fail_onbinds(1);
+    bind_as("anne").await;
+    eventually(Duration::from_secs(20), "the retry delivers", async || {
+        invites_to(&s, "anne@finances.gouv.example").await[0]
+            .delivered_at
+            .is_some()
+    })
+    .await;
+    let invite = invites_to(&s, "anne@finances.gouv.example").await.remove(0);
+    assert_eq!(invite.delivery_attempts, 2);
+    assert_eq!(invite.last_error, None);
+    assert_eq!(onbinds_for(&hs, &first), [500, 200]);
+
+    // A homeserver that keeps failing: given up after delivery_max_attempts.
+    let second = store_invite("bruno@finances.gouv.example").await;
+    hs.fail_onbinds(1_000);
+    bind_as("bruno").await;
+    eventually(
+        Duration::from_secs(20),
+        "the delivery is given up",
+        async || {
+            invites_to(&s, "bruno@finances.gouv.example").await[0]
+                .delivery_failed_at
+                .is_some()
+        },
+    )
+    .await;
+    let invite = invites_to(&s, "bruno@finances.gouv.example")
+        .await
+        .remove(0);
+    assert_eq!(invite.delivery_attempts, 3);
+    assert_eq!(invite.delivered_at, None);
+    assert_eq!(invite.next_delivery_at, None);
+    let error = invite.last_error.unwrap();
+    assert!(error.contains("500"), "{error}");
+    assert!(!error.contains('@'), "no address in the error: {error}");
+    // Well past the backoff: no further attempt.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(onbinds_for(&hs, &second), [500, 500, 500]);
+}
+
+#[tokio::test]
+async fn scheduled_deliveries_survive_a_restart() {
+    let hs = Homeserver::start(None);
+    let s = builder(&hs)
+        .config(|c, _| {
+            c.invites.delivery_initial_backoff = HumanDuration(Duration::from_secs(3600));
+            c.invites.delivery_max_backoff = HumanDuration(Duration::from_secs(3600));
+        })
+        .manual_clock(START_MS)
+        .start()
+        .await;
+    let jean = "@jean:agent.finances.example";
+    let jean_token = register(&s, &hs, jean).await;
+    let address = "anne@finances.gouv.example";
+    let r = post_auth(
+        &s,
+        &format!("{V2}/store-invite"),
+        &jean_token,
+        &invite_body(address, jean),
+    )
+    .await;
+    let invite_token = r.assert_ok()["token"].as_str().unwrap().to_string();
+    hs.fail_onbinds(1);
+    let anne = "@anne:agent.finances.example";
+    let token = register(&s, &hs, anne).await;
+    let sid = validate(&s, &token, address, "s").await;
+    bind(&s, &token, &sid, "s", anne).await.assert_ok();
+    eventually(Duration::from_secs(20), "a failed attempt", async || {
+        invites_to(&s, address).await[0].delivery_attempts == 1
+    })
+    .await;
+    let invite = invites_to(&s, address).await.remove(0);
+    assert_eq!(invite.next_delivery_at, Some(START_MS + 3_600_000));
+    let config = s.app.config.as_ref().clone();
+    let dir = s.dir.clone();
+    s.stop();
+
+    // Another instance, an hour later: it finds the delivery in the database.
+    let s = Builder::in_dir(dir, config)
+        .manual_clock(START_MS + 3_600_000)
+        .start()
+        .await;
+    eventually(
+        Duration::from_secs(20),
+        "delivered after the restart",
+        async || invites_to(&s, address).await[0].delivered_at.is_some(),
+    )
+    .await;
+    assert_eq!(onbinds_for(&hs, &invite_token), [500, 200]);
+    assert_eq!(invites_to(&s, address).await[0].delivery_attempts, 2);
+}
+
+// ---- the validation endpoints' authentication ----
+
+#[tokio::test]
+async fn validation_endpoints_need_an_identity_token_and_the_terms() {
+    let hs = Homeserver::start(None);
+    let s = builder(&hs)
+        .config(|c, dir| {
+            std::fs::write(dir.join("terms.toml"), TERMS).unwrap();
+            c.terms.file = Some(dir.join("terms.toml"));
+        })
+        .start()
+        .await;
+    let address = "marie@finances.gouv.example";
+    let request = json!({"client_secret": "s1", "email": address, "send_attempt": 1});
+    // No token: 401, and nothing is stored or mailed.
+    s.post(REQUEST_TOKEN, &request)
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+    s.post(
+        SUBMIT_TOKEN,
+        &json!({"sid": "x", "client_secret": "s1", "token": "t"}),
+    )
+    .await
+    .assert_error(401, "M_UNAUTHORIZED");
+    s.get(&format!("{GET_VALIDATED}?sid=x&client_secret=s1"))
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+    assert!(crate::validation::outbox(&s).await.is_empty());
+    // A token, but the terms are not accepted yet.
+    let marie = "@marie:agent.finances.example";
+    let token = register(&s, &hs, marie).await;
+    post_auth(&s, REQUEST_TOKEN, &token, &request)
+        .await
+        .assert_error(403, "M_TERMS_NOT_SIGNED");
+    post_auth(
+        &s,
+        &format!("{V2}/terms"),
+        &token,
+        &json!({"user_accepts": [
+            "https://is.test.example/tos-1.0-en.html",
+            "https://is.test.example/privacy-1.0-en.html",
+        ]}),
+    )
+    .await
+    .assert_ok();
+    let r = post_auth(&s, REQUEST_TOKEN, &token, &request).await;
+    let sid = r.assert_ok()["sid"].as_str().unwrap().to_string();
+    // The link in the mail works without a token: the mailed token is the credential.
+    let raw =
+        std::fs::read_to_string(sent_mail(&s, "verification", &format!("{sid}:1")).await).unwrap();
+    let mailed = crate::validation::token_in(&raw);
+    let link = reqwest::Url::parse_with_params(
+        &s.url(SUBMIT_TOKEN),
+        &[
+            ("sid", sid.as_str()),
+            ("client_secret", "s1"),
+            ("token", mailed.as_str()),
+        ],
+    )
+    .unwrap();
+    let page = Reply::from(s.client.get(link).send().await.unwrap()).await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    // getValidated3pid with the token, in the header or the query string.
+    let validated = get_auth(
+        &s,
+        &format!("{GET_VALIDATED}?sid={sid}&client_secret=s1"),
+        &token,
+    )
+    .await
+    .assert_ok();
+    assert_eq!(validated["address"], address);
+    s.get(&format!(
+        "{GET_VALIDATED}?sid={sid}&client_secret=s1&access_token={token}"
+    ))
+    .await
+    .assert_ok();
+    s.get(&format!("{GET_VALIDATED}?sid={sid}&client_secret=s1"))
+        .await
+        .assert_error(401, "M_UNAUTHORIZED");
+
+    // identity.require_auth = false: anonymous callers may validate.
+    let open = builder(&hs)
+        .config(|c, _| c.identity.require_auth = false)
+        .start()
+        .await;
+    let r = open.post(REQUEST_TOKEN, &request).await;
+    let sid = r.assert_ok()["sid"].as_str().unwrap().to_string();
+    open.get(&format!("{GET_VALIDATED}?sid={sid}&client_secret=s1"))
+        .await
+        .assert_error(400, "M_SESSION_NOT_VALIDATED");
+}
+
+// ---- the "done when", over HTTPS ----
+
+#[tokio::test]
+async fn a_client_journey_over_https_from_registration_to_unbind() {
+    crate::support::install_crypto();
+    let pki = pki();
+    let hs = Homeserver::start(Some(rustls_server_config(&pki)));
+    let hs_base = hs.base.clone();
+    let (leaf, key, ca) = (
+        pki.leaf_pem.clone(),
+        pki.leaf_key_pem.clone(),
+        pki.ca_pem.clone(),
+    );
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let s = Builder::new()
+        .config(move |c, dir| {
+            c.policy.allowlists_dir = write_allowlists(dir);
+            std::fs::write(dir.join("terms.toml"), TERMS).unwrap();
+            c.terms.file = Some(dir.join("terms.toml"));
+            std::fs::write(dir.join("cert.pem"), &leaf).unwrap();
+            std::fs::write(dir.join("key.pem"), &key).unwrap();
+            std::fs::write(dir.join("ca.pem"), &ca).unwrap();
+            c.http.tls.cert = Some(dir.join("cert.pem"));
+            c.http.tls.key = Some(dir.join("key.pem"));
+            c.federation.ca_file = Some(dir.join("ca.pem"));
+            c.federation.homeservers.insert(FINANCES_HS.into(), hs_base);
+        })
+        .client(client)
+        .start()
+        .await;
+    assert!(s.base.starts_with("https://"));
+    // Register with an OpenID token from the homeserver, accept the terms.
+    let marie = "@marie:agent.finances.example";
+    let token = register(&s, &hs, marie).await;
+    let terms = s.get(&format!("{V2}/terms")).await.assert_ok();
+    let urls: Vec<&str> = terms["policies"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| {
+            p["fr"]
+                .get("url")
+                .or(p["en"].get("url"))
+                .unwrap()
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    post_auth(
+        &s,
+        &format!("{V2}/terms"),
+        &token,
+        &json!({ "user_accepts": urls }),
+    )
+    .await
+    .assert_ok();
+    // Request and validate an email (the token read from the mail), bind it.
+    let address = "marie@finances.gouv.example";
+    let sid = validate(&s, &token, address, "journey").await;
+    let signed = bind(&s, &token, &sid, "journey", marie).await.assert_ok();
+    verify_json(
+        &signed,
+        "is.test.example",
+        "ed25519:0",
+        &s.app.identity.signing_key().public_key_base64(),
+    )
+    .unwrap();
+    // Found by a hashed lookup (hash_details with the token in the query, as Synapse does).
+    let details = s
+        .get(&format!("{V2}/hash_details?access_token={token}"))
+        .await
+        .assert_ok();
+    let pepper = details["lookup_pepper"].as_str().unwrap();
+    let hash = lookup_hash(address, "email", pepper);
+    let found = lookup(&s, &token, "sha256", pepper, std::slice::from_ref(&hash))
+        .await
+        .assert_ok();
+    assert_eq!(found["mappings"][&hash], marie);
+    // A 3PID invitation stored and signed.
+    let r = post_auth(
+        &s,
+        &format!("{V2}/store-invite"),
+        &token,
+        &invite_body("paul@finances.gouv.example", marie),
+    )
+    .await
+    .assert_ok();
+    let invite_token = r["token"].as_str().unwrap().to_string();
+    let ephemeral = SigningKey::generate(&mut rand::rngs::OsRng);
+    let signed_invite = post_auth(
+        &s,
+        &format!("{V2}/sign-ed25519"),
+        &token,
+        &json!({"mxid": marie, "token": invite_token, "private_key": ephemeral.to_seed_base64()}),
+    )
+    .await
+    .assert_ok();
+    assert_eq!(signed_invite["token"], json!(invite_token));
+    // Unbind, as Synapse does it (signed by the homeserver, over HTTPS both ways).
+    let body = unbind_body(marie, address);
+    let authorization = hs.sign_unbind(FINANCES_HS, "is.test.example", &body);
+    assert_eq!(
+        unbind(&s, &body, Some(&authorization)).await.assert_ok(),
+        json!({})
+    );
+    let found = lookup(&s, &token, "sha256", pepper, std::slice::from_ref(&hash))
+        .await
+        .assert_ok();
+    assert_eq!(found["mappings"], json!({}));
 }

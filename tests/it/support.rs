@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
 use annuaire::Annuaire;
-use annuaire::clock::{ManualClock, SharedClock, SystemClock};
+use annuaire::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use annuaire::config::Config;
 use diesel::prelude::*;
 use diesel::{Connection, PgConnection, RunQueryDsl};
@@ -149,6 +149,9 @@ pub struct TestServer {
     pub client: reqwest::Client,
     pub dir: Arc<TempDir>,
     pub clock: Option<Arc<ManualClock>>,
+    /// An identity access token that `get`, `post` and `post_raw` send (see
+    /// [`Builder::account`]).
+    pub token: Option<String>,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -158,6 +161,7 @@ pub struct Builder {
     config: Config,
     clock: Option<Arc<ManualClock>>,
     client: Option<reqwest::Client>,
+    account: Option<String>,
 }
 
 impl Builder {
@@ -170,6 +174,7 @@ impl Builder {
             config,
             clock: None,
             client: None,
+            account: None,
         }
     }
 
@@ -181,6 +186,7 @@ impl Builder {
             config,
             clock: None,
             client: None,
+            account: None,
         }
     }
 
@@ -191,6 +197,13 @@ impl Builder {
 
     pub fn manual_clock(mut self, start_ms: i64) -> Self {
         self.clock = Some(Arc::new(ManualClock::new(start_ms)));
+        self
+    }
+
+    /// Gives the server an identity account for `user_id` once started, whose token the
+    /// server's `get`/`post` send: the validation endpoints need one (`identity.require_auth`).
+    pub fn account(mut self, user_id: &str) -> Self {
+        self.account = Some(user_id.to_string());
         self
     }
 
@@ -209,6 +222,7 @@ impl Builder {
             config,
             clock,
             client,
+            account,
         } = self;
         let shared: SharedClock = match &clock {
             Some(c) => c.clone(),
@@ -239,6 +253,10 @@ impl Builder {
             .unwrap()
             .unwrap_or_else(|e| panic!("server did not start: {e}"));
         let scheme = if tls { "https" } else { "http" };
+        let token = match account {
+            Some(user_id) => Some(make_account(&app, &user_id).await),
+            None => None,
+        };
         TestServer {
             base: format!("{scheme}://{addr}"),
             app,
@@ -251,6 +269,7 @@ impl Builder {
             }),
             dir,
             clock,
+            token,
             handle,
             thread: Some(thread),
         }
@@ -266,33 +285,32 @@ impl TestServer {
         format!("{}{}", self.base, path)
     }
 
+    /// Adds the server's identity token, if it has one.
+    pub fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
-        Reply::from(self.client.get(self.url(path)).send().await.unwrap()).await
+        let req = self.authorized(self.client.get(self.url(path)));
+        Reply::from(req.send().await.unwrap()).await
     }
 
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> Reply {
-        Reply::from(
-            self.client
-                .post(self.url(path))
-                .json(body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
+        let req = self.authorized(self.client.post(self.url(path)).json(body));
+        Reply::from(req.send().await.unwrap()).await
     }
 
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
-        Reply::from(
+        let req = self.authorized(
             self.client
                 .post(self.url(path))
                 .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
+                .body(body),
+        );
+        Reply::from(req.send().await.unwrap()).await
     }
 
     /// Stops the server and waits for its thread.
@@ -515,4 +533,34 @@ fn unsafe_sigterm(pid: u32) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Creates (or reuses) the identity account of `user_id` with a new access token, straight
+/// through the store (what `/v2/account/register` does after the homeserver vouched for the
+/// user); returns the token.
+pub async fn make_account(app: &Annuaire, user_id: &str) -> String {
+    let token = annuaire::identity::accounts::mint_token(&mut rand::rngs::OsRng);
+    let hash = annuaire::identity::accounts::token_hash(&token);
+    let now = app.clock.now_ms();
+    let expires = now + app.config.identity.token_lifetime.as_millis_i64();
+    let user_id = user_id.to_string();
+    app.db
+        .run(move |conn| {
+            annuaire::store::identity::insert_token(conn, &user_id, &hash, now, expires)
+        })
+        .await
+        .unwrap();
+    token
+}
+
+/// As [`make_account`], for a database that a child process serves (blocking).
+pub fn make_account_in(database_url: &str, user_id: &str) -> String {
+    let token = annuaire::identity::accounts::mint_token(&mut rand::rngs::OsRng);
+    let hash = annuaire::identity::accounts::token_hash(&token);
+    let db = annuaire::store::Db::connect(database_url, 1, Duration::from_secs(10)).unwrap();
+    let mut conn = db.get().unwrap();
+    let now = annuaire::clock::SystemClock.now_ms();
+    annuaire::store::identity::insert_token(&mut conn, user_id, &hash, now, now + 3_600_000)
+        .unwrap();
+    token
 }

@@ -23,6 +23,8 @@ const BASE_URL: &str = "https://id.test.example";
 const NOW: i64 = 1_767_225_600_000;
 const DAY_MS: i64 = 24 * 3600 * 1000;
 pub(crate) const AGENT: &str = "jean.dupont@finances.gouv.example";
+/// The identity account the tests' requests use (`identity.require_auth` is on by default).
+pub(crate) const CALLER: &str = "@tester:agent.finances.example";
 
 const ALLOWLIST: &str = r#"
 [organisation]
@@ -41,9 +43,10 @@ email = "consultant@partner.example"
 requires_invite = true
 "#;
 
-/// A server with the Finances allowlist, mail links under [`BASE_URL`], the file transport.
+/// A server with the Finances allowlist, mail links under [`BASE_URL`], the file transport,
+/// and an identity account ([`CALLER`]) whose token `s.get`/`s.post` send.
 pub(crate) fn base(b: Builder) -> Builder {
-    b.config(|c, dir| {
+    b.account(CALLER).config(|c, dir| {
         let lists = dir.join("allowlists");
         std::fs::create_dir_all(&lists).unwrap();
         std::fs::write(lists.join("finances.toml"), ALLOWLIST).unwrap();
@@ -70,7 +73,7 @@ fn clock(s: &TestServer) -> &annuaire::clock::ManualClock {
 }
 
 async fn post_with(s: &TestServer, path: &str, body: &Value, headers: &[(&str, &str)]) -> Reply {
-    let mut req = s.client.post(s.url(path)).json(body);
+    let mut req = s.authorized(s.client.post(s.url(path)).json(body));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -106,6 +109,10 @@ async fn get_query(
 ) -> Reply {
     let url = reqwest::Url::parse_with_params(&s.url(path), params).unwrap();
     let mut req = s.client.get(url);
+    // The mail link's page is opened by a browser, without a token: it must work so.
+    if path != SUBMIT {
+        req = s.authorized(req);
+    }
     if let Some(l) = lang {
         req = req.header("accept-language", l);
     }
@@ -679,6 +686,7 @@ async fn rate_limits_answer_429_with_retry_after() {
     let config = s.app.config.as_ref().clone();
     let second = Builder::in_dir(s.dir.clone(), config)
         .manual_clock(NOW + 300_000)
+        .account(CALLER)
         .start()
         .await;
     request(&second, AGENT, "e", 1)
@@ -788,12 +796,18 @@ fn zero_configuration_writes_an_eml_under_var_mail() {
         env.push(("ANNUAIRE_DATABASE__URL", u.as_str()));
     }
     let p = ServeProcess::start(dir.path(), &["serve"], &env);
+    // The served database (migrated by now) gets an identity account for the caller.
+    let served_url = url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("var/annuaire.db").display()));
+    let access_token = support::make_account_in(&served_url, CALLER);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let secret = "ZeroConfSecret";
     let sid = rt.block_on(async {
         let c = support::client();
         let r = c
             .post(format!("{}{REQUEST}", p.base))
+            .bearer_auth(&access_token)
             .json(&json!({"client_secret": secret, "email": AGENT, "send_attempt": 1}))
             .send()
             .await
@@ -822,7 +836,14 @@ fn zero_configuration_writes_an_eml_under_var_mail() {
     assert!(log.contains("mail sent"), "{log}");
     // Logs carry the domain, never the address, the token, the sid or the client secret.
     assert!(log.contains("finances.gouv.example"), "{log}");
-    for secret_value in [AGENT, "jean.dupont", token.as_str(), sid.as_str(), secret] {
+    for secret_value in [
+        AGENT,
+        "jean.dupont",
+        token.as_str(),
+        sid.as_str(),
+        secret,
+        access_token.as_str(),
+    ] {
         assert!(
             !log.contains(secret_value),
             "{secret_value} in the log:\n{log}"
