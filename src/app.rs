@@ -70,6 +70,8 @@ pub struct Annuaire {
     pub identity: IdentityService,
     /// Administration: admin tokens and login limits.
     pub admin: crate::admin::Admin,
+    /// The directory's in-memory state (whoami cache).
+    pub directory: crate::directory::Directory,
 }
 
 impl std::fmt::Debug for Annuaire {
@@ -156,6 +158,7 @@ impl Annuaire {
             federation,
             identity,
             admin,
+            directory: crate::directory::Directory::new(),
         }))
     }
 }
@@ -215,6 +218,7 @@ pub fn start_background_jobs(app: &Arc<Annuaire>) {
     crate::identity::sessions::start_purge_job(app);
     crate::identity::start_housekeeping(app);
     crate::identity::delivery::start_worker(app);
+    crate::directory::ldap_sync::start_periodic_sync(app.clone());
     let app = app.clone();
     tokio::spawn(async move {
         let interval = app.config.policy.reload_interval.0;

@@ -23,6 +23,7 @@ pub mod error;
 pub mod federation;
 pub mod http;
 pub mod identity;
+pub mod ldap;
 pub mod mail;
 pub mod policy;
 pub mod ratelimit;

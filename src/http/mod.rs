@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod directory;
 pub mod extract;
 pub mod health;
 pub mod identity;
@@ -43,6 +44,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     policy::routes(cfg);
     validation::routes(cfg);
     identity::routes(cfg);
+    directory::routes(cfg);
     admin::routes(cfg);
     openapi::routes(cfg);
 }

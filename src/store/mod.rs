@@ -11,6 +11,7 @@
 //!   not collide.
 
 pub mod admin;
+pub mod directory;
 pub mod identity;
 pub mod outbox;
 pub mod policy;

@@ -206,3 +206,54 @@ diesel::table! {
         after_json -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    /// The cross-shard directory: one entry per bound Matrix user. (On SQLite the table also has
+    /// an integer `id` for the FTS5 index, and on PostgreSQL a generated `search_tsv`; queries
+    /// that need them are written per backend.)
+    directory_entries (mxid) {
+        mxid -> Text,
+        homeserver -> Text,
+        name -> Text,
+        name_source -> Text,
+        fallback_name -> Text,
+        admin_name -> Nullable<Text>,
+        organisation -> Nullable<Text>,
+        policy_organisation -> Nullable<Text>,
+        avatar_url -> Nullable<Text>,
+        visibility -> Text,
+        external -> Bool,
+        active -> Bool,
+        email_key -> Text,
+        search_name -> Text,
+        search_organisation -> Text,
+        search_localpart -> Text,
+        search_all -> Text,
+        organisation_key -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Verified names read from the agency LDAP directory, by email lookup key.
+    ldap_names (email_key) {
+        email_key -> Text,
+        name -> Text,
+        organisation -> Nullable<Text>,
+        dn -> Text,
+        sync_run -> Text,
+        synced_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// The last replication batch accepted per homeserver.
+    directory_replication (homeserver) {
+        homeserver -> Text,
+        last_batch -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(directory_entries, ldap_names);

@@ -1,0 +1,279 @@
+//! Searching the directory: who may search, how the index is queried, how results are ranked.
+//!
+//! # How a search runs
+//!
+//! The database applies the prefix query and the visibility filters (hidden, inactive and,
+//! unless `directory.show_externals`, external entries are never candidates) and returns at
+//! most `directory.search_candidates` entries per *tier*, in index order, without sorting: the
+//! cost is bounded even when a short prefix matches most of a million entries. The exact
+//! ranking ([`super::search::rank`], then the folded name, then the user id) orders the
+//! candidates in Rust. The tiers follow the ranking's first criterion, the number of terms that
+//! are whole words:
+//!
+//! 1. every term a whole word (`"jean" AND "dupont"`);
+//! 2. every term but the last a whole word, the last a prefix (`"jean" AND "dup"*`: someone
+//!    typing);
+//! 3. every term a prefix (`"jea"* AND "dup"*`).
+//!
+//! When tier 1 alone yields more candidates than the limit, nothing later could rank before
+//! them and the other tiers are skipped.
+//!
+//! # Exactness
+//!
+//! When a tier has no more matches than the candidate bound, its ranking is exact. When it has
+//! more (a one- or two-letter prefix over a large directory), the results are the best-ranked
+//! among the first candidates in index order (insertion order), not among all matches, and
+//! `limited` is true: people type another letter. Whole-word matches are still found before
+//! mere prefixes because they have their own tier.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use super::error::DirectoryError;
+use super::names::format_display_name;
+use super::search::{SearchKey, SearchQuery, fold, parse_query, rank};
+use crate::app::Annuaire;
+use crate::store::directory::{self as store, Candidate, IndexQuery, SearchFilter};
+
+/// Results returned when the caller does not say.
+pub const DEFAULT_LIMIT: u32 = 10;
+/// The most results a search returns.
+pub const MAX_LIMIT: u32 = 50;
+
+/// Who is searching; decides whether they may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Viewer {
+    /// A Matrix user, authenticated by their homeserver (client API).
+    User {
+        /// Their user id.
+        user_id: String,
+    },
+    /// A homeserver searching for its users (Tchap-compatible identity API).
+    Homeserver {
+        /// Its server name.
+        server_name: String,
+    },
+    /// The operator, from the command line.
+    Operator,
+}
+
+/// One result, in the Matrix client API's shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SearchResult {
+    /// The user id.
+    pub user_id: String,
+    /// The published name: verified name and organisation label.
+    pub display_name: String,
+    /// The avatar, when the homeserver replicated one.
+    pub avatar_url: Option<String>,
+}
+
+/// A page of results, in the Matrix client API's shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SearchResults {
+    /// True when more entries match than were returned.
+    pub limited: bool,
+    /// Best first.
+    pub results: Vec<SearchResult>,
+}
+
+/// The directory's in-memory state: the whoami cache. Nothing in it is needed by another
+/// instance (each one asks the homeserver itself).
+#[derive(Debug, Default)]
+pub struct Directory {
+    pub(crate) whoami: Mutex<HashMap<[u8; 32], CachedUser>>,
+}
+
+/// A whoami answer, reused until `expires_at_ms`.
+#[derive(Debug, Clone)]
+pub(crate) struct CachedUser {
+    pub(crate) user_id: String,
+    pub(crate) expires_at_ms: i64,
+}
+
+impl Directory {
+    /// An empty state.
+    pub fn new() -> Directory {
+        Directory::default()
+    }
+}
+
+/// The externals' homeserver: its users are external.
+pub(crate) fn external_homeserver(app: &Annuaire) -> Option<&str> {
+    app.config.policy.external_homeserver.as_deref()
+}
+
+/// Refuses external viewers unless `directory.externals_may_search`.
+async fn check_viewer(app: &Annuaire, viewer: &Viewer) -> Result<(), DirectoryError> {
+    if app.config.directory.externals_may_search {
+        return Ok(());
+    }
+    let external_hs = external_homeserver(app);
+    match viewer {
+        Viewer::Operator => Ok(()),
+        Viewer::Homeserver { server_name } => {
+            if external_hs == Some(server_name.as_str()) {
+                Err(DirectoryError::ExternalsMayNotSearch)
+            } else {
+                Ok(())
+            }
+        }
+        Viewer::User { user_id } => {
+            let (_, server) = super::entries::split_user_id(user_id)?;
+            if external_hs == Some(server) {
+                return Err(DirectoryError::ExternalsMayNotSearch);
+            }
+            let owned = user_id.clone();
+            let own = app.db.run(move |conn| store::get(conn, &owned)).await?;
+            if own.is_some_and(|entry| entry.external) {
+                return Err(DirectoryError::ExternalsMayNotSearch);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The index queries of each tier (see the module documentation).
+fn tiers(query: &SearchQuery) -> Vec<IndexQuery> {
+    let n = query.terms.len();
+    let mut prefix_from = vec![n];
+    if n >= 2 {
+        prefix_from.push(n - 1);
+    }
+    prefix_from.push(0);
+    prefix_from
+        .into_iter()
+        .map(|first_prefix| index_query(query, first_prefix))
+        .collect()
+}
+
+/// Terms before `first_prefix` must be whole words, the others prefixes.
+fn index_query(query: &SearchQuery, first_prefix: usize) -> IndexQuery {
+    let mut fts5 = Vec::new();
+    let mut tsquery = Vec::new();
+    for (i, term) in query.terms.iter().enumerate() {
+        // Folded terms are [a-z0-9]+; filtering again keeps both syntaxes safe whatever
+        // reaches here.
+        let clean: String = term.chars().filter(char::is_ascii_alphanumeric).collect();
+        if clean.is_empty() {
+            continue;
+        }
+        let prefix = i >= first_prefix;
+        fts5.push(format!("\"{clean}\"{}", if prefix { "*" } else { "" }));
+        tsquery.push(format!("{clean}{}", if prefix { ":*" } else { "" }));
+    }
+    IndexQuery {
+        fts5: fts5.join(" AND "),
+        tsquery: tsquery.join(" & "),
+    }
+}
+
+/// Searches the directory for `query` (every term a word prefix), optionally within one
+/// organisation (compared folded), as `viewer`. `limit` defaults to [`DEFAULT_LIMIT`] and is
+/// capped at [`MAX_LIMIT`].
+pub async fn search(
+    app: &Annuaire,
+    query: &str,
+    organisation: Option<&str>,
+    limit: Option<u32>,
+    viewer: Viewer,
+) -> Result<SearchResults, DirectoryError> {
+    check_viewer(app, &viewer).await?;
+    let parsed = parse_query(query)?;
+    let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as usize;
+    let filter = SearchFilter {
+        show_externals: app.config.directory.show_externals,
+        organisation_key: organisation.map(fold).filter(|o| !o.is_empty()),
+    };
+    let candidates_per_tier = i64::from(app.config.directory.search_candidates);
+    let tiers = tiers(&parsed);
+    let candidates = app
+        .db
+        .run(move |conn| {
+            let mut seen = HashSet::new();
+            let mut candidates: Vec<Candidate> = Vec::new();
+            for (i, tier) in tiers.iter().enumerate() {
+                for candidate in store::search(conn, tier, &filter, candidates_per_tier)? {
+                    if seen.insert(candidate.mxid.clone()) {
+                        candidates.push(candidate);
+                    }
+                }
+                if i == 0 && candidates.len() > limit {
+                    break;
+                }
+            }
+            Ok(candidates)
+        })
+        .await?;
+
+    let mut ranked: Vec<_> = candidates
+        .into_iter()
+        .filter_map(|c| {
+            let key = SearchKey {
+                name: c.search_name.clone(),
+                organisation: c.search_organisation.clone(),
+                localpart: c.search_localpart.clone(),
+                all: String::new(),
+            };
+            rank(&parsed, &key).map(|r| (r, c))
+        })
+        .collect();
+    ranked.sort_by(|(ra, a), (rb, b)| {
+        ra.cmp(rb)
+            .then_with(|| a.search_name.cmp(&b.search_name))
+            .then_with(|| a.mxid.cmp(&b.mxid))
+    });
+    let limited = ranked.len() > limit;
+    let format = &app.config.directory.display_name_format;
+    let results = ranked
+        .into_iter()
+        .take(limit)
+        .map(|(_, c)| SearchResult {
+            display_name: format_display_name(format, &c.name, c.organisation.as_deref()),
+            user_id: c.mxid,
+            avatar_url: c.avatar_url,
+        })
+        .collect();
+    Ok(SearchResults { limited, results })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_go_from_whole_words_to_prefixes() {
+        let q = parse_query("Jéan dup").unwrap();
+        let t = tiers(&q);
+        assert_eq!(
+            t.iter().map(|q| q.fts5.as_str()).collect::<Vec<_>>(),
+            [
+                r#""jean" AND "dup""#,
+                r#""jean" AND "dup"*"#,
+                r#""jean"* AND "dup"*"#
+            ]
+        );
+        assert_eq!(
+            t.iter().map(|q| q.tsquery.as_str()).collect::<Vec<_>>(),
+            ["jean & dup", "jean & dup:*", "jean:* & dup:*"]
+        );
+        let q = parse_query("helene").unwrap();
+        let t = tiers(&q);
+        assert_eq!(
+            t.iter().map(|q| q.fts5.as_str()).collect::<Vec<_>>(),
+            [r#""helene""#, r#""helene"*"#]
+        );
+    }
+
+    #[test]
+    fn hand_built_terms_cannot_escape() {
+        let q = SearchQuery {
+            terms: vec!["a\"b".into(), "x' | !y:* & (z".into(), "&|!".into()],
+        };
+        let t = index_query(&q, 1);
+        assert_eq!(t.fts5, r#""ab" AND "xyz"*"#);
+        assert_eq!(t.tsquery, "ab & xyz:*");
+    }
+}

@@ -1,0 +1,201 @@
+//! The directory's endpoints: the stock Matrix client search (reached through a reverse proxy
+//! that keeps the `Host` header), and the Tchap-compatible homeserver search and profile
+//! replication (signed by an allowed homeserver).
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{RawBody, parse_json_object, parse_query};
+use super::{AppData, resource};
+use crate::directory::access::{self, SignedRequest};
+use crate::directory::replication::{self, ReplicationBatch};
+use crate::directory::search::QueryError;
+use crate::directory::{self, DirectoryError, Viewer};
+use crate::error::ApiError;
+
+pub(super) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/_matrix/client/v3/user_directory/search").route(web::post().to(client_search)),
+    )
+    .service(
+        resource("/_matrix/client/r0/user_directory/search").route(web::post().to(client_search)),
+    )
+    .service(
+        resource("/_matrix/identity/api/v1/user_directory/search")
+            .route(web::post().to(homeserver_search)),
+    )
+    .service(
+        resource("/_matrix/identity/api/v1/replicate_profiles")
+            .route(web::post().to(replicate_profiles)),
+    );
+}
+
+impl From<DirectoryError> for ApiError {
+    fn from(e: DirectoryError) -> Self {
+        let message = e.to_string();
+        match e {
+            DirectoryError::Query(QueryError::Empty) => {
+                ApiError::invalid_param("The search term must contain at least one letter or digit")
+            }
+            DirectoryError::InvalidUserId(_)
+            | DirectoryError::InvalidName
+            | DirectoryError::InvalidBatch(_) => ApiError::invalid_param(message),
+            DirectoryError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", message)
+            }
+            DirectoryError::UnknownHost(host) => ApiError::forbidden(format!(
+                "This server does not serve the user directory for the host {host:?}"
+            )),
+            DirectoryError::MissingToken => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "M_MISSING_TOKEN",
+                "Missing access token",
+            ),
+            DirectoryError::UnknownToken => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "M_UNKNOWN_TOKEN",
+                "Unrecognised access token",
+            ),
+            DirectoryError::Unauthenticated => ApiError::unauthorized(message),
+            DirectoryError::WrongServer { .. }
+            | DirectoryError::ExternalsMayNotSearch
+            | DirectoryError::HomeserverNotAllowed(_)
+            | DirectoryError::BadSignature(_)
+            | DirectoryError::ForeignUser { .. } => ApiError::forbidden(message),
+            DirectoryError::HomeserverUnavailable(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", message)
+            }
+            DirectoryError::Store(e) => e.into(),
+            DirectoryError::Ldap(e) => ApiError::internal(e),
+        }
+    }
+}
+
+/// The access token: `Authorization: Bearer …`, else `?access_token=…` (both are Matrix).
+fn access_token(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        let text = value.to_str().unwrap_or_default().trim();
+        return Ok(text
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().to_owned()));
+    }
+    #[derive(Deserialize)]
+    struct Query {
+        access_token: Option<String>,
+    }
+    Ok(parse_query::<Query>(req.query_string())?.access_token)
+}
+
+/// The `Host` the client used (HTTP/2 carries it in the URI).
+fn request_host(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+}
+
+/// A search request: the Matrix client API's body, plus an optional organisation filter (an
+/// annuaire extension that stock clients do not send).
+#[derive(Debug, Deserialize)]
+struct SearchBody {
+    search_term: String,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    organisation: Option<String>,
+}
+
+impl SearchBody {
+    fn limit(&self) -> Option<u32> {
+        self.limit.map(|l| {
+            u32::try_from(l.clamp(1, i64::from(directory::service::MAX_LIMIT))).unwrap_or(1)
+        })
+    }
+}
+
+async fn run_search(
+    app: &AppData,
+    body: SearchBody,
+    viewer: Viewer,
+) -> Result<HttpResponse, ApiError> {
+    let results = directory::search(
+        app,
+        &body.search_term,
+        body.organisation.as_deref(),
+        body.limit(),
+        viewer,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(results))
+}
+
+/// # POST /_matrix/client/v3/user_directory/search (and /r0/)
+async fn client_search(
+    app: AppData,
+    req: HttpRequest,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let token = access_token(&req)?;
+    let viewer =
+        access::authenticate_client(&app, request_host(&req).as_deref(), token.as_deref()).await?;
+    let body: SearchBody = parse_json_object(&body.0)?;
+    run_search(&app, body, viewer).await
+}
+
+fn signed_request<'a>(req: &'a HttpRequest, body: &'a Value) -> SignedRequest<'a> {
+    SignedRequest {
+        authorization: req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok()),
+        method: req.method().as_str(),
+        uri: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path(), |p| p.as_str()),
+        body,
+    }
+}
+
+/// # POST /_matrix/identity/api/v1/user_directory/search
+async fn homeserver_search(
+    app: AppData,
+    req: HttpRequest,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let value: Value = parse_json_object(&body.0)?;
+    let origin = access::authenticate_homeserver(&app, signed_request(&req, &value), None).await?;
+    let body: SearchBody = parse_json_object(&body.0)?;
+    run_search(
+        &app,
+        body,
+        Viewer::Homeserver {
+            server_name: origin,
+        },
+    )
+    .await
+}
+
+/// # POST /_matrix/identity/api/v1/replicate_profiles
+async fn replicate_profiles(
+    app: AppData,
+    req: HttpRequest,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let value: Value = parse_json_object(&body.0)?;
+    let origin_server = value
+        .get("origin_server")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::missing_params("Missing parameter: origin_server"))?;
+    let origin =
+        access::authenticate_homeserver(&app, signed_request(&req, &value), Some(origin_server))
+            .await?;
+    let batch: ReplicationBatch = parse_json_object(&body.0)?;
+    replication::replicate_profiles(&app, &origin, batch).await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
