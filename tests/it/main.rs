@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod directory;
 mod foundation;
 mod identity;
 mod mail_smtp;
