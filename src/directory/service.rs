@@ -42,6 +42,12 @@ pub const DEFAULT_LIMIT: u32 = 10;
 /// The most results a search returns.
 pub const MAX_LIMIT: u32 = 50;
 
+/// The longest prefix the SQLite index has a prefix index for (see the migration).
+const FTS5_MAX_PREFIX: usize = 8;
+
+/// Shorter PostgreSQL prefixes are not matched through the GIN index (see `index_query`).
+const PG_MIN_INDEXED_PREFIX: usize = 3;
+
 /// Who is searching; decides whether they may.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Viewer {
@@ -150,9 +156,16 @@ fn tiers(query: &SearchQuery) -> Vec<IndexQuery> {
 }
 
 /// Terms before `first_prefix` must be whole words, the others prefixes.
+///
+/// PostgreSQL: a GIN index evaluates every term of its query, and a one- or two-letter prefix
+/// (`m:*`) unions hundreds of thousands of postings even when another term is selective. Such
+/// short prefixes are checked on the rows the other terms select (`ts_match_vq`, not through
+/// the index) unless they are all there is, in which case the longest goes through the index
+/// and the planner may prefer a scan that stops at the candidate limit.
 fn index_query(query: &SearchQuery, first_prefix: usize) -> IndexQuery {
     let mut fts5 = Vec::new();
-    let mut tsquery = Vec::new();
+    let mut indexed: Vec<String> = Vec::new();
+    let mut short: Vec<String> = Vec::new();
     for (i, term) in query.terms.iter().enumerate() {
         // Folded terms are [a-z0-9]+; filtering again keeps both syntaxes safe whatever
         // reaches here.
@@ -160,13 +173,32 @@ fn index_query(query: &SearchQuery, first_prefix: usize) -> IndexQuery {
         if clean.is_empty() {
             continue;
         }
-        let prefix = i >= first_prefix;
-        fts5.push(format!("\"{clean}\"{}", if prefix { "*" } else { "" }));
-        tsquery.push(format!("{clean}{}", if prefix { ":*" } else { "" }));
+        if i >= first_prefix {
+            // SQLite has prefix indexes up to 8 letters: a longer prefix is cut to 8 (an
+            // index read rather than a merge of every matching word's list), and rank()
+            // checks the whole term on each candidate.
+            let cut = &clean[..clean.len().min(FTS5_MAX_PREFIX)];
+            fts5.push(format!("\"{cut}\"*"));
+            if clean.len() < PG_MIN_INDEXED_PREFIX {
+                short.push(format!("{clean}:*"));
+            } else {
+                indexed.push(format!("{clean}:*"));
+            }
+        } else {
+            fts5.push(format!("\"{clean}\""));
+            indexed.push(clean);
+        }
+    }
+    if indexed.is_empty() {
+        let longest = (0..short.len()).max_by_key(|&i| (short[i].len(), usize::MAX - i));
+        if let Some(longest) = longest {
+            indexed.push(short.remove(longest));
+        }
     }
     IndexQuery {
         fts5: fts5.join(" AND "),
-        tsquery: tsquery.join(" & "),
+        tsquery: indexed.join(" & "),
+        tsquery_filter: (!short.is_empty()).then(|| short.join(" & ")),
     }
 }
 
@@ -259,12 +291,30 @@ mod tests {
             t.iter().map(|q| q.tsquery.as_str()).collect::<Vec<_>>(),
             ["jean & dup", "jean & dup:*", "jean:* & dup:*"]
         );
+        assert!(t.iter().all(|q| q.tsquery_filter.is_none()));
+        // One- and two-letter prefixes are checked on the rows the other terms select...
+        let q = parse_query("marie m").unwrap();
+        let t = &tiers(&q)[1];
+        assert_eq!(t.tsquery, "marie");
+        assert_eq!(t.tsquery_filter.as_deref(), Some("m:*"));
+        // ...unless they are all there is: the longest (the first of equals) is indexed.
+        let q = parse_query("m du d").unwrap();
+        let t = &tiers(&q)[2];
+        assert_eq!(t.tsquery, "du:*");
+        assert_eq!(t.tsquery_filter.as_deref(), Some("m:* & d:*"));
         let q = parse_query("helene").unwrap();
         let t = tiers(&q);
         assert_eq!(
             t.iter().map(|q| q.fts5.as_str()).collect::<Vec<_>>(),
             [r#""helene""#, r#""helene"*"#]
         );
+        // Long prefixes are cut for FTS5 (rank() checks the whole term), not for PostgreSQL.
+        let q = parse_query("bundesministerium").unwrap();
+        let t = tiers(&q);
+        assert_eq!(t[0].fts5, r#""bundesministerium""#);
+        assert_eq!(t[1].fts5, r#""bundesmi"*"#);
+        assert_eq!(t[1].tsquery, "bundesministerium:*");
+        assert_eq!(t[1].tsquery_filter, None);
     }
 
     #[test]
@@ -275,5 +325,6 @@ mod tests {
         let t = index_query(&q, 1);
         assert_eq!(t.fts5, r#""ab" AND "xyz"*"#);
         assert_eq!(t.tsquery, "ab & xyz:*");
+        assert_eq!(t.tsquery_filter, None);
     }
 }

@@ -172,8 +172,10 @@ pub fn count(conn: &mut DbConn) -> Result<i64, StoreError> {
 pub struct IndexQuery {
     /// SQLite FTS5 `MATCH` text.
     pub fts5: String,
-    /// PostgreSQL `to_tsquery('simple', …)` text.
+    /// PostgreSQL `to_tsquery('simple', …)` text, matched through the GIN index.
     pub tsquery: String,
+    /// PostgreSQL terms checked on the rows the index selected (not through the index).
+    pub tsquery_filter: Option<String>,
 }
 
 /// Which entries a search may return, besides matching.
@@ -200,6 +202,7 @@ SELECT e.mxid, e.name, e.organisation, e.avatar_url, \
        e.search_name, e.search_organisation, e.search_localpart \
 FROM directory_entries AS e \
 WHERE e.search_tsv @@ to_tsquery('simple', $1) \
+  AND ($5::text IS NULL OR ts_match_vq(e.search_tsv, to_tsquery('simple', $5))) \
   AND e.visibility = 'visible' AND e.active \
   AND ($2 OR NOT e.external) \
   AND ($3::text IS NULL OR e.organisation_key = $3) \
@@ -225,6 +228,7 @@ pub fn search(
             .bind::<Bool, _>(filter.show_externals)
             .bind::<Nullable<Text>, _>(filter.organisation_key.as_deref())
             .bind::<BigInt, _>(limit)
+            .bind::<Nullable<Text>, _>(query.tsquery_filter.as_deref())
             .load(c)?,
     };
     Ok(rows)

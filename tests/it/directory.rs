@@ -202,6 +202,26 @@ async fn search_semantics() {
     // Every term must match; prefixes only at word starts.
     assert!(find(&s, "jean martin").await.is_empty());
     assert!(find(&s, "upont").await.is_empty());
+    // Prefixes longer than SQLite's prefix indexes (8 letters) are still exact.
+    bind(
+        &s,
+        "@karl:agent-c.example",
+        "karl.weber@bmi.example",
+        Some("Bundesministerium des Innern"),
+    )
+    .await;
+    bind(
+        &s,
+        "@lena:agent-c.example",
+        "lena.weber@bmf.example",
+        Some("Bundesministerkonferenz"),
+    )
+    .await;
+    assert_eq!(
+        find(&s, "bundesministeri weber").await,
+        ["Karl Weber [Bundesministerium des Innern]"]
+    );
+    assert_eq!(find(&s, "bundesmi weber").await.len(), 2);
     // The localpart is searchable too.
     assert_eq!(find(&s, "luc.dupontel").await, ["Luc Dupontel [Justice]"]);
 
