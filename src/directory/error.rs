@@ -59,6 +59,9 @@ pub enum DirectoryError {
         /// The homeserver that sent the batch.
         origin: String,
     },
+    /// Another LDAP sync holds the job lock.
+    #[error("another LDAP sync is running; try again when it has finished")]
+    SyncInProgress,
     /// The agency LDAP directory failed.
     #[error(transparent)]
     Ldap(#[from] crate::ldap::LdapError),

@@ -70,8 +70,30 @@ impl SyncSummary {
 }
 
 /// Reads the agency directory and updates name records and entries (see the module
-/// documentation); `progress` is called after each batch.
+/// documentation); `progress` is called after each batch. A sync that writes holds the job
+/// lock: on PostgreSQL, a second one (another instance, or the command line while `serve`
+/// syncs) fails with [`DirectoryError::SyncInProgress`] instead of interleaving with it.
 pub async fn sync(
+    app: &Annuaire,
+    settings: &LdapSettings,
+    dry_run: bool,
+    progress: impl FnMut(&SyncSummary),
+) -> Result<SyncSummary, DirectoryError> {
+    if dry_run {
+        return sync_unlocked(app, settings, true, progress).await;
+    }
+    let db = app.db.clone();
+    let lock = tokio::task::spawn_blocking(move || store::try_job_lock(&db, SYNC_LOCK_KEY))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("lock task failed: {e}")))??
+        .ok_or(DirectoryError::SyncInProgress)?;
+    let result = sync_unlocked(app, settings, false, progress).await;
+    // Unlocking is a database call: not on the async thread.
+    let _ = tokio::task::spawn_blocking(move || drop(lock)).await;
+    result
+}
+
+async fn sync_unlocked(
     app: &Annuaire,
     settings: &LdapSettings,
     dry_run: bool,
@@ -294,8 +316,8 @@ async fn finish(
     Ok(())
 }
 
-/// Key of the PostgreSQL advisory lock the periodic sync runs under.
-const SYNC_LOCK_KEY: i64 = 0x616e_6e75_6c64_6170; // "annuldap"
+/// Key of the PostgreSQL advisory lock a writing sync holds.
+pub const SYNC_LOCK_KEY: i64 = 0x616e_6e75_6c64_6170; // "annuldap"
 
 /// Runs `ldap sync` every `ldap.sync_interval` (first at start) on the current runtime, when
 /// LDAP and the interval are configured. On PostgreSQL only one instance syncs at a time (an
@@ -320,27 +342,15 @@ pub fn start_periodic_sync(app: Arc<Annuaire>) {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            match run_locked(&app, &settings).await {
-                Ok(true) => {}
-                Ok(false) => tracing::debug!("another instance is syncing LDAP; skipped"),
+            match sync(&app, &settings, false, |_| {}).await {
+                Ok(_) => {}
+                Err(DirectoryError::SyncInProgress) => {
+                    tracing::debug!("another instance is syncing LDAP; skipped");
+                }
                 Err(e) => tracing::error!(error = %e, "periodic LDAP sync failed"),
             }
         }
     });
-}
-
-/// One sync under the job lock; false when another instance holds it.
-async fn run_locked(app: &Annuaire, settings: &LdapSettings) -> Result<bool, DirectoryError> {
-    let db = app.db.clone();
-    let Some(lock) = tokio::task::spawn_blocking(move || store::try_job_lock(&db, SYNC_LOCK_KEY))
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("lock task failed: {e}")))??
-    else {
-        return Ok(false);
-    };
-    let result = sync(app, settings, false, |_| {}).await;
-    let _ = tokio::task::spawn_blocking(move || drop(lock)).await;
-    result.map(|_| true)
 }
 
 #[cfg(test)]

@@ -69,6 +69,7 @@ impl From<DirectoryError> for ApiError {
                 ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", message)
             }
             DirectoryError::Store(e) => e.into(),
+            DirectoryError::SyncInProgress => ApiError::unavailable(message),
             DirectoryError::Ldap(e) => ApiError::internal(e),
         }
     }

@@ -12,7 +12,9 @@ use annuaire::ldap::{self, LdapSettings, escape_filter_value};
 use annuaire::policy::{Decision, Outcome, normalize_email};
 use serde_json::Value;
 
-use crate::support::{Builder, TestServer, eventually, fresh_url_for_binary, run_cli};
+use crate::support::{
+    Backend, Builder, TestServer, backend, eventually, fresh_url_for_binary, run_cli,
+};
 
 /// People in the fixture (inetOrgPerson entries).
 const PEOPLE: usize = 37;
@@ -283,6 +285,36 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
         name_of(&s, "@jean:finances.example").await.1,
         NameSource::Ldap
     );
+
+    // Two writing syncs never interleave: on PostgreSQL (several instances) the second one is
+    // refused while the job lock is held; SQLite has a single instance, which always gets it.
+    let db = s.app.db.clone();
+    let lock = tokio::task::spawn_blocking(move || {
+        annuaire::store::directory::try_job_lock(&db, ldap_sync::SYNC_LOCK_KEY).unwrap()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let busy = ldap_sync::sync(&s.app, &settings(&s), false, |_| {}).await;
+    match backend() {
+        Backend::Postgres => assert!(
+            matches!(busy, Err(directory::DirectoryError::SyncInProgress)),
+            "{busy:?}"
+        ),
+        Backend::Sqlite => assert!(busy.is_ok(), "{busy:?}"),
+    }
+    assert!(
+        ldap_sync::sync(&s.app, &settings(&s), true, |_| {})
+            .await
+            .is_ok(),
+        "dry runs do not lock"
+    );
+    tokio::task::spawn_blocking(move || drop(lock))
+        .await
+        .unwrap();
+    ldap_sync::sync(&s.app, &settings(&s), false, |_| {})
+        .await
+        .unwrap();
 
     // A wrong password is a bind error naming the account, not the password.
     let mut wrong = settings(&s);
