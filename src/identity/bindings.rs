@@ -374,11 +374,48 @@ pub async fn after_bind(
         invites_scheduled,
         "address bound"
     );
-    // directory hook: the directory publishes the new owner and forgets the previous one:
-    //     crate::directory::on_bind(app, &association.mxid, address, decision)
-    //     if let Some(previous) = replaced { crate::directory::on_unbind(app, previous) }
-    // (wired when the directory branch is merged; `app` is for it).
-    let _ = app;
+    // The directory publishes the new owner and forgets the previous one. A failure here does
+    // not undo the bind (the association is what clients rely on); it is logged and counted,
+    // and the next bind or an LDAP sync repairs the entry.
+    if let Some(previous) = replaced {
+        refresh_directory(app, previous).await;
+    }
+    if let Err(e) = crate::directory::on_bind(app, &association.mxid, address, decision).await {
+        metrics::counter!("annuaire_directory_update_failures_total").increment(1);
+        tracing::error!(error = %e, "directory entry not updated after a bind");
+    }
+}
+
+/// Makes the directory entry of `mxid` follow its remaining associations: removed when it has
+/// none left, else published from the most recent one.
+async fn refresh_directory(app: &Annuaire, mxid: &str) {
+    let owned = mxid.to_owned();
+    let remaining = app
+        .db
+        .run(move |conn| crate::store::identity::associations_of(conn, &owned))
+        .await;
+    let result = match remaining {
+        Ok(rows) => match rows
+            .iter()
+            .find_map(|r| crate::policy::normalize_email(&r.address).ok())
+        {
+            Some(address) => {
+                let decision = app.allowlist.decide(&address, app.clock.now_ms());
+                crate::directory::on_bind(app, mxid, &address, &decision)
+                    .await
+                    .map(|_| ())
+            }
+            None => crate::directory::on_unbind(app, mxid).await,
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the remaining associations of a user");
+            return;
+        }
+    };
+    if let Err(e) = result {
+        metrics::counter!("annuaire_directory_update_failures_total").increment(1);
+        tracing::error!(error = %e, "directory entry not updated after an unbind");
+    }
 }
 
 /// Runs once an unbind has committed: logs and counts it, and tells the other parts of the
@@ -391,10 +428,8 @@ pub async fn after_unbind(app: &Annuaire, mxid: &str, address: &Address) {
         homeserver = user_id_server(mxid).unwrap_or(""),
         "address unbound"
     );
-    // directory hook: the directory forgets the user:
-    //     crate::directory::on_unbind(app, mxid)
-    // (wired when the directory branch is merged; `app` is for it).
-    let _ = app;
+    // The directory forgets the user, unless another of their addresses is still bound.
+    refresh_directory(app, mxid).await;
 }
 
 #[cfg(test)]

@@ -169,6 +169,17 @@ pub fn association(
     Ok(row)
 }
 
+/// The associations of a Matrix ID (most recent first).
+pub fn associations_of(conn: &mut DbConn, mxid: &str) -> Result<Vec<AssociationRow>, StoreError> {
+    use associations::dsl as a;
+    let rows = db_dispatch!(conn, c => a::associations
+        .filter(a::mxid.eq(mxid))
+        .order(a::created_at.desc())
+        .select((a::medium, a::address, a::mxid, a::created_at, a::not_before, a::not_after))
+        .load::<AssociationRow>(c)?);
+    Ok(rows)
+}
+
 /// Inserts or replaces the association of `row.address` (its lookup hashes stay valid: they
 /// depend on the address only). Call first in its transaction (see the module doc).
 pub fn upsert_association(conn: &mut DbConn, row: &AssociationRow) -> Result<(), StoreError> {

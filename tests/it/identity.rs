@@ -2435,3 +2435,80 @@ async fn a_client_journey_over_https_from_registration_to_unbind() {
         .assert_ok();
     assert_eq!(found["mappings"], json!({}));
 }
+
+async fn directory_entry(
+    s: &TestServer,
+    mxid: &str,
+) -> Option<annuaire::directory::DirectoryEntry> {
+    annuaire::directory::get(&s.app, mxid).await.unwrap()
+}
+
+async fn directory_finds(s: &TestServer, term: &str, mxid: &str) -> bool {
+    let results = annuaire::directory::search(
+        &s.app,
+        term,
+        None,
+        None,
+        annuaire::directory::Viewer::Operator,
+    )
+    .await
+    .unwrap();
+    results.results.iter().any(|r| r.user_id == mxid)
+}
+
+#[tokio::test]
+async fn binds_publish_directory_entries_and_unbinds_withdraw_them() {
+    let hs = Homeserver::start(None);
+    let s = builder(&hs).manual_clock(START_MS).start().await;
+    let marie = "@marie:agent.finances.example";
+    let token = register(&s, &hs, marie).await;
+    let first = "marie.curie@finances.gouv.example";
+    let second = "m.curie@impots.finances.gouv.example";
+    let sid = validate(&s, &token, first, "secret-1").await;
+    bind(&s, &token, &sid, "secret-1", marie).await.assert_ok();
+    let entry = directory_entry(&s, marie)
+        .await
+        .expect("an entry after the bind");
+    assert_eq!(entry.name, "Marie Curie");
+    assert_eq!(entry.organisation.as_deref(), Some("Finances"));
+    assert!(directory_finds(&s, "mari cur", marie).await);
+
+    // A second address of hers: unbinding it keeps her entry (the first is still bound).
+    let sid2 = validate(&s, &token, second, "secret-2").await;
+    bind(&s, &token, &sid2, "secret-2", marie).await.assert_ok();
+    unbind(
+        &s,
+        &unbind_body(marie, second),
+        Some(&format!("Bearer {token}")),
+    )
+    .await
+    .assert_ok();
+    assert!(
+        directory_finds(&s, "mari cur", marie).await,
+        "still bound by her first address"
+    );
+
+    // The first address moves to another account: Marie has nothing bound any more.
+    let shadow = "@marie:public.finances.example";
+    let shadow_token = register(&s, &hs, shadow).await;
+    let sid3 = validate(&s, &shadow_token, first, "secret-3").await;
+    bind(&s, &shadow_token, &sid3, "secret-3", shadow)
+        .await
+        .assert_ok();
+    assert!(
+        directory_entry(&s, marie).await.is_none(),
+        "the previous owner is withdrawn"
+    );
+    assert!(directory_finds(&s, "marie curie", shadow).await);
+
+    // Unbinding the last address removes the entry.
+    unbind(
+        &s,
+        &unbind_body(shadow, first),
+        Some(&format!("Bearer {shadow_token}")),
+    )
+    .await
+    .assert_ok();
+    assert!(directory_entry(&s, shadow).await.is_none());
+    assert!(!directory_finds(&s, "marie", shadow).await);
+}
