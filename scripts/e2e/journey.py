@@ -1,0 +1,394 @@
+#!/usr/bin/env python3
+"""The agent's journey end to end, against real Synapse homeservers and a real SMTP server.
+
+Driven by scripts/e2e/run, which starts annuaire (HTTPS), three Synapse homeservers with the
+stock threepid-checker module (shard A, shard B, externals) and an SMTP sink, and passes their
+addresses in the environment. Plain HTTP calls (standard library only); each step prints what it
+checked, and a failure names the step and shows the response.
+"""
+
+import email
+import email.policy
+import glob
+import json
+import os
+import re
+import secrets
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+ENV = os.environ
+IS = ENV["E2E_IS_URL"]  # https://127.0.0.1:PORT
+IS_NAME = ENV["E2E_IS_NAME"]  # 127.0.0.1:PORT, what homeservers write in id_server
+HS = {
+    "a": ENV["E2E_HS_A_URL"],
+    "b": ENV["E2E_HS_B_URL"],
+    "x": ENV["E2E_HS_X_URL"],
+}
+HS_NAME = {
+    "a": ENV["E2E_HS_A_NAME"],
+    "b": ENV["E2E_HS_B_NAME"],
+    "x": ENV["E2E_HS_X_NAME"],
+}
+MAIL_DIR = ENV["E2E_MAIL_DIR"]
+CA = ENV["E2E_CA_FILE"]
+
+CTX = ssl.create_default_context(cafile=CA)
+
+STEP = "setup"
+
+
+class StepFailed(Exception):
+    pass
+
+
+def fail(message, response=None):
+    detail = ""
+    if response is not None:
+        detail = f"\n    response: HTTP {response[0]} {json.dumps(response[1])[:2000]}"
+    raise StepFailed(f"step {STEP}: {message}{detail}")
+
+
+def check(condition, message, response=None):
+    if not condition:
+        fail(message, response)
+
+
+def say(text):
+    print(f"    ok: {text}", flush=True)
+
+
+def call(method, url, body=None, token=None, headers=None, query=None):
+    """One HTTP call; returns (status, parsed JSON or text)."""
+    if query:
+        url = url + "?" + urllib.parse.urlencode(query)
+    data = None if body is None else json.dumps(body).encode()
+    h = {"Content-Type": "application/json"} if data is not None else {}
+    if token:
+        h["Authorization"] = "Bearer " + token
+    h.update(headers or {})
+    req = urllib.request.Request(url, data=data, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=30, context=CTX) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw or b"{}")
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def get_link(url):
+    """Follows a link from a mail like a browser would (no redirects followed)."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(
+        NoRedirect, urllib.request.HTTPSHandler(context=CTX)
+    )
+    try:
+        with opener.open(url, timeout=30) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+# ---- mail --------------------------------------------------------------------------------------
+
+_seen_mail = set()
+
+
+def wait_mail(to, timeout=30):
+    """The next unseen message for `to` in the SMTP sink's folder."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for path in sorted(glob.glob(os.path.join(MAIL_DIR, "*.eml"))):
+            if path in _seen_mail:
+                continue
+            with open(path, "rb") as f:
+                msg = email.message_from_binary_file(f, policy=email.policy.default)
+            rcpt = (msg.get("X-Sink-Rcpt-To") or "") + " " + (msg.get("To") or "")
+            if to.lower() in rcpt.lower():
+                _seen_mail.add(path)
+                return msg
+        time.sleep(0.2)
+    fail(f"no mail for {to} arrived within {timeout}s in {MAIL_DIR}")
+
+
+def mail_text(msg):
+    part = msg.get_body(preferencelist=("plain",))
+    return part.get_content() if part else ""
+
+
+def links_in(text):
+    return re.findall(r"https?://[^\s<>\"']+", text)
+
+
+# ---- Synapse client helpers ----------------------------------------------------------------------
+
+
+def register_with_email(shard, username, address, password="e2e-Passw0rd!"):
+    """Registers on a Synapse that requires an email: requestToken, follow the mailed link, register.
+    Returns (status, body) of the final step, or of requestToken when it was refused."""
+    base = HS[shard]
+    status, body = call("POST", f"{base}/_matrix/client/v3/register", {"username": username, "password": password})
+    check(status == 401 and "session" in body, "Synapse did not start a registration session", (status, body))
+    session = body["session"]
+    client_secret = secrets.token_hex(16)
+    status, body = call(
+        "POST",
+        f"{base}/_matrix/client/v3/register/email/requestToken",
+        {"client_secret": client_secret, "email": address, "send_attempt": 1},
+    )
+    if status != 200:
+        return status, body
+    sid = body["sid"]
+    msg = wait_mail(address)
+    links = [l for l in links_in(mail_text(msg)) if "submit_token" in l or "validate" in l]
+    check(links, f"Synapse's mail has no validation link: {mail_text(msg)[:500]}")
+    status, page = get_link(links[0])
+    check(status in (200, 302), f"following Synapse's link gave HTTP {status}", (status, page[:300]))
+    auth = {
+        "type": "m.login.email.identity",
+        "threepid_creds": {"sid": sid, "client_secret": client_secret},
+        "threepidCreds": {"sid": sid, "client_secret": client_secret},
+        "session": session,
+    }
+    return call(
+        "POST",
+        f"{base}/_matrix/client/v3/register",
+        {"username": username, "password": password, "auth": auth, "inhibit_login": False},
+    )
+
+
+def identity_account(shard, user_id, token):
+    """An identity-server access token for a Synapse user (OpenID → /v2/account/register)."""
+    status, openid = call(
+        "POST",
+        f"{HS[shard]}/_matrix/client/v3/user/{urllib.parse.quote(user_id)}/openid/request_token",
+        {},
+        token=token,
+    )
+    check(status == 200 and "access_token" in openid, "Synapse gave no OpenID token", (status, openid))
+    status, body = call("POST", f"{IS}/_matrix/identity/v2/account/register", openid)
+    check(status == 200 and "token" in body, "annuaire refused the OpenID registration", (status, body))
+    is_token = body["token"]
+    status, body = call("GET", f"{IS}/_matrix/identity/v2/account", token=is_token)
+    check(status == 200 and body.get("user_id") == user_id, "GET /v2/account does not name the user", (status, body))
+    return is_token
+
+
+def accept_terms(is_token):
+    status, terms = call("GET", f"{IS}/_matrix/identity/v2/terms")
+    check(status == 200 and "policies" in terms, "GET /v2/terms failed", (status, terms))
+    urls = []
+    for policy in terms["policies"].values():
+        for key, value in policy.items():
+            if key != "version" and isinstance(value, dict) and "url" in value:
+                urls.append(value["url"])
+                break
+    status, body = call("POST", f"{IS}/_matrix/identity/v2/terms", {"user_accepts": urls}, token=is_token)
+    check(status == 200, "POST /v2/terms failed", (status, body))
+    return len(urls)
+
+
+def validate_with_annuaire(address, is_token):
+    """requestToken at annuaire, read annuaire's mail, submit the token; returns (sid, secret)."""
+    client_secret = secrets.token_hex(16)
+    status, body = call(
+        "POST",
+        f"{IS}/_matrix/identity/v2/validate/email/requestToken",
+        {"client_secret": client_secret, "email": address, "send_attempt": 1},
+        token=is_token,
+    )
+    check(status == 200 and "sid" in body, "annuaire's requestToken failed", (status, body))
+    sid = body["sid"]
+    msg = wait_mail(address)
+    text = mail_text(msg)
+    links = [l for l in links_in(text) if "/_matrix/identity/v2/validate/email/submitToken" in l]
+    check(links, f"annuaire's mail has no submitToken link: {text[:500]}")
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(links[0]).query)
+    check(query.get("sid") == [sid], "the mailed link does not carry the session id")
+    check(query["token"][0] in text, "the mail does not show the token itself")
+    status, page = get_link(links[0])
+    check(status in (200, 302), f"the mailed link answered HTTP {status}", (status, page[:300]))
+    status, body = call(
+        "GET",
+        f"{IS}/_matrix/identity/v2/3pid/getValidated3pid",
+        token=is_token,
+        query={"sid": sid, "client_secret": client_secret},
+    )
+    check(status == 200 and body.get("address") == address, "getValidated3pid does not confirm", (status, body))
+    return sid, client_secret
+
+
+def bind_through_synapse(shard, token, sid, client_secret, is_token):
+    status, body = call(
+        "POST",
+        f"{HS[shard]}/_matrix/client/v3/account/3pid/bind",
+        {"client_secret": client_secret, "sid": sid, "id_server": IS_NAME, "id_access_token": is_token},
+        token=token,
+    )
+    check(status == 200, "Synapse's /account/3pid/bind failed", (status, body))
+
+
+def info(address, internal=False):
+    path = "internal-info" if internal else "info"
+    return call("GET", f"{IS}/_matrix/identity/api/v1/{path}", query={"medium": "email", "address": address})
+
+
+# ---- the journey ---------------------------------------------------------------------------------
+
+
+def main():
+    global STEP
+    agent_a = "elodie.garnier@ministry-a.example"  # "Élodie Garnier" in the agency LDAP
+    agent_b = "bruno.weiss@ministry-b.example"
+    blocked = "someone@blocked.example"
+    external = "partner.consultant@outside.example"
+    users = {}
+
+    STEP = "1 /info gives agent A shard A"
+    print(f"== {STEP}", flush=True)
+    status, body = info(agent_a)
+    check(status == 200 and body.get("hs") == HS_NAME["a"], f"expected hs {HS_NAME['a']}", (status, body))
+    check(body.get("decision") == "allowed", "decision is not allowed", (status, body))
+    say(f"hs = {body['hs']}, organisation = {body.get('organisation')}")
+
+    STEP = "2 shard B refuses agent A, shard A registers them"
+    print(f"== {STEP}", flush=True)
+    status, body = register_with_email("b", "elodie", agent_a)
+    check(status == 403 and body.get("errcode") == "M_THREEPID_DENIED", "shard B did not refuse", (status, body))
+    say("shard B: 403 M_THREEPID_DENIED")
+    status, body = register_with_email("a", "elodie", agent_a)
+    check(status == 200 and "access_token" in body, "registration on shard A failed", (status, body))
+    users["a"] = (body["user_id"], body["access_token"])
+    say(f"shard A registered {body['user_id']} (email link followed from the SMTP sink)")
+
+    STEP = "3 a blocked domain is refused everywhere; an unknown domain goes to the externals"
+    print(f"== {STEP}", flush=True)
+    for shard in ("a", "b", "x"):
+        status, body = register_with_email(shard, "blocked" + shard, blocked)
+        check(status == 403 and body.get("errcode") == "M_THREEPID_DENIED", f"shard {shard} did not refuse", (status, body))
+    status, body = info(blocked)
+    check(status == 200 and body.get("decision") == "denied" and "hs" not in body, "/info does not say denied", (status, body))
+    check(isinstance(body.get("reason"), str) and body["reason"], "/info gives no reason", (status, body))
+    say(f"refused by every shard; /info: {body['reason']!r}")
+    status, body = info(external, internal=True)
+    check(body.get("hs") == HS_NAME["x"] and body.get("requires_invite") is True and body.get("invited") is False,
+          "the external is not mapped to the externals' shard, invite required", (status, body))
+    status, body = register_with_email("x", "consultant", external)
+    check(status == 403 and body.get("errcode") == "M_THREEPID_DENIED", "the externals' shard let an uninvited external in", (status, body))
+    say("unknown domain → externals' shard, refused while uninvited")
+
+    STEP = "4 agent A registers with annuaire, accepts the terms, validates and binds"
+    print(f"== {STEP}", flush=True)
+    user_a, token_a = users["a"]
+    is_a = identity_account("a", user_a, token_a)
+    n = accept_terms(is_a)
+    sid, secret = validate_with_annuaire(agent_a, is_a)
+    bind_through_synapse("a", token_a, sid, secret, is_a)
+    say(f"OpenID account, {n} terms accepted, email validated by annuaire's mail, bound via Synapse")
+
+    STEP = "5 agent B finds agent A in the cross-shard directory"
+    print(f"== {STEP}", flush=True)
+    status, body = register_with_email("b", "bruno", agent_b)
+    check(status == 200, "registration of agent B on shard B failed", (status, body))
+    user_b, token_b = body["user_id"], body["access_token"]
+    users["b"] = (user_b, token_b)
+    is_b = identity_account("b", user_b, token_b)
+    accept_terms(is_b)
+    sid_b, secret_b = validate_with_annuaire(agent_b, is_b)
+    bind_through_synapse("b", token_b, sid_b, secret_b, is_b)
+    # The reverse proxy of shard B's client domain routes this path to annuaire, keeping Host.
+    status, body = call(
+        "POST",
+        f"{IS}/_matrix/client/v3/user_directory/search",
+        {"search_term": "elod garn", "limit": 10},
+        token=token_b,
+        headers={"Host": ENV["E2E_HS_B_CLIENT_HOST"]},
+    )
+    check(status == 200, "the directory search failed", (status, body))
+    found = [r for r in body.get("results", []) if r.get("user_id") == user_a]
+    check(found, "agent A is not found by 'elod garn'", (status, body))
+    name = found[0].get("display_name", "")
+    check(name == ENV["E2E_EXPECTED_NAME_A"], f"display name {name!r} is not the verified one", (status, body))
+    say(f"found {user_a} as {name!r}")
+
+    STEP = "6 agent B invites an external; annuaire stores and mails it; /internal-info says invited"
+    print(f"== {STEP}", flush=True)
+    status, room = call("POST", f"{HS['b']}/_matrix/client/v3/createRoom", {"name": "Projet commun"}, token=token_b)
+    check(status == 200, "createRoom failed", (status, room))
+    room_id = room["room_id"]
+    status, body = call(
+        "POST",
+        f"{HS['b']}/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/invite",
+        {"medium": "email", "address": external, "id_server": IS_NAME, "id_access_token": is_b},
+        token=token_b,
+    )
+    check(status == 200, "the 3PID invite through Synapse failed", (status, body))
+    msg = wait_mail(external)
+    check("Projet commun" in mail_text(msg), "the invite mail does not name the room")
+    status, body = info(external, internal=True)
+    check(body.get("invited") is True, "/internal-info does not say invited", (status, body))
+    status, body = call(
+        "POST",
+        f"{HS['x']}/_matrix/client/v3/register/email/requestToken",
+        {"client_secret": secrets.token_hex(16), "email": external, "send_attempt": 1},
+    )
+    check(status == 200 and "sid" in body, "the invited external still cannot start registering", (status, body))
+    say("invite stored and mailed; invited: true; the externals' shard now sends a registration mail")
+    wait_mail(external)  # Synapse's own registration mail
+    # Inviting a bound address becomes a real Matrix invite (Synapse's hashed lookup found it).
+    status, body = call(
+        "POST",
+        f"{HS['b']}/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/invite",
+        {"medium": "email", "address": agent_a, "id_server": IS_NAME, "id_access_token": is_b},
+        token=token_b,
+    )
+    check(status == 200, "inviting agent A by email failed", (status, body))
+    deadline = time.time() + 30
+    invited = False
+    while time.time() < deadline and not invited:
+        status, sync = call("GET", f"{HS['a']}/_matrix/client/v3/sync", token=token_a, query={"timeout": "1000"})
+        invited = room_id in (sync.get("rooms", {}).get("invite", {}) if isinstance(sync, dict) else {})
+    check(invited, "agent A did not receive a Matrix invite for the room", (status, sync))
+    say("inviting agent A's address became a real Matrix invite")
+
+    STEP = "7 agent A removes their email; the unbind reaches annuaire and the entry disappears"
+    print(f"== {STEP}", flush=True)
+    status, body = call(
+        "POST",
+        f"{HS['a']}/_matrix/client/v3/account/3pid/delete",
+        {"medium": "email", "address": agent_a, "id_server": IS_NAME},
+        token=token_a,
+    )
+    check(status == 200, "deleting the email on Synapse failed", (status, body))
+    check(body.get("id_server_unbind_result") == "success", "Synapse says the unbind failed", (status, body))
+    status, body = call(
+        "POST",
+        f"{IS}/_matrix/client/v3/user_directory/search",
+        {"search_term": "elod garn", "limit": 10},
+        token=token_b,
+        headers={"Host": ENV["E2E_HS_B_CLIENT_HOST"]},
+    )
+    check(status == 200 and not [r for r in body.get("results", []) if r.get("user_id") == user_a],
+          "agent A is still in the directory", (status, body))
+    say("unbound (X-Matrix signed by shard A) and gone from the directory")
+
+
+if __name__ == "__main__":
+    started = time.time()
+    try:
+        main()
+    except StepFailed as e:
+        print(f"FAILED: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    print(f"journey passed in {time.time() - started:.1f}s", flush=True)
