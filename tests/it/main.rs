@@ -12,4 +12,5 @@ mod ldap;
 mod mail_smtp;
 mod outbox;
 mod policy;
+mod robustness;
 mod validation;
