@@ -230,7 +230,7 @@ fn summary() {
     if profile == "release" {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         let report = format!(
-            "# Policy engine benchmark\n\n`cargo bench --bench policy`, {} UTC, {cores} CPU cores, release build.\n\n```\n{table}```\n\n\
+            "# Policy engine benchmark\n\n`cargo bench --bench policy`, {}, {cores} CPU cores, release build.\n\n```\n{table}```\n\n\
              decide = one decision (mean over the probe addresses: exact address, domain, subdomain,\n\
              deny, pattern, default); +normalise = normalising the address text, then deciding.\n",
             humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
