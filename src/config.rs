@@ -1284,7 +1284,7 @@ impl AdminConfig {
             return Ok(());
         };
         let filter = filter.trim();
-        if !(filter.starts_with('(') && filter.ends_with(')')) || !filter.contains("{username}") {
+        if !(filter.starts_with('(') && filter.ends_with(')') && filter.contains("{username}")) {
             return Err(ConfigError(
                 "admin.ldap_user_filter: expected a parenthesised LDAP filter containing \
                  {username}, such as `(&(objectClass=inetOrgPerson)(uid={username}))`"
@@ -1579,7 +1579,10 @@ mod tests {
             "{ldap}[admin]\n{filter}ldap_viewer_group = \"cn=viewers,dc=x\"\n"
         ))
         .unwrap();
-        assert_eq!(c.admin.ldap_viewer_group.as_deref(), Some("cn=viewers,dc=x"));
+        assert_eq!(
+            c.admin.ldap_viewer_group.as_deref(),
+            Some("cn=viewers,dc=x")
+        );
         for (toml, key) in [
             (format!("{ldap}[admin]\n{filter}"), "admin.ldap_group"),
             (
@@ -1587,11 +1590,15 @@ mod tests {
                 "ldap.url",
             ),
             (
-                format!("{ldap}[admin]\nldap_user_filter = \"(uid=alice)\"\nldap_group = \"cn=a\"\n"),
+                format!(
+                    "{ldap}[admin]\nldap_user_filter = \"(uid=alice)\"\nldap_group = \"cn=a\"\n"
+                ),
                 "{username}",
             ),
             (
-                format!("{ldap}[admin]\nldap_user_filter = \"uid={{username}}\"\nldap_group = \"cn=a\"\n"),
+                format!(
+                    "{ldap}[admin]\nldap_user_filter = \"uid={{username}}\"\nldap_group = \"cn=a\"\n"
+                ),
                 "admin.ldap_user_filter",
             ),
             (

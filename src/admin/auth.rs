@@ -299,7 +299,8 @@ impl Admin {
         if !verified {
             return Err(self.failed_login(conn, &username, now_ms)?);
         }
-        self.succeed(conn, &account, now_ms, rng).map(LoginStep::Token)
+        self.succeed(conn, &account, now_ms, rng)
+            .map(LoginStep::Token)
     }
 
     /// Finishes a login that LDAP decided: a person of an admin group gets their account
@@ -645,8 +646,9 @@ fn ldap_account(
     });
     match result {
         // Another instance created it at the same moment.
-        Err(e) if e.is_unique_violation() => Ok(admin_store::get_account(conn, username)?
-            .filter(|row| row.source == SOURCE_LDAP)),
+        Err(e) if e.is_unique_violation() => {
+            Ok(admin_store::get_account(conn, username)?.filter(|row| row.source == SOURCE_LDAP))
+        }
         other => Ok(other?),
     }
 }

@@ -80,9 +80,7 @@ impl ModeratedEntry {
             visibility: row.visibility.clone(),
             external: row.external,
             active: row.active,
-            searchable: visible
-                && row.active
-                && (!row.external || config.directory.show_externals),
+            searchable: visible && row.active && (!row.external || config.directory.show_externals),
             updated_at: row.updated_at,
         }
     }
@@ -278,7 +276,11 @@ fn no_entry(user_id: &str) -> AdminError {
 }
 
 /// The entry of `user_id`, whatever its visibility.
-pub fn get(conn: &mut DbConn, config: &Config, user_id_text: &str) -> Result<ModeratedEntry, AdminError> {
+pub fn get(
+    conn: &mut DbConn,
+    config: &Config,
+    user_id_text: &str,
+) -> Result<ModeratedEntry, AdminError> {
     let mxid = user_id(user_id_text)?;
     directory_store::get(conn, mxid)?
         .map(|row| ModeratedEntry::of(&row, config))
@@ -337,10 +339,18 @@ pub fn set_visibility(
         Visibility::Hidden => action::DIRECTORY_HIDE,
         Visibility::Visible => action::DIRECTORY_UNHIDE,
     };
-    modify(conn, config, user_id, action_name, actor, now_ms, |_, row| {
-        row.visibility = visibility.as_str().to_owned();
-        Ok(())
-    })
+    modify(
+        conn,
+        config,
+        user_id,
+        action_name,
+        actor,
+        now_ms,
+        |_, row| {
+            row.visibility = visibility.as_str().to_owned();
+            Ok(())
+        },
+    )
 }
 
 /// Overrides the verified name (source `admin`), or with `None` removes the override (the name

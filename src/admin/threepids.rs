@@ -23,10 +23,10 @@ use crate::app::Annuaire;
 use crate::directory::email_lookup_key;
 use crate::identity::log_tag;
 use crate::policy::normalize_email;
+use crate::store::StoreError;
 use crate::store::admin as admin_store;
 use crate::store::directory as directory_store;
 use crate::store::identity as identity_store;
-use crate::store::StoreError;
 
 /// What an erasure removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -88,7 +88,8 @@ pub async fn erase(
                 let sessions = admin_store::delete_sessions_for(conn, "email", &normalised)?;
                 let queued_mails = admin_store::cancel_queued_mail_to(conn, &normalised, now_ms)?;
                 // Entries published from this address (normally only the bound user's).
-                let mut affected: Vec<String> = association.iter().map(|a| a.mxid.clone()).collect();
+                let mut affected: Vec<String> =
+                    association.iter().map(|a| a.mxid.clone()).collect();
                 for row in directory_store::by_email_keys(conn, std::slice::from_ref(&key))? {
                     if !affected.contains(&row.mxid) {
                         affected.push(row.mxid);

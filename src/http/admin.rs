@@ -51,9 +51,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/_annuaire/admin/v1/explain").route(web::get().to(explain)))
         .service(resource("/_annuaire/admin/v1/audit").route(web::get().to(audit)))
-        .service(
-            resource("/_annuaire/admin/v1/stats/attempts").route(web::get().to(attempt_stats)),
-        )
+        .service(resource("/_annuaire/admin/v1/stats/attempts").route(web::get().to(attempt_stats)))
         .service(
             resource("/_annuaire/admin/v1/stats/directory").route(web::get().to(directory_stats)),
         )
@@ -263,9 +261,14 @@ pub(super) async fn login(
         .check_login_rate(ip, &body.username)
         .map_err(api_error)?;
     let now = app.clock.now_ms();
-    let result = admin::log_in(app.clone().into_inner(), &body.username, &body.password, now)
-        .await
-        .map_err(api_error);
+    let result = admin::log_in(
+        app.clone().into_inner(),
+        &body.username,
+        &body.password,
+        now,
+    )
+    .await
+    .map_err(api_error);
     match &result {
         // Not the username of a failure: people type passwords into it.
         Err(e) => tracing::info!(ip = ?ip, errcode = e.errcode, "admin login refused"),
