@@ -616,7 +616,7 @@ pub fn entry_counts(
     // spliced into the SQL.
     let sql = format!(
         "SELECT {column} AS key, {COUNTS} FROM directory_entries \
-         GROUP BY {column} ORDER BY entries DESC, {column} LIMIT {limit}"
+         GROUP BY {column} ORDER BY entries DESC, {column} IS NULL, {column} LIMIT {limit}"
     );
     Ok(db_dispatch!(conn, c => diesel::sql_query(sql).load::<EntryCounts>(c)?))
 }
