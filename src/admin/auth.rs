@@ -775,9 +775,19 @@ pub fn add_account(
     });
     match result {
         Ok(row) => Ok(AccountSummary::of(&row, now_ms)),
-        Err(e) if e.is_unique_violation() => Err(AdminError::AccountExists(format!(
-            "an admin account named {username} already exists"
-        ))),
+        Err(e) if e.is_unique_violation() => {
+            let from_ldap = admin_store::get_account(conn, username)?
+                .is_some_and(|row| row.source == SOURCE_LDAP);
+            Err(AdminError::AccountExists(if from_ldap {
+                format!(
+                    "an admin account named {username} already exists, created by an LDAP \
+                     login; remove it first (`annuaire admin remove {username}`) to make it a \
+                     local account"
+                )
+            } else {
+                format!("an admin account named {username} already exists")
+            }))
+        }
         Err(e) => Err(e.into()),
     }
 }

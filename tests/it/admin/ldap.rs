@@ -104,6 +104,20 @@ async fn a_group_member_logs_in_as_editor_and_gets_an_ldap_account() {
         created[0]["after"],
         json!({"username": "admin.alice", "role": "editor", "source": "ldap"})
     );
+    // A local account cannot be created over it without removing it first.
+    let mut conn = s.app.db.get().unwrap();
+    let e = annuaire::admin::auth::add_account(
+        &mut conn,
+        "admin.alice",
+        annuaire::admin::Role::Editor,
+        "a local password",
+        &annuaire::admin::Actor::cli("test"),
+        s.app.clock.now_ms(),
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("created by an LDAP login"), "{e}");
+    drop(conn);
     // A second login reuses the account (no second creation); the case of the name does not
     // matter.
     login(&s, "Admin.Alice", ALICE).await.assert_ok();
