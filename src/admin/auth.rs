@@ -272,10 +272,15 @@ impl Admin {
         rng: &mut impl RngCore,
     ) -> Result<LoginStep, AdminError> {
         let username = normalize_username(username);
-        let account = admin_store::get_account(conn, &username)?;
+        // Names no account can have are looked up nowhere (not even in the database, whose
+        // text may not hold what they contain) nor sent to LDAP.
+        let valid = check_username(&username).is_ok();
+        let account = match valid {
+            true => admin_store::get_account(conn, &username)?,
+            false => None,
+        };
         let Some(account) = account else {
-            // Names no account can have are refused without asking LDAP.
-            if self.ldap.is_some() && check_username(&username).is_ok() {
+            if self.ldap.is_some() && valid {
                 return Ok(LoginStep::Ldap(username));
             }
             // Same work as for a real account, so that response times do not reveal names.

@@ -134,6 +134,20 @@ pub fn api_error(e: AdminError) -> ApiError {
     }
 }
 
+/// Refuses query parameters holding a NUL character: no stored text has one (PostgreSQL text
+/// cannot), and PostgreSQL rejects them in a query instead of matching nothing.
+fn no_nul(params: &[(&str, &Option<String>)]) -> Result<(), AdminError> {
+    match params
+        .iter()
+        .find(|(_, value)| value.as_deref().is_some_and(|v| v.contains('\0')))
+    {
+        Some((name, _)) => Err(AdminError::InvalidInput(format!(
+            "`{name}` must not contain NUL characters"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Runs a blocking administration call on the database pool.
 async fn run<T, F>(app: &AppData, f: F) -> Result<T, ApiError>
 where
@@ -403,6 +417,13 @@ pub struct RulesQuery {
 
 impl RulesQuery {
     fn filter(&self) -> Result<RuleFilter, AdminError> {
+        no_nul(&[
+            ("domain", &self.domain),
+            ("organisation", &self.organisation),
+            ("homeserver", &self.homeserver),
+            ("source", &self.source),
+            ("next_batch", &self.next_batch),
+        ])?;
         let filter = RuleFilter {
             domain: None,
             organisation: self.organisation.clone(),
@@ -932,6 +953,12 @@ pub(super) async fn audit(
     _auth: AdminAuth,
     MatrixQuery(q): MatrixQuery<AuditQueryParams>,
 ) -> Result<HttpResponse, ApiError> {
+    no_nul(&[
+        ("actor", &q.actor),
+        ("action", &q.action),
+        ("target", &q.target),
+    ])
+    .map_err(api_error)?;
     let filter = AuditFilter {
         actor: q.actor,
         action: q.action,
@@ -1060,6 +1087,12 @@ pub(super) async fn list_directory(
     _auth: AdminAuth,
     MatrixQuery(q): MatrixQuery<DirectoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    no_nul(&[
+        ("organisation", &q.organisation),
+        ("homeserver", &q.homeserver),
+        ("next_batch", &q.next_batch),
+    ])
+    .map_err(api_error)?;
     let filter = admin::EntryFilter {
         organisation: q.organisation,
         homeserver: q.homeserver,

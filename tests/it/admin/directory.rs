@@ -762,6 +762,39 @@ async fn directory_and_outbox_statistics() {
         .assert_error(400, "M_INVALID_PARAM");
 }
 
+#[tokio::test]
+async fn nul_characters_are_refused_not_a_server_error() {
+    let s = start(Builder::new()).await;
+    people(&s).await;
+    let t = editor(&s).await;
+    for path in [
+        "/_annuaire/admin/v1/rules?organisation=a%00b",
+        "/_annuaire/admin/v1/rules?next_batch=%00",
+        "/_annuaire/admin/v1/rules/export?source=%00",
+        "/_annuaire/admin/v1/audit?actor=%00",
+        "/_annuaire/admin/v1/audit?target=x%00",
+        "/_annuaire/admin/v1/directory?organisation=%00",
+        "/_annuaire/admin/v1/directory?homeserver=%00",
+        "/_annuaire/admin/v1/directory?next_batch=%00",
+    ] {
+        get(&s, path, &t).await.assert_error(400, "M_INVALID_PARAM");
+    }
+    for path in [
+        "/_annuaire/admin/v1/directory/%00",
+        "/_annuaire/admin/v1/directory/@a%00:hs.example",
+    ] {
+        get(&s, path, &t).await.assert_error(400, "M_INVALID_PARAM");
+    }
+    // Searched text is folded: a NUL is only a separator there.
+    get(&s, &format!("{DIR}?q=jean%00dupont"), &t)
+        .await
+        .assert_ok();
+    // No account name holds one: refused like any wrong name.
+    super::login(&s, "ed\u{0}", super::EDITOR_PASSWORD)
+        .await
+        .assert_error(403, "M_FORBIDDEN");
+}
+
 fn urlencode(text: &str) -> String {
     let mut out = String::new();
     for b in text.bytes() {
