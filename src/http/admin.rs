@@ -1041,7 +1041,7 @@ pub struct DirectoryQuery {
     pub visibility: Option<String>,
     /// `true`: external (invite-required) users only; `false`: internal ones only.
     pub external: Option<bool>,
-    /// Page size (default 100, at most 1000; a search returns at most `directory.search_candidates`).
+    /// Page size, or most search results (default 100, at most 1000).
     pub limit: Option<usize>,
     /// The `next_batch` of the previous page (listing only).
     pub next_batch: Option<String>,

@@ -197,6 +197,31 @@ mod tests {
         let schemes = &value["components"]["securitySchemes"]["admin_token"];
         assert_eq!(schemes["scheme"], "bearer");
         let _: utoipa::openapi::OpenApi = serde_json::from_str(document()).unwrap();
+        // Every schema a path or schema refers to is in the document.
+        fn refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        match (k.as_str(), v.as_str()) {
+                            ("$ref", Some(r)) => out.push(r),
+                            _ => refs(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        refs(&value, &mut found);
+        assert!(found.len() > 20, "{found:?}");
+        for r in found {
+            let name = r.strip_prefix("#/components/schemas/").unwrap();
+            assert!(
+                value["components"]["schemas"][name].is_object(),
+                "{r} is not defined"
+            );
+        }
     }
 
     const METHODS: [&str; 4] = ["get", "post", "put", "delete"];
