@@ -261,7 +261,7 @@ impl Config {
         self.mail.validate()?;
         self.invites.validate()?;
         self.federation.validate()?;
-        self.admin.validate()?;
+        self.admin.validate(&self.ldap)?;
         self.directory.validate()?;
         self.ldap.validate()?;
         if self
@@ -1209,6 +1209,15 @@ pub struct AdminConfig {
     pub login_per_ip: RateLimit,
     /// Login attempts per username.
     pub login_per_username: RateLimit,
+    /// LDAP login: the filter that finds the person logging in under `ldap.base_dn`, with
+    /// `{username}` where the (escaped) username goes, e.g.
+    /// `(&(objectClass=inetOrgPerson)(uid={username}))`. Unset: local accounts only.
+    pub ldap_user_filter: Option<String>,
+    /// DN of the group (`groupOfNames`) whose members may log in with LDAP, as editors.
+    pub ldap_group: Option<String>,
+    /// DN of a group whose members may log in with LDAP as viewers (an editor group member is
+    /// an editor).
+    pub ldap_viewer_group: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -1226,12 +1235,21 @@ impl Default for AdminConfig {
                 burst: 10,
                 every: HumanDuration(Duration::from_secs(6)),
             },
+            ldap_user_filter: None,
+            ldap_group: None,
+            ldap_viewer_group: None,
         }
     }
 }
 
 impl AdminConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Whether administrators may log in with an LDAP bind.
+    pub fn ldap_login_enabled(&self) -> bool {
+        self.ldap_user_filter.is_some()
+    }
+
+    fn validate(&self, ldap: &LdapConfig) -> Result<(), ConfigError> {
+        self.validate_ldap(ldap)?;
         let lifetime = self.token_lifetime.0;
         if lifetime < Duration::from_secs(60) || lifetime > Duration::from_secs(24 * 3600) {
             return Err(ConfigError(
@@ -1250,6 +1268,48 @@ impl AdminConfig {
         }
         self.login_per_ip.validate("admin.login_per_ip")?;
         self.login_per_username.validate("admin.login_per_username")
+    }
+
+    fn validate_ldap(&self, ldap: &LdapConfig) -> Result<(), ConfigError> {
+        let groups = [
+            ("admin.ldap_group", &self.ldap_group),
+            ("admin.ldap_viewer_group", &self.ldap_viewer_group),
+        ];
+        let Some(filter) = &self.ldap_user_filter else {
+            if let Some((key, _)) = groups.iter().find(|(_, g)| g.is_some()) {
+                return Err(ConfigError(format!(
+                    "{key}: needs admin.ldap_user_filter (the LDAP login is off without it)"
+                )));
+            }
+            return Ok(());
+        };
+        let filter = filter.trim();
+        if !(filter.starts_with('(') && filter.ends_with(')') && filter.contains("{username}")) {
+            return Err(ConfigError(
+                "admin.ldap_user_filter: expected a parenthesised LDAP filter containing \
+                 {username}, such as `(&(objectClass=inetOrgPerson)(uid={username}))`"
+                    .into(),
+            ));
+        }
+        if ldap.url.is_none() {
+            return Err(ConfigError(
+                "admin.ldap_user_filter: needs ldap.url (the LDAP login uses the [ldap] connection)"
+                    .into(),
+            ));
+        }
+        if groups.iter().all(|(_, g)| g.is_none()) {
+            return Err(ConfigError(
+                "admin.ldap_group: required with admin.ldap_user_filter (the DN of the group \
+                 whose members may log in)"
+                    .into(),
+            ));
+        }
+        for (key, group) in groups {
+            if group.as_deref().is_some_and(|g| g.trim().is_empty()) {
+                return Err(ConfigError(format!("{key}: must not be empty")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1500,6 +1560,59 @@ mod tests {
         assert!(e.0.contains("http.admin_bind"), "{e}");
         let c = Config::from_toml("[http]\nadmin_bind = \"127.0.0.1:9001\"\n").unwrap();
         assert_eq!(c.http.admin_bind.unwrap().port(), 9001);
+    }
+
+    #[test]
+    fn admin_ldap_login_keys() {
+        let c = Config::load_from(None, &[]).unwrap();
+        assert!(!c.admin.ldap_login_enabled());
+        assert_eq!(c.admin.ldap_group, None);
+        let ldap = "[ldap]\nurl = \"ldap://127.0.0.1:389\"\nbase_dn = \"dc=x\"\n";
+        let filter = "ldap_user_filter = \"(&(objectClass=inetOrgPerson)(uid={username}))\"\n";
+        let c = Config::from_toml(&format!(
+            "{ldap}[admin]\n{filter}ldap_group = \"cn=admins,dc=x\"\n"
+        ))
+        .unwrap();
+        assert!(c.admin.ldap_login_enabled());
+        assert_eq!(c.admin.ldap_group.as_deref(), Some("cn=admins,dc=x"));
+        let c = Config::from_toml(&format!(
+            "{ldap}[admin]\n{filter}ldap_viewer_group = \"cn=viewers,dc=x\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.admin.ldap_viewer_group.as_deref(),
+            Some("cn=viewers,dc=x")
+        );
+        for (toml, key) in [
+            (format!("{ldap}[admin]\n{filter}"), "admin.ldap_group"),
+            (
+                format!("[admin]\n{filter}ldap_group = \"cn=a\"\n"),
+                "ldap.url",
+            ),
+            (
+                format!(
+                    "{ldap}[admin]\nldap_user_filter = \"(uid=alice)\"\nldap_group = \"cn=a\"\n"
+                ),
+                "{username}",
+            ),
+            (
+                format!(
+                    "{ldap}[admin]\nldap_user_filter = \"uid={{username}}\"\nldap_group = \"cn=a\"\n"
+                ),
+                "admin.ldap_user_filter",
+            ),
+            (
+                format!("{ldap}[admin]\nldap_group = \"cn=a\"\n"),
+                "admin.ldap_group: needs admin.ldap_user_filter",
+            ),
+            (
+                format!("{ldap}[admin]\n{filter}ldap_group = \" \"\n"),
+                "admin.ldap_group: must not be empty",
+            ),
+        ] {
+            let e = Config::from_toml(&toml).unwrap_err();
+            assert!(e.0.contains(key), "{toml}: {e}");
+        }
     }
 
     /// Every key with a default must be documented in annuaire.example.toml, with that default.

@@ -1,4 +1,4 @@
-//! The audit log: every administrative change (rules, accounts, later directory moderation) with
+//! The audit log: every administrative change (rules, accounts, directory moderation, erasures) with
 //! who, when, what, before and after. Written in the same transaction as the change; read with
 //! filters, newest first; never deleted or edited by the application.
 
@@ -29,10 +29,22 @@ pub mod action {
     pub const ACCOUNT_CREATE: &str = "account.create";
     /// An admin account removed.
     pub const ACCOUNT_REMOVE: &str = "account.remove";
+    /// An admin account changed (an LDAP account's role following its groups).
+    pub const ACCOUNT_UPDATE: &str = "account.update";
     /// An admin account locked after failed logins.
     pub const ACCOUNT_LOCK: &str = "account.lock";
     /// A token issued on the command line (`annuaire admin token`).
     pub const TOKEN_ISSUE: &str = "token.issue";
+    /// A directory entry hidden from every search.
+    pub const DIRECTORY_HIDE: &str = "directory.hide";
+    /// A hidden directory entry shown again.
+    pub const DIRECTORY_UNHIDE: &str = "directory.unhide";
+    /// A directory entry's verified name overridden, or the override removed.
+    pub const DIRECTORY_RENAME: &str = "directory.rename";
+    /// A directory entry removed.
+    pub const DIRECTORY_REMOVE: &str = "directory.remove";
+    /// An address erased: association, lookup hashes, invitations, sessions, queued mails.
+    pub const THREEPID_ERASE: &str = "threepid.erase";
 }
 
 /// The audit target naming a rule.
@@ -43,6 +55,16 @@ pub fn rule_target(id: &str) -> String {
 /// The audit target naming an admin account.
 pub fn account_target(username: &str) -> String {
     format!("account:{username}")
+}
+
+/// The audit target naming a directory entry.
+pub fn directory_target(user_id: &str) -> String {
+    format!("directory:{user_id}")
+}
+
+/// The audit target naming a 3PID.
+pub fn threepid_target(medium: &str, address: &str) -> String {
+    format!("threepid:{medium}:{address}")
 }
 
 /// Appends one change to the log (call inside the change's transaction).

@@ -11,7 +11,7 @@
 //!   every instance agrees); attempts are rate limited per IP and per username (per instance).
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use argon2::password_hash::SaltString;
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::audit::{self, action};
+use super::ldap_login::{LdapLogin, LdapVerdict};
 use super::{Actor, AdminError, Role};
+use crate::app::Annuaire;
 use crate::config::Config;
 use crate::ratelimit::KeyedLimit;
 use crate::store::admin::{self as admin_store, AccountRow};
@@ -45,6 +47,19 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 pub const MAX_CLI_TOKEN_MS: i64 = 366 * 24 * 3600 * 1000;
 /// Shortest secret accepted from `admin.jwt_secret_file`.
 const MIN_SECRET_BYTES: usize = 32;
+/// `source` of an account with a password hash.
+pub const SOURCE_LOCAL: &str = "local";
+/// `source` of an account created by an LDAP login (no password here: LDAP decides).
+pub const SOURCE_LDAP: &str = "ldap";
+
+/// Where a login goes after the local check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginStep {
+    /// Done: the local password was right.
+    Token(IssuedToken),
+    /// LDAP decides, for this (normalised) username.
+    Ldap(String),
+}
 
 /// The claims of an admin token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +163,8 @@ pub struct Admin {
     lockout_ms: i64,
     login_per_ip: KeyedLimit<IpAddr>,
     login_per_username: KeyedLimit<String>,
+    /// The LDAP login (`admin.ldap_user_filter`), if on.
+    ldap: Option<LdapLogin>,
     /// A hash verified when the username is unknown, so that timing does not reveal accounts.
     dummy_hash: OnceLock<Option<String>>,
 }
@@ -198,7 +215,9 @@ impl Admin {
                 })?
             }
         };
-        Ok(Admin::with_secret(config, &secret))
+        let mut admin = Admin::with_secret(config, &secret);
+        admin.ldap = LdapLogin::from_config(config)?;
+        Ok(admin)
     }
 
     /// The service with a given signing secret (tests, and `open`).
@@ -213,6 +232,7 @@ impl Admin {
             lockout_ms: admin.lockout_duration.as_millis_i64(),
             login_per_ip: KeyedLimit::new(&admin.login_per_ip),
             login_per_username: KeyedLimit::new(&admin.login_per_username),
+            ldap: None,
             dummy_hash: OnceLock::new(),
         }
     }
@@ -240,7 +260,9 @@ impl Admin {
         self.login_per_username.housekeep();
     }
 
-    /// Checks a username and password; on success, a token of `admin.token_lifetime`.
+    /// Checks a username and password against the local account; says when LDAP must decide
+    /// instead (LDAP login on, and no local account of that name, or an account that LDAP
+    /// created). A locked account is refused here, before LDAP is asked.
     pub fn login(
         &self,
         conn: &mut DbConn,
@@ -248,10 +270,19 @@ impl Admin {
         password: &str,
         now_ms: i64,
         rng: &mut impl RngCore,
-    ) -> Result<IssuedToken, AdminError> {
+    ) -> Result<LoginStep, AdminError> {
         let username = normalize_username(username);
-        let account = admin_store::get_account(conn, &username)?;
+        // Names no account can have are looked up nowhere (not even in the database, whose
+        // text may not hold what they contain) nor sent to LDAP.
+        let valid = check_username(&username).is_ok();
+        let account = match valid {
+            true => admin_store::get_account(conn, &username)?,
+            false => None,
+        };
         let Some(account) = account else {
+            if self.ldap.is_some() && valid {
+                return Ok(LoginStep::Ldap(username));
+            }
             // Same work as for a real account, so that response times do not reveal names.
             if let Some(hash) = self.dummy_hash() {
                 verify_password(hash, password);
@@ -263,45 +294,107 @@ impl Admin {
         {
             return Err(locked(until, now_ms));
         }
+        if account.source == SOURCE_LDAP && self.ldap.is_some() {
+            return Ok(LoginStep::Ldap(username));
+        }
         let verified = account
             .password_hash
             .as_deref()
             .is_some_and(|hash| verify_password(hash, password));
         if !verified {
-            let lock_until = now_ms.saturating_add(self.lockout_ms);
-            let locked_now = conn.transaction(|conn| {
-                let locked = admin_store::record_login_failure(
+            return Err(self.failed_login(conn, &username, now_ms)?);
+        }
+        self.succeed(conn, &account, now_ms, rng)
+            .map(LoginStep::Token)
+    }
+
+    /// Finishes a login that LDAP decided: a person of an admin group gets their account
+    /// (created with source `ldap`, or its role updated to the group's, both audited) and, with
+    /// the right password, a token; a wrong password counts toward the lock as for local
+    /// accounts. A local account created meanwhile wins (refused here).
+    pub fn finish_ldap_login(
+        &self,
+        conn: &mut DbConn,
+        username: &str,
+        verdict: LdapVerdict,
+        now_ms: i64,
+        rng: &mut impl RngCore,
+    ) -> Result<IssuedToken, AdminError> {
+        let (role, granted) = match verdict {
+            LdapVerdict::Refused => return Err(AdminError::BadCredentials),
+            LdapVerdict::Granted(role) => (role, true),
+            LdapVerdict::WrongPassword(role) => (role, false),
+        };
+        let Some(account) = ldap_account(conn, username, role, now_ms)? else {
+            return Err(AdminError::BadCredentials);
+        };
+        if let Some(until) = account.locked_until
+            && until > now_ms
+        {
+            return Err(locked(until, now_ms));
+        }
+        if !granted {
+            return Err(self.failed_login(conn, username, now_ms)?);
+        }
+        self.succeed(conn, &account, now_ms, rng)
+    }
+
+    /// The LDAP login, when configured.
+    pub fn ldap_login(&self) -> Option<&LdapLogin> {
+        self.ldap.as_ref()
+    }
+
+    /// Counts a failed login (locking the account at the threshold, audited); the error to
+    /// answer: bad credentials, or the new lock.
+    fn failed_login(
+        &self,
+        conn: &mut DbConn,
+        username: &str,
+        now_ms: i64,
+    ) -> Result<AdminError, AdminError> {
+        let lock_until = now_ms.saturating_add(self.lockout_ms);
+        let locked_now = conn.transaction(|conn| {
+            let locked = admin_store::record_login_failure(
+                conn,
+                username,
+                self.lockout_threshold,
+                lock_until,
+                now_ms,
+            )?;
+            if locked.is_some() {
+                audit::record(
                     conn,
-                    &username,
-                    self.lockout_threshold,
-                    lock_until,
+                    &Actor::system(),
+                    action::ACCOUNT_LOCK,
+                    &audit::account_target(username),
+                    Some(&json!({"locked_until": null})),
+                    Some(&json!({"locked_until": lock_until})),
                     now_ms,
                 )?;
-                if locked.is_some() {
-                    audit::record(
-                        conn,
-                        &Actor::system(),
-                        action::ACCOUNT_LOCK,
-                        &audit::account_target(&username),
-                        Some(&json!({"locked_until": null})),
-                        Some(&json!({"locked_until": lock_until})),
-                        now_ms,
-                    )?;
-                }
-                Ok::<_, StoreError>(locked)
-            })?;
-            if let Some(until) = locked_now {
-                tracing::warn!(
-                    account = %username,
-                    "admin account locked after too many failed logins"
-                );
-                return Err(locked(until, now_ms));
             }
-            return Err(AdminError::BadCredentials);
+            Ok::<_, StoreError>(locked)
+        })?;
+        if let Some(until) = locked_now {
+            tracing::warn!(
+                account = %username,
+                "admin account locked after too many failed logins"
+            );
+            return Ok(locked(until, now_ms));
         }
-        admin_store::record_login_success(conn, &username, now_ms)?;
+        Ok(AdminError::BadCredentials)
+    }
+
+    /// A successful login: failures forgotten, a token.
+    fn succeed(
+        &self,
+        conn: &mut DbConn,
+        account: &AccountRow,
+        now_ms: i64,
+        rng: &mut impl RngCore,
+    ) -> Result<IssuedToken, AdminError> {
+        admin_store::record_login_success(conn, &account.username, now_ms)?;
         admin_store::purge_revoked(conn, now_ms - LEEWAY_SECS * 1000)?;
-        self.mint(&account, self.token_lifetime_ms, now_ms, rng)
+        self.mint(account, self.token_lifetime_ms, now_ms, rng)
     }
 
     /// A token for automation (`annuaire admin token USER --ttl 1h`), audited.
@@ -455,6 +548,116 @@ impl Admin {
     }
 }
 
+/// Checks a username and password, against the local account or with LDAP (see
+/// [`Admin::login`] and [`Admin::finish_ldap_login`]); on success, a token of
+/// `admin.token_lifetime`. The caller has checked the login rate limits.
+pub async fn log_in(
+    app: Arc<Annuaire>,
+    username: &str,
+    password: &str,
+    now_ms: i64,
+) -> Result<IssuedToken, AdminError> {
+    let (user, pass) = (username.to_owned(), password.to_owned());
+    let local = app.clone();
+    let step = app
+        .db
+        .run(move |conn| {
+            Ok(local
+                .admin
+                .login(conn, &user, &pass, now_ms, &mut rand::rngs::OsRng))
+        })
+        .await??;
+    let username = match step {
+        LoginStep::Token(token) => return Ok(token),
+        LoginStep::Ldap(username) => username,
+    };
+    let ldap = app.admin.ldap_login().ok_or(AdminError::BadCredentials)?;
+    let verdict = ldap.check(&username, password).await?;
+    let finish = app.clone();
+    app.db
+        .run(move |conn| {
+            Ok(finish.admin.finish_ldap_login(
+                conn,
+                &username,
+                verdict,
+                now_ms,
+                &mut rand::rngs::OsRng,
+            ))
+        })
+        .await?
+}
+
+/// The account of a person LDAP vouched for with `role`: created (source `ldap`) or its role
+/// brought in line with the groups, audited with actor `system`. `None` when a local account of
+/// that name exists (it wins).
+fn ldap_account(
+    conn: &mut DbConn,
+    username: &str,
+    role: Role,
+    now_ms: i64,
+) -> Result<Option<AccountRow>, AdminError> {
+    let result = conn.transaction(|conn| {
+        let existing = admin_store::get_account(conn, username)?;
+        match existing {
+            Some(row) if row.source != SOURCE_LDAP => return Ok(None),
+            Some(row) if row.role == role.as_str() => return Ok(Some(row)),
+            Some(row) => {
+                admin_store::set_account_role(conn, username, role.as_str(), now_ms)?;
+                let mut after = row.clone();
+                after.role = role.as_str().to_owned();
+                audit::record(
+                    conn,
+                    &Actor::system(),
+                    action::ACCOUNT_UPDATE,
+                    &audit::account_target(username),
+                    Some(&account_json(&row)),
+                    Some(&account_json(&after)),
+                    now_ms,
+                )?;
+            }
+            None => {
+                admin_store::insert_account(
+                    conn,
+                    username,
+                    role.as_str(),
+                    SOURCE_LDAP,
+                    None,
+                    now_ms,
+                )?;
+                let row = AccountRow {
+                    username: username.to_owned(),
+                    role: role.as_str().to_owned(),
+                    source: SOURCE_LDAP.to_owned(),
+                    password_hash: None,
+                    failed_logins: 0,
+                    locked_until: None,
+                    last_login_at: None,
+                    created_at: now_ms,
+                    updated_at: now_ms,
+                };
+                audit::record(
+                    conn,
+                    &Actor::system(),
+                    action::ACCOUNT_CREATE,
+                    &audit::account_target(username),
+                    None,
+                    Some(&account_json(&row)),
+                    now_ms,
+                )?;
+                tracing::info!(account = %username, role = role.as_str(), "admin account created by an LDAP login");
+            }
+        }
+        admin_store::get_account(conn, username)
+    });
+    match result {
+        // Another instance created it at the same moment.
+        Err(e) if e.is_unique_violation() => {
+            Ok(admin_store::get_account(conn, username)?.filter(|row| row.source == SOURCE_LDAP))
+        }
+        other => Ok(other?),
+    }
+}
+
 fn locked(until_ms: i64, now_ms: i64) -> AdminError {
     AdminError::Locked {
         until_ms,
@@ -554,7 +757,14 @@ pub fn add_account(
     check_password(password)?;
     let hash = hash_password(password, rng)?;
     let result = conn.transaction(|conn| {
-        admin_store::insert_account(conn, username, role.as_str(), "local", Some(&hash), now_ms)?;
+        admin_store::insert_account(
+            conn,
+            username,
+            role.as_str(),
+            SOURCE_LOCAL,
+            Some(&hash),
+            now_ms,
+        )?;
         let row = admin_store::get_account(conn, username)?
             .ok_or_else(|| StoreError::Corrupt(format!("account {username} vanished")))?;
         audit::record(
@@ -570,9 +780,19 @@ pub fn add_account(
     });
     match result {
         Ok(row) => Ok(AccountSummary::of(&row, now_ms)),
-        Err(e) if e.is_unique_violation() => Err(AdminError::AccountExists(format!(
-            "an admin account named {username} already exists"
-        ))),
+        Err(e) if e.is_unique_violation() => {
+            let from_ldap = admin_store::get_account(conn, username)?
+                .is_some_and(|row| row.source == SOURCE_LDAP);
+            Err(AdminError::AccountExists(if from_ldap {
+                format!(
+                    "an admin account named {username} already exists, created by an LDAP \
+                     login; remove it first (`annuaire admin remove {username}`) to make it a \
+                     local account"
+                )
+            } else {
+                format!("an admin account named {username} already exists")
+            }))
+        }
         Err(e) => Err(e.into()),
     }
 }

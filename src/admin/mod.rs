@@ -1,13 +1,19 @@
-//! Administration: admin accounts and their tokens (JWT), allowlist rules managed through the
-//! admin API, the decision explainer, the audit log and the statistics.
+//! Administration: admin accounts and their tokens (JWT; local passwords or an LDAP bind),
+//! allowlist rules managed through the admin API, the decision explainer, directory moderation,
+//! the erasure of an address, the audit log and the statistics.
 //!
-//! Everything here is blocking code over a `&mut DbConn` (the HTTP layer runs it with
-//! `Db::run`); no actix. `http::admin` maps [`AdminError`] to responses once.
+//! Most of it is blocking code over a `&mut DbConn` (the HTTP layer runs it with `Db::run`);
+//! what must wait on the network (the LDAP login, the directory refresh after an erasure) is
+//! async over the [`crate::app::Annuaire`]. No actix. `http::admin` maps [`AdminError`] to
+//! responses once.
 
 pub mod audit;
 pub mod auth;
+pub mod ldap_login;
+pub mod moderation;
 pub mod rules;
 pub mod stats;
+pub mod threepids;
 
 use std::fmt;
 
@@ -17,9 +23,12 @@ use crate::policy::RuleError;
 use crate::store::StoreError;
 
 pub use audit::{AuditEntry, AuditFilter, AuditPage};
-pub use auth::{AccountSummary, Admin, IssuedToken, Session};
+pub use auth::{AccountSummary, Admin, IssuedToken, LoginStep, Session, log_in};
+pub use ldap_login::{LdapLogin, LdapVerdict};
+pub use moderation::{EntryFilter, EntryPage, ModeratedEntry};
 pub use rules::{RuleFilter, RulePage};
-pub use stats::{AttemptStats, DomainAttempts, Period};
+pub use stats::{AttemptStats, DirectoryStats, DomainAttempts, OutboxStats, Period};
+pub use threepids::Erasure;
 
 /// What an administrator may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -110,6 +119,10 @@ pub enum AdminError {
     /// A malformed email address.
     #[error("{0}")]
     InvalidAddress(String),
+    /// The LDAP directory cannot be used for a login (down, the service account refused, a
+    /// search failed); the detail is for the logs.
+    #[error("LDAP: {0}")]
+    LdapUnavailable(String),
     /// Something that should not fail did (hashing, token encoding, a secret file).
     #[error("{0}")]
     Internal(String),

@@ -1,5 +1,7 @@
 //! Statistics for administrators: which unknown or refused domains are knocking at the door
-//! (denied and invite-required decisions per domain).
+//! (denied and invite-required decisions per domain), the directory's size per organisation and
+//! homeserver, and the mail outbox's health. Counted by the database (GROUP BY, COUNT), never by
+//! loading rows.
 
 use std::collections::HashMap;
 
@@ -9,6 +11,7 @@ use utoipa::ToSchema;
 use super::AdminError;
 use crate::allowlist::Allowlist;
 use crate::store::DbConn;
+use crate::store::admin::{self as admin_store, EntryCounts, EntryGrouping};
 use crate::store::policy as rules_store;
 
 const DAY_MS: i64 = 86_400_000;
@@ -124,6 +127,126 @@ pub fn attempts(
         period: period.as_str(),
         since: since_day * DAY_MS,
         domains,
+    })
+}
+
+/// Entry counts of a group of directory entries, or of the whole directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct EntryCountsView {
+    /// Entries.
+    pub entries: i64,
+    /// Visible entries (not hidden by moderation; external and deactivated ones included).
+    pub visible: i64,
+    /// Entries hidden by moderation.
+    pub hidden: i64,
+    /// External (invite-required) users.
+    pub external: i64,
+    /// Deactivated accounts.
+    pub inactive: i64,
+}
+
+impl EntryCountsView {
+    fn of(c: &EntryCounts) -> EntryCountsView {
+        EntryCountsView {
+            entries: c.entries,
+            visible: c.entries - c.hidden,
+            hidden: c.hidden,
+            external: c.external,
+            inactive: c.inactive,
+        }
+    }
+}
+
+/// The entries of one organisation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct OrganisationCounts {
+    /// The organisation label (null: entries without one).
+    pub organisation: Option<String>,
+    /// Its counts.
+    #[serde(flatten)]
+    pub counts: EntryCountsView,
+}
+
+/// The entries of one homeserver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct HomeserverCounts {
+    /// The homeserver.
+    pub homeserver: String,
+    /// Its counts.
+    #[serde(flatten)]
+    pub counts: EntryCountsView,
+}
+
+/// The directory's size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct DirectoryStats {
+    /// The whole directory.
+    pub total: EntryCountsView,
+    /// Per organisation label, largest first.
+    pub organisations: Vec<OrganisationCounts>,
+    /// Per homeserver, largest first.
+    pub homeservers: Vec<HomeserverCounts>,
+}
+
+/// Entry counts for the whole directory, per organisation and per homeserver (at most `limit`
+/// of each, largest first): GROUP BY queries, no entry is loaded.
+pub fn directory(conn: &mut DbConn, limit: usize) -> Result<DirectoryStats, AdminError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let total = EntryCountsView::of(&admin_store::entry_totals(conn)?);
+    let organisations = admin_store::entry_counts(conn, EntryGrouping::Organisation, limit)?
+        .into_iter()
+        .map(|c| OrganisationCounts {
+            counts: EntryCountsView::of(&c),
+            organisation: c.key,
+        })
+        .collect();
+    let homeservers = admin_store::entry_counts(conn, EntryGrouping::Homeserver, limit)?
+        .into_iter()
+        .map(|c| HomeserverCounts {
+            counts: EntryCountsView::of(&c),
+            homeserver: c.key.unwrap_or_default(),
+        })
+        .collect();
+    Ok(DirectoryStats {
+        total,
+        organisations,
+        homeservers,
+    })
+}
+
+/// The mail outbox's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct OutboxStats {
+    /// Mails waiting to be sent (those being sent included).
+    pub queued: i64,
+    /// Of those, being sent right now (a worker holds them).
+    pub sending: i64,
+    /// Of those, failed at least once and waiting for a retry.
+    pub retrying: i64,
+    /// Sent in the last 24 hours.
+    pub sent_24h: i64,
+    /// Given up in the last 24 hours (permanent failure or too many attempts).
+    pub failed_24h: i64,
+    /// Replaced by a newer mail before being sent, in the last 24 hours.
+    pub superseded_24h: i64,
+    /// When the oldest unsent mail was queued (ms); null when nothing waits.
+    pub oldest_unsent_at: Option<i64>,
+    /// How long it has waited (ms); null when nothing waits.
+    pub oldest_unsent_age_ms: Option<i64>,
+}
+
+/// The outbox's counts now and over the last 24 hours.
+pub fn outbox(conn: &mut DbConn, now_ms: i64) -> Result<OutboxStats, AdminError> {
+    let c = admin_store::outbox_counts(conn, now_ms, now_ms - DAY_MS)?;
+    Ok(OutboxStats {
+        queued: c.queued,
+        sending: c.sending,
+        retrying: c.retrying,
+        sent_24h: c.sent,
+        failed_24h: c.failed,
+        superseded_24h: c.superseded,
+        oldest_unsent_at: c.oldest_queued_at,
+        oldest_unsent_age_ms: c.oldest_queued_at.map(|t| now_ms.saturating_sub(t).max(0)),
     })
 }
 

@@ -1,5 +1,6 @@
 //! The administration API, `/_annuaire/admin/v1/…`: login and logout (JWT bearer tokens), the
-//! allowlist rules, the explainer, the audit log and the statistics. Thin handlers over
+//! allowlist rules, the explainer, directory moderation, the erasure of an address, the audit
+//! log and the statistics. Thin handlers over
 //! [`crate::admin`]; every admin error is mapped to a response once, in [`api_error`].
 //!
 //! Error codes of our own (documented in the OpenAPI description):
@@ -50,8 +51,31 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/_annuaire/admin/v1/explain").route(web::get().to(explain)))
         .service(resource("/_annuaire/admin/v1/audit").route(web::get().to(audit)))
+        .service(resource("/_annuaire/admin/v1/stats/attempts").route(web::get().to(attempt_stats)))
         .service(
-            resource("/_annuaire/admin/v1/stats/attempts").route(web::get().to(attempt_stats)),
+            resource("/_annuaire/admin/v1/stats/directory").route(web::get().to(directory_stats)),
+        )
+        .service(resource("/_annuaire/admin/v1/stats/outbox").route(web::get().to(outbox_stats)))
+        .service(resource("/_annuaire/admin/v1/directory").route(web::get().to(list_directory)))
+        .service(
+            resource("/_annuaire/admin/v1/directory/{user_id}")
+                .route(web::get().to(get_directory_entry))
+                .route(web::delete().to(remove_directory_entry)),
+        )
+        .service(
+            resource("/_annuaire/admin/v1/directory/{user_id}/hide")
+                .route(web::post().to(hide_directory_entry)),
+        )
+        .service(
+            resource("/_annuaire/admin/v1/directory/{user_id}/unhide")
+                .route(web::post().to(unhide_directory_entry)),
+        )
+        .service(
+            resource("/_annuaire/admin/v1/directory/{user_id}/name")
+                .route(web::put().to(rename_directory_entry)),
+        )
+        .service(
+            resource("/_annuaire/admin/v1/threepids/erase").route(web::post().to(erase_threepid)),
         );
 }
 
@@ -102,7 +126,25 @@ pub fn api_error(e: AdminError) -> ApiError {
         AdminError::InvalidAddress(message) => {
             ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_EMAIL", message)
         }
+        AdminError::LdapUnavailable(message) => {
+            tracing::warn!(error = %message, "LDAP admin login: the directory cannot be used");
+            ApiError::unavailable("The LDAP directory cannot be reached; try again later")
+        }
         AdminError::Internal(message) => ApiError::internal(message),
+    }
+}
+
+/// Refuses query parameters holding a NUL character: no stored text has one (PostgreSQL text
+/// cannot), and PostgreSQL rejects them in a query instead of matching nothing.
+fn no_nul(params: &[(&str, &Option<String>)]) -> Result<(), AdminError> {
+    match params
+        .iter()
+        .find(|(_, value)| value.as_deref().is_some_and(|v| v.contains('\0')))
+    {
+        Some((name, _)) => Err(AdminError::InvalidInput(format!(
+            "`{name}` must not contain NUL characters"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -208,10 +250,12 @@ pub struct Empty {}
 
 /// # POST /_annuaire/admin/v1/login
 ///
-/// Rate limited per client IP and per username (429 `M_LIMIT_EXCEEDED`). After
+/// A local account's password, or (with `admin.ldap_user_filter`) an LDAP bind of a member of
+/// `admin.ldap_group` (editor) or `admin.ldap_viewer_group` (viewer); a local account of the
+/// same name wins. Rate limited per client IP and per username (429 `M_LIMIT_EXCEEDED`). After
 /// `admin.lockout_threshold` failed logins in a row the account is locked for
 /// `admin.lockout_duration`: 403 `ANNUAIRE_ACCOUNT_LOCKED` with `retry_after_ms` and
-/// `locked_until` (ms), even with the right password.
+/// `locked_until` (ms), even with the right password. 503 when LDAP cannot be reached.
 #[utoipa::path(post, path = "/_annuaire/admin/v1/login", tag = "admin",
     summary = "Log in with an admin account: a bearer token (JWT)",
     request_body = LoginRequest,
@@ -219,6 +263,7 @@ pub struct Empty {}
         (status = 200, description = "The token", body = LoginResponse),
         (status = 403, description = "M_FORBIDDEN: invalid username or password; ANNUAIRE_ACCOUNT_LOCKED", body = ErrorBody),
         (status = 429, description = "M_LIMIT_EXCEEDED", body = ErrorBody),
+        (status = 503, description = "M_UNKNOWN: the LDAP directory cannot be reached", body = ErrorBody),
     ))]
 pub(super) async fn login(
     req: HttpRequest,
@@ -230,16 +275,14 @@ pub(super) async fn login(
         .check_login_rate(ip, &body.username)
         .map_err(api_error)?;
     let now = app.clock.now_ms();
-    let result = run(&app, move |conn, app| {
-        app.admin.login(
-            conn,
-            &body.username,
-            &body.password,
-            now,
-            &mut rand::rngs::OsRng,
-        )
-    })
-    .await;
+    let result = admin::log_in(
+        app.clone().into_inner(),
+        &body.username,
+        &body.password,
+        now,
+    )
+    .await
+    .map_err(api_error);
     match &result {
         // Not the username of a failure: people type passwords into it.
         Err(e) => tracing::info!(ip = ?ip, errcode = e.errcode, "admin login refused"),
@@ -374,6 +417,13 @@ pub struct RulesQuery {
 
 impl RulesQuery {
     fn filter(&self) -> Result<RuleFilter, AdminError> {
+        no_nul(&[
+            ("domain", &self.domain),
+            ("organisation", &self.organisation),
+            ("homeserver", &self.homeserver),
+            ("source", &self.source),
+            ("next_batch", &self.next_batch),
+        ])?;
         let filter = RuleFilter {
             domain: None,
             organisation: self.organisation.clone(),
@@ -903,6 +953,12 @@ pub(super) async fn audit(
     _auth: AdminAuth,
     MatrixQuery(q): MatrixQuery<AuditQueryParams>,
 ) -> Result<HttpResponse, ApiError> {
+    no_nul(&[
+        ("actor", &q.actor),
+        ("action", &q.action),
+        ("target", &q.target),
+    ])
+    .map_err(api_error)?;
     let filter = AuditFilter {
         actor: q.actor,
         action: q.action,
@@ -965,6 +1021,342 @@ pub(super) async fn attempt_stats(
         admin::stats::attempts(conn, &app.allowlist, period, now, limit)
     })
     .await?;
+    Ok(HttpResponse::Ok().json(stats))
+}
+
+// ---- directory moderation ----
+
+/// `GET /directory` query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DirectoryQuery {
+    /// Search terms (every term a prefix of a word of the name, organisation or user id),
+    /// ranked as user searches are. Without it, entries are listed by user id.
+    pub q: Option<String>,
+    /// Exactly this organisation label.
+    pub organisation: Option<String>,
+    /// Exactly this homeserver.
+    pub homeserver: Option<String>,
+    /// `visible` or `hidden`.
+    pub visibility: Option<String>,
+    /// `true`: external (invite-required) users only; `false`: internal ones only.
+    pub external: Option<bool>,
+    /// Page size, or most search results (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// The `next_batch` of the previous page (listing only).
+    pub next_batch: Option<String>,
+}
+
+/// `PUT /directory/{user_id}/name` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RenameRequest {
+    /// The verified name to publish instead of LDAP's or the address's (source `admin`), or
+    /// null to remove the override.
+    pub name: Option<String>,
+}
+
+/// `POST /threepids/erase` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EraseRequest {
+    /// `email`.
+    pub medium: String,
+    /// The address.
+    pub address: String,
+}
+
+/// The `{user_id}` of a directory path.
+fn path_user_id(path: web::Path<String>) -> String {
+    path.into_inner()
+}
+
+/// # GET /_annuaire/admin/v1/directory
+///
+/// Every entry, hidden, external and deactivated ones included (`visibility`, `external`,
+/// `active`, and `searchable`: whether user searches return it now).
+#[utoipa::path(get, path = "/_annuaire/admin/v1/directory", tag = "admin",
+    summary = "Search or list directory entries as an operator",
+    security(("admin_token" = [])),
+    params(DirectoryQuery),
+    responses(
+        (status = 200, description = "Entries (`next_batch` when listing, `limited` when searching)", body = admin::EntryPage),
+        (status = 400, description = "M_INVALID_PARAM", body = ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN or M_UNKNOWN_TOKEN", body = ErrorBody),
+    ))]
+pub(super) async fn list_directory(
+    app: AppData,
+    _auth: AdminAuth,
+    MatrixQuery(q): MatrixQuery<DirectoryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    no_nul(&[
+        ("organisation", &q.organisation),
+        ("homeserver", &q.homeserver),
+        ("next_batch", &q.next_batch),
+    ])
+    .map_err(api_error)?;
+    let filter = admin::EntryFilter {
+        organisation: q.organisation,
+        homeserver: q.homeserver,
+        visibility: q
+            .visibility
+            .as_deref()
+            .map(admin::moderation::parse_visibility)
+            .transpose()
+            .map_err(api_error)?,
+        external: q.external,
+    };
+    let limit = admin::page_limit(q.limit).map_err(api_error)?;
+    let (text, from) = (q.q, q.next_batch);
+    let page = run(&app, move |conn, app| {
+        let config = &app.config;
+        match text.as_deref() {
+            Some(text) => {
+                let candidates = i64::from(config.directory.search_candidates)
+                    .max(i64::try_from(limit).unwrap_or(i64::MAX));
+                admin::moderation::search(conn, config, text, &filter, limit, candidates)
+            }
+            None => admin::moderation::list(conn, config, &filter, from.as_deref(), limit),
+        }
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// # GET /_annuaire/admin/v1/directory/{user_id}
+#[utoipa::path(get, path = "/_annuaire/admin/v1/directory/{user_id}", tag = "admin",
+    summary = "Read one directory entry",
+    security(("admin_token" = [])),
+    params(("user_id" = String, Path, description = "The Matrix user id (`@jean:agent.finances.example`, or percent-encoded)")),
+    responses(
+        (status = 200, description = "The entry", body = admin::ModeratedEntry),
+        (status = 400, description = "M_INVALID_PARAM: not a user id", body = ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN or M_UNKNOWN_TOKEN", body = ErrorBody),
+        (status = 404, description = "M_NOT_FOUND", body = ErrorBody),
+    ))]
+pub(super) async fn get_directory_entry(
+    app: AppData,
+    _auth: AdminAuth,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = path_user_id(path);
+    let entry = run(&app, move |conn, app| {
+        admin::moderation::get(conn, &app.config, &user_id)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(entry))
+}
+
+async fn set_visibility(
+    app: AppData,
+    session: Session,
+    path: web::Path<String>,
+    visibility: crate::directory::Visibility,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = path_user_id(path);
+    let now = app.clock.now_ms();
+    let entry = run(&app, move |conn, app| {
+        admin::moderation::set_visibility(
+            conn,
+            &app.config,
+            &user_id,
+            visibility,
+            &session.actor(),
+            now,
+        )
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(entry))
+}
+
+/// # POST /_annuaire/admin/v1/directory/{user_id}/hide
+///
+/// The entry disappears from every search at once (it stays in the operators' listing).
+#[utoipa::path(post, path = "/_annuaire/admin/v1/directory/{user_id}/hide", tag = "admin",
+    summary = "Hide a directory entry from searches",
+    security(("admin_token" = [])),
+    params(("user_id" = String, Path, description = "The Matrix user id")),
+    responses(
+        (status = 200, description = "The entry, hidden", body = admin::ModeratedEntry),
+        (status = 400, description = "M_INVALID_PARAM: not a user id", body = ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN or M_UNKNOWN_TOKEN", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN (viewer)", body = ErrorBody),
+        (status = 404, description = "M_NOT_FOUND", body = ErrorBody),
+    ))]
+pub(super) async fn hide_directory_entry(
+    app: AppData,
+    Editor(session): Editor,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    set_visibility(app, session, path, crate::directory::Visibility::Hidden).await
+}
+
+/// # POST /_annuaire/admin/v1/directory/{user_id}/unhide
+#[utoipa::path(post, path = "/_annuaire/admin/v1/directory/{user_id}/unhide", tag = "admin",
+    summary = "Show a hidden directory entry again",
+    security(("admin_token" = [])),
+    params(("user_id" = String, Path, description = "The Matrix user id")),
+    responses(
+        (status = 200, description = "The entry, visible", body = admin::ModeratedEntry),
+        (status = 400, description = "M_INVALID_PARAM: not a user id", body = ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN or M_UNKNOWN_TOKEN", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN (viewer)", body = ErrorBody),
+        (status = 404, description = "M_NOT_FOUND", body = ErrorBody),
+    ))]
+pub(super) async fn unhide_directory_entry(
+    app: AppData,
+    Editor(session): Editor,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    set_visibility(app, session, path, crate::directory::Visibility::Visible).await
+}
+
+/// # PUT /_annuaire/admin/v1/directory/{user_id}/name
+///
+/// `{"name": "Jean-Marc Dupont"}` publishes that verified name (source `admin`) whatever LDAP
+/// or the address say; `{"name": null}` removes the override.
+#[utoipa::path(put, path = "/_annuaire/admin/v1/directory/{user_id}/name", tag = "admin",
+    summary = "Override (or stop overriding) the verified name of an entry",
+    security(("admin_token" = [])),
+    params(("user_id" = String, Path, description = "The Matrix user id")),
+    request_body = RenameRequest,
+    responses(
+        (status = 200, description = "The entry, renamed", body = admin::ModeratedEntry),
+        (status = 400, description = "M_INVALID_PARAM (a name without visible characters, not a user id), M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN or M_UNKNOWN_TOKEN", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN (viewer)", body = ErrorBody),
+        (status = 404, description = "M_NOT_FOUND", body = ErrorBody),
+    ))]
+pub(super) async fn rename_directory_entry(
+    app: AppData,
+    Editor(session): Editor,
+    path: web::Path<String>,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let value = json_body(&body)?;
+    // `name` must be there, as a string or null: an empty body must not remove an override.
+    let name = match value.get("name") {
+        None => return Err(ApiError::missing_params("Missing parameter: name")),
+        Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(_) => return Err(ApiError::bad_json("`name` must be a string or null")),
+    };
+    let user_id = path_user_id(path);
+    let now = app.clock.now_ms();
+    let entry = run(&app, move |conn, app| {
+        admin::moderation::rename(
+            conn,
+            &app.config,
+            &user_id,
+            name.as_deref(),
+            &session.actor(),
+            now,
+        )
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(entry))
+}
+
+/// # DELETE /_annuaire/admin/v1/directory/{user_id}
+///
+/// Removes the entry (the association stays: a later bind publishes the user again; to forget
+/// an address, erase it).
+#[utoipa::path(delete, path = "/_annuaire/admin/v1/directory/{user_id}", tag = "admin",
+    summary = "Remove a directory entry",
+    security(("admin_token" = [])),
+    params(("user_id" = String, Path, description = "The Matrix user id")),
+    responses(
+        (status = 200, description = "The removed entry", body = admin::ModeratedEntry),
+        (status = 400, description = "M_INVALID_PARAM: not a user id", body = ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN or M_UNKNOWN_TOKEN", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN (viewer)", body = ErrorBody),
+        (status = 404, description = "M_NOT_FOUND", body = ErrorBody),
+    ))]
+pub(super) async fn remove_directory_entry(
+    app: AppData,
+    Editor(session): Editor,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = path_user_id(path);
+    let now = app.clock.now_ms();
+    let entry = run(&app, move |conn, app| {
+        admin::moderation::remove(conn, &app.config, &user_id, &session.actor(), now)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(entry))
+}
+
+/// # POST /_annuaire/admin/v1/threepids/erase
+///
+/// Forgets an address: its association and lookup hashes (lookups no longer find it), every
+/// invitation to it (`/internal-info` then says `invited: false`), its validation sessions and
+/// the mails still queued to it; then the directory follows as after an unbind (the user's entry
+/// goes unless another of their addresses is bound). Audited with the address.
+#[utoipa::path(post, path = "/_annuaire/admin/v1/threepids/erase", tag = "admin",
+    summary = "Erase an address (admin unbind)",
+    security(("admin_token" = [])),
+    request_body = EraseRequest,
+    responses(
+        (status = 200, description = "What was removed", body = admin::Erasure),
+        (status = 400, description = "M_INVALID_EMAIL, M_INVALID_PARAM (medium), M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN or M_UNKNOWN_TOKEN", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN (viewer)", body = ErrorBody),
+    ))]
+pub(super) async fn erase_threepid(
+    app: AppData,
+    Editor(session): Editor,
+    MatrixJson(body): MatrixJson<EraseRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let now = app.clock.now_ms();
+    let erasure = admin::threepids::erase(
+        app.clone().into_inner(),
+        &body.medium,
+        &body.address,
+        &session.actor(),
+        now,
+    )
+    .await
+    .map_err(api_error)?;
+    Ok(HttpResponse::Ok().json(erasure))
+}
+
+/// `GET /stats/directory` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DirectoryStatsQuery {
+    /// Most organisations and homeservers listed (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// # GET /_annuaire/admin/v1/stats/directory
+#[utoipa::path(get, path = "/_annuaire/admin/v1/stats/directory", tag = "admin",
+    summary = "Directory size per organisation and per homeserver",
+    security(("admin_token" = [])),
+    params(DirectoryStatsQuery),
+    responses(
+        (status = 200, description = "Counts, largest groups first", body = admin::DirectoryStats),
+        (status = 400, description = "M_INVALID_PARAM", body = ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN or M_UNKNOWN_TOKEN", body = ErrorBody),
+    ))]
+pub(super) async fn directory_stats(
+    app: AppData,
+    _auth: AdminAuth,
+    MatrixQuery(q): MatrixQuery<DirectoryStatsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = admin::page_limit(q.limit).map_err(api_error)?;
+    let stats = run(&app, move |conn, _| admin::stats::directory(conn, limit)).await?;
+    Ok(HttpResponse::Ok().json(stats))
+}
+
+/// # GET /_annuaire/admin/v1/stats/outbox
+#[utoipa::path(get, path = "/_annuaire/admin/v1/stats/outbox", tag = "admin",
+    summary = "Mail outbox health",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Queued, sending, retrying; sent, failed, superseded in the last 24 h; the oldest unsent mail", body = admin::OutboxStats),
+        (status = 401, description = "M_MISSING_TOKEN or M_UNKNOWN_TOKEN", body = ErrorBody),
+    ))]
+pub(super) async fn outbox_stats(app: AppData, _auth: AdminAuth) -> Result<HttpResponse, ApiError> {
+    let now = app.clock.now_ms();
+    let stats = run(&app, move |conn, _| admin::stats::outbox(conn, now)).await?;
     Ok(HttpResponse::Ok().json(stats))
 }
 

@@ -21,7 +21,8 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         resource("/_matrix/client/v3/user_directory/search").route(web::post().to(client_search)),
     )
     .service(
-        resource("/_matrix/client/r0/user_directory/search").route(web::post().to(client_search)),
+        resource("/_matrix/client/r0/user_directory/search")
+            .route(web::post().to(client_search_r0)),
     )
     .service(
         resource("/_matrix/identity/api/v1/user_directory/search")
@@ -102,11 +103,14 @@ fn request_host(req: &HttpRequest) -> Option<String> {
 
 /// A search request: the Matrix client API's body, plus an optional organisation filter (an
 /// annuaire extension that stock clients do not send).
-#[derive(Debug, Deserialize)]
-struct SearchBody {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(super) struct SearchBody {
+    /// The terms: each a prefix of a word of the name, organisation or user id.
     search_term: String,
+    /// Results wanted (1 to 50, default 10).
     #[serde(default)]
     limit: Option<i64>,
+    /// Only this organisation (compared without case or accents).
     #[serde(default)]
     organisation: Option<String>,
 }
@@ -135,8 +139,22 @@ async fn run_search(
     Ok(HttpResponse::Ok().json(results))
 }
 
-/// # POST /_matrix/client/v3/user_directory/search (and /r0/)
-async fn client_search(
+/// # POST /_matrix/client/v3/user_directory/search
+///
+/// Reached through a reverse proxy that keeps the `Host` header: the caller's access token is
+/// checked with whoami on the homeserver that `directory.client_hosts` maps that host to.
+#[utoipa::path(post, path = "/_matrix/client/v3/user_directory/search", tag = "directory",
+    summary = "Search the directory of every shard (stock Matrix clients)",
+    security(("client_token" = [])),
+    request_body = SearchBody,
+    responses(
+        (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url?}]}`", content_type = "application/json"),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = super::admin::ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: unknown host, external user, token of another homeserver", body = super::admin::ErrorBody),
+        (status = 502, description = "M_UNKNOWN: the homeserver did not answer whoami", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn client_search(
     app: AppData,
     req: HttpRequest,
     body: RawBody,
@@ -146,6 +164,28 @@ async fn client_search(
         access::authenticate_client(&app, request_host(&req).as_deref(), token.as_deref()).await?;
     let body: SearchBody = parse_json_object(&body.0)?;
     run_search(&app, body, viewer).await
+}
+
+/// # POST /_matrix/client/r0/user_directory/search
+///
+/// The same as the v3 path, for older clients.
+#[utoipa::path(post, path = "/_matrix/client/r0/user_directory/search", tag = "directory",
+    summary = "Search the directory of every shard (stock Matrix clients, r0)",
+    security(("client_token" = [])),
+    request_body = SearchBody,
+    responses(
+        (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url?}]}`", content_type = "application/json"),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = super::admin::ErrorBody),
+        (status = 403, description = "M_FORBIDDEN", body = super::admin::ErrorBody),
+        (status = 502, description = "M_UNKNOWN", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn client_search_r0(
+    app: AppData,
+    req: HttpRequest,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    client_search(app, req, body).await
 }
 
 fn signed_request<'a>(req: &'a HttpRequest, body: &'a Value) -> SignedRequest<'a> {
@@ -164,7 +204,18 @@ fn signed_request<'a>(req: &'a HttpRequest, body: &'a Value) -> SignedRequest<'a
 }
 
 /// # POST /_matrix/identity/api/v1/user_directory/search
-async fn homeserver_search(
+#[utoipa::path(post, path = "/_matrix/identity/api/v1/user_directory/search", tag = "directory",
+    summary = "Search the directory (Tchap-compatible, for homeservers)",
+    description = "Signed by a homeserver of `directory.allowed_homeservers` (X-Matrix, or signed JSON).",
+    security(("x_matrix" = [])),
+    request_body = SearchBody,
+    responses(
+        (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url?}]}`", content_type = "application/json"),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: not signed", body = super::admin::ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, externals' homeserver", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn homeserver_search(
     app: AppData,
     req: HttpRequest,
     body: RawBody,
@@ -183,7 +234,18 @@ async fn homeserver_search(
 }
 
 /// # POST /_matrix/identity/api/v1/replicate_profiles
-async fn replicate_profiles(
+#[utoipa::path(post, path = "/_matrix/identity/api/v1/replicate_profiles", tag = "directory",
+    summary = "Profile replication from a homeserver (Tchap-compatible)",
+    description = "Signed by an allowed homeserver; applies avatars and deactivations to that homeserver's own users only.",
+    security(("x_matrix" = [])),
+    request_body(content = Object, description = "`{batch, origin_server, replication_data: {<user_id>: {avatar_url?, deactivated?, …}}}`"),
+    responses(
+        (status = 200, description = "`{}`", content_type = "application/json"),
+        (status = 400, description = "M_INVALID_PARAM (a stale or malformed batch), M_MISSING_PARAMS", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: not signed", body = super::admin::ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, a user of another homeserver", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn replicate_profiles(
     app: AppData,
     req: HttpRequest,
     body: RawBody,

@@ -86,7 +86,16 @@ pub fn identity_error(e: IdentityError) -> ApiError {
 }
 
 /// # POST /_matrix/identity/v2/account/register
-async fn register(
+#[utoipa::path(post, path = "/_matrix/identity/v2/account/register", tag = "identity",
+    summary = "Register an account with an OpenID token from the user's homeserver",
+    request_body(content = Object, description = "The OpenID token a homeserver gave: `{access_token, token_type: \"Bearer\", matrix_server_name, expires_in}`"),
+    responses(
+        (status = 200, description = "`{token}`: the access token for this identity server", content_type = "application/json"),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: the homeserver rejected the OpenID token", body = super::admin::ErrorBody),
+        (status = 502, description = "M_UNKNOWN: the homeserver could not be asked", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn register(
     app: AppData,
     MatrixJson(openid): MatrixJson<OpenIdToken>,
 ) -> Result<HttpResponse, ApiError> {
@@ -98,14 +107,31 @@ async fn register(
 }
 
 /// # GET /_matrix/identity/v2/account
-async fn account(AccountAuth(account): AccountAuth) -> HttpResponse {
+#[utoipa::path(get, path = "/_matrix/identity/v2/account", tag = "identity",
+    summary = "The user id of the access token's account",
+    security(("identity_token" = [])),
+    responses(
+        (status = 200, description = "`{user_id}`", content_type = "application/json"),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn account(AccountAuth(account): AccountAuth) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "user_id": account.user_id }))
 }
 
 /// # POST /_matrix/identity/v2/account/logout
 ///
 /// The body is optional (the spec's historical exception) and ignored.
-async fn logout(app: AppData, AccountAuth(account): AccountAuth) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(post, path = "/_matrix/identity/v2/account/logout", tag = "identity",
+    summary = "Revoke the access token",
+    security(("identity_token" = [])),
+    responses(
+        (status = 200, description = "`{}`", content_type = "application/json"),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn logout(
+    app: AppData,
+    AccountAuth(account): AccountAuth,
+) -> Result<HttpResponse, ApiError> {
     accounts::logout(&app, &account)
         .await
         .map_err(identity_error)?;
@@ -113,17 +139,31 @@ async fn logout(app: AppData, AccountAuth(account): AccountAuth) -> Result<HttpR
 }
 
 /// # GET /_matrix/identity/v2/terms
-async fn get_terms(app: AppData) -> HttpResponse {
+#[utoipa::path(get, path = "/_matrix/identity/v2/terms", tag = "identity",
+    summary = "The terms of service to accept",
+    responses((status = 200, description = "`{policies: {name: {version, <lang>: {name, url}}}}`", content_type = "application/json")))]
+pub(super) async fn get_terms(app: AppData) -> HttpResponse {
     HttpResponse::Ok().json(app.identity.terms().to_json())
 }
 
-#[derive(Debug, Deserialize)]
-struct AcceptTerms {
+/// `POST /terms` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(super) struct AcceptTerms {
+    /// The URLs of the accepted documents.
     user_accepts: Vec<String>,
 }
 
 /// # POST /_matrix/identity/v2/terms
-async fn accept_terms(
+#[utoipa::path(post, path = "/_matrix/identity/v2/terms", tag = "identity",
+    summary = "Accept terms of service",
+    security(("identity_token" = [])),
+    request_body = AcceptTerms,
+    responses(
+        (status = 200, description = "`{}`", content_type = "application/json"),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn accept_terms(
     app: AppData,
     AccountAuth(account): AccountAuth,
     MatrixJson(body): MatrixJson<AcceptTerms>,
@@ -136,25 +176,55 @@ async fn accept_terms(
 }
 
 /// # GET /_matrix/identity/v2/pubkey/{keyId}
-async fn pubkey(app: AppData, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/_matrix/identity/v2/pubkey/{key_id}", tag = "identity",
+    summary = "A long-term public key",
+    params(("key_id" = String, Path, description = "`ed25519:0`")),
+    responses(
+        (status = 200, description = "`{public_key}` (unpadded base64)", content_type = "application/json"),
+        (status = 404, description = "M_NOT_FOUND", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn pubkey(
+    app: AppData,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let key = keys::public_key_for(app.identity.signing_key(), &path)
         .ok_or_else(|| identity_error(IdentityError::KeyNotFound))?;
     Ok(HttpResponse::Ok().json(json!({ "public_key": key })))
 }
 
-#[derive(Debug, Deserialize)]
-struct PublicKeyQuery {
+/// The key to check.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct PublicKeyQuery {
+    /// Unpadded base64.
     public_key: String,
 }
 
 /// # GET /_matrix/identity/v2/pubkey/isvalid
-async fn pubkey_isvalid(app: AppData, MatrixQuery(q): MatrixQuery<PublicKeyQuery>) -> HttpResponse {
+#[utoipa::path(get, path = "/_matrix/identity/v2/pubkey/isvalid", tag = "identity",
+    summary = "Whether a public key is this server's long-term key",
+    params(PublicKeyQuery),
+    responses(
+        (status = 200, description = "`{valid}`", content_type = "application/json"),
+        (status = 400, description = "M_MISSING_PARAMS", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn pubkey_isvalid(
+    app: AppData,
+    MatrixQuery(q): MatrixQuery<PublicKeyQuery>,
+) -> HttpResponse {
     let valid = keys::is_long_term_key(app.identity.signing_key(), &q.public_key);
     HttpResponse::Ok().json(json!({ "valid": valid }))
 }
 
 /// # GET /_matrix/identity/v2/pubkey/ephemeral/isvalid
-async fn ephemeral_isvalid(
+#[utoipa::path(get, path = "/_matrix/identity/v2/pubkey/ephemeral/isvalid", tag = "identity",
+    summary = "Whether a public key is the ephemeral key of an invitation",
+    params(PublicKeyQuery),
+    responses(
+        (status = 200, description = "`{valid}`", content_type = "application/json"),
+        (status = 400, description = "M_MISSING_PARAMS", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn ephemeral_isvalid(
     app: AppData,
     MatrixQuery(q): MatrixQuery<PublicKeyQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -164,7 +234,19 @@ async fn ephemeral_isvalid(
 }
 
 /// # GET /_matrix/identity/v2/hash_details
-async fn hash_details(app: AppData, _auth: IdentityAuth) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/_matrix/identity/v2/hash_details", tag = "identity",
+    summary = "The lookup hashing algorithms and pepper",
+    description = "The access token may also be given as `?access_token=` (Synapse does).",
+    security(("identity_token" = [])),
+    responses(
+        (status = 200, description = "`{algorithms: [\"none\", \"sha256\"], lookup_pepper}`", content_type = "application/json"),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+        (status = 403, description = "M_TERMS_NOT_SIGNED", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn hash_details(
+    app: AppData,
+    _auth: IdentityAuth,
+) -> Result<HttpResponse, ApiError> {
     let pepper = lookup::hash_details(&app).await.map_err(identity_error)?;
     Ok(HttpResponse::Ok().json(json!({
         "algorithms": lookup::ALGORITHMS,
@@ -172,15 +254,30 @@ async fn hash_details(app: AppData, _auth: IdentityAuth) -> Result<HttpResponse,
     })))
 }
 
-#[derive(Debug, Deserialize)]
-struct LookupBody {
+/// `POST /lookup` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(super) struct LookupBody {
+    /// `sha256` or `none`.
     algorithm: String,
+    /// The pepper of `/hash_details`.
     pepper: String,
+    /// Hashes (`sha256`) or `"<address> <medium>"` (`none`).
     addresses: Vec<String>,
 }
 
 /// # POST /_matrix/identity/v2/lookup
-async fn lookup(
+#[utoipa::path(post, path = "/_matrix/identity/v2/lookup", tag = "identity",
+    summary = "Look up Matrix ids by hashed (or plain) addresses",
+    security(("identity_token" = [])),
+    request_body = LookupBody,
+    responses(
+        (status = 200, description = "`{mappings: {<hash or \"address medium\">: <mxid>}}`", content_type = "application/json"),
+        (status = 400, description = "M_INVALID_PEPPER (with `lookup_pepper`), M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+        (status = 403, description = "M_TERMS_NOT_SIGNED", body = super::admin::ErrorBody),
+        (status = 413, description = "M_TOO_LARGE", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn lookup(
     app: AppData,
     _auth: IdentityAuth,
     MatrixJson(body): MatrixJson<LookupBody>,
@@ -193,7 +290,18 @@ async fn lookup(
 }
 
 /// # POST /_matrix/identity/v2/3pid/bind
-async fn bind(
+#[utoipa::path(post, path = "/_matrix/identity/v2/3pid/bind", tag = "identity",
+    summary = "Bind a validated address to the caller's Matrix id",
+    security(("identity_token" = [])),
+    request_body(content = Object, description = "`{sid, client_secret, mxid}`"),
+    responses(
+        (status = 200, description = "The signed association `{address, medium, mxid, not_before, not_after, ts, signatures}`", content_type = "application/json"),
+        (status = 400, description = "M_SESSION_NOT_VALIDATED, M_SESSION_EXPIRED, M_INVALID_PARAM, M_MISSING_PARAMS", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+        (status = 403, description = "M_TERMS_NOT_SIGNED, M_THREEPID_DENIED, M_BINDING_NOT_PERMITTED, M_UNAUTHORIZED (another user's mxid)", body = super::admin::ErrorBody),
+        (status = 404, description = "M_NO_VALID_SESSION", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn bind(
     app: AppData,
     IdentityAuth(account): IdentityAuth,
     MatrixJson(request): MatrixJson<BindRequest>,
@@ -209,7 +317,19 @@ async fn bind(
 ///
 /// Authenticated by the body (`sid` + `client_secret`), an `X-Matrix` signature of the user's
 /// homeserver, or the user's own access token; see `identity::bindings::unbind`.
-async fn unbind(
+#[utoipa::path(post, path = "/_matrix/identity/v2/3pid/unbind", tag = "identity",
+    summary = "Unbind an address from a Matrix id",
+    description = "Authenticated by `sid` + `client_secret` in the body, an `Authorization: X-Matrix` signature of the user's homeserver, or the user's own access token.",
+    security((), ("x_matrix" = []), ("identity_token" = [])),
+    request_body(content = Object, description = "`{mxid, threepid: {medium, address}, sid?, client_secret?}`"),
+    responses(
+        (status = 200, description = "`{}` (also when nothing was bound)", content_type = "application/json"),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: no credentials", body = super::admin::ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: bad signature, session for another address, another user's token", body = super::admin::ErrorBody),
+        (status = 502, description = "M_UNKNOWN: the homeserver's keys could not be fetched", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn unbind(
     req: HttpRequest,
     app: AppData,
     RawBody(body): RawBody,
@@ -250,7 +370,18 @@ async fn unbind(
 ///
 /// The mail's language comes from the request's `Accept-Language`, else
 /// `mail.default_language`.
-async fn store_invite(
+#[utoipa::path(post, path = "/_matrix/identity/v2/store-invite", tag = "identity",
+    summary = "Store an invitation to an address that is not bound yet (and mail it)",
+    security(("identity_token" = [])),
+    request_body(content = Object, description = "`{medium, address, room_id, sender, room_alias?, room_avatar_url?, room_join_rules?, room_name?, room_type?, sender_display_name?, sender_avatar_url?}` (empty strings count as absent)"),
+    responses(
+        (status = 200, description = "`{token, public_keys: [{public_key, key_validity_url}], display_name}`", content_type = "application/json"),
+        (status = 400, description = "M_THREEPID_IN_USE (with `mxid`), M_INVALID_EMAIL, M_INVALID_PARAM, M_UNRECOGNIZED (medium)", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+        (status = 403, description = "M_TERMS_NOT_SIGNED, M_THREEPID_DENIED, M_UNAUTHORIZED (sender is not the caller)", body = super::admin::ErrorBody),
+        (status = 429, description = "M_LIMIT_EXCEEDED", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn store_invite(
     req: HttpRequest,
     app: AppData,
     IdentityAuth(account): IdentityAuth,
@@ -276,15 +407,29 @@ async fn store_invite(
     Ok(HttpResponse::Ok().json(receipt.to_json()))
 }
 
-#[derive(Debug, Deserialize)]
-struct SignBody {
+/// `POST /sign-ed25519` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(super) struct SignBody {
+    /// The invited user.
     mxid: String,
+    /// The invitation token.
     token: String,
+    /// The ephemeral private key (unpadded base64).
     private_key: String,
 }
 
 /// # POST /_matrix/identity/v2/sign-ed25519
-async fn sign_ed25519(
+#[utoipa::path(post, path = "/_matrix/identity/v2/sign-ed25519", tag = "identity",
+    summary = "Sign invitation details with an invitation's ephemeral key",
+    security(("identity_token" = [])),
+    request_body = SignBody,
+    responses(
+        (status = 200, description = "`{mxid, sender, token, signatures}`", content_type = "application/json"),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+        (status = 404, description = "M_UNRECOGNIZED: unknown invitation token", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn sign_ed25519(
     app: AppData,
     IdentityAuth(account): IdentityAuth,
     MatrixJson(body): MatrixJson<SignBody>,

@@ -25,9 +25,31 @@ use crate::app::Annuaire;
 use crate::error::ApiError;
 use extract::BodyLimit;
 
-/// A resource whose unsupported methods answer 405 `M_UNRECOGNIZED`.
+thread_local! {
+    /// The paths `resource` is called with while [`registered_paths`] collects them.
+    static REGISTERED: std::cell::RefCell<Option<Vec<String>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A resource whose unsupported methods answer 405 `M_UNRECOGNIZED`. Every route is made with
+/// it, so that [`registered_paths`] sees it (the OpenAPI test checks each one is documented).
 pub fn resource(path: &str) -> actix_web::Resource {
+    REGISTERED.with(|paths| {
+        if let Some(paths) = paths.borrow_mut().as_mut() {
+            paths.push(path.to_owned());
+        }
+    });
     web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// Every path [`routes`] registers, in registration order.
+pub fn registered_paths() -> Vec<String> {
+    REGISTERED.with(|paths| *paths.borrow_mut() = Some(Vec::new()));
+    // `configure` runs `routes` at once; the app itself is not needed.
+    drop(App::new().configure(routes));
+    REGISTERED
+        .with(|paths| paths.borrow_mut().take())
+        .unwrap_or_default()
 }
 
 async fn method_not_allowed() -> Result<actix_web::HttpResponse, ApiError> {

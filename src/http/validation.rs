@@ -95,11 +95,16 @@ fn language(req: &HttpRequest, app: &Annuaire) -> Language {
 
 /// The body of requestToken. `send_attempt` is read as any JSON value so that a string or a
 /// fraction is `M_INVALID_PARAM` rather than a generic JSON error.
-#[derive(Deserialize)]
-struct RequestTokenBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct RequestTokenBody {
+    /// The client's secret for this session (`[0-9a-zA-Z.=_-]`, at most 255).
     client_secret: String,
+    /// The address.
     email: String,
+    /// A mail is sent only when this grows.
+    #[schema(value_type = i64)]
     send_attempt: Value,
+    /// Where the mail's link sends the browser after validating (an allowed host).
     #[serde(default)]
     next_link: Option<String>,
 }
@@ -113,7 +118,19 @@ fn send_attempt_param(value: &Value) -> Result<i64, ApiError> {
 }
 
 /// # POST /_matrix/identity/v2/validate/email/requestToken
-async fn request_token(
+#[utoipa::path(post, path = "/_matrix/identity/v2/validate/email/requestToken", tag = "validation",
+    summary = "Mail a validation token to an address",
+    description = "With `identity.require_auth` (the default) an access token and the accepted terms are needed. The mail's language follows `Accept-Language`. A new mail is sent only when `send_attempt` grows.",
+    security(("identity_token" = [])),
+    request_body = RequestTokenBody,
+    responses(
+        (status = 200, description = "`{sid}`", content_type = "application/json"),
+        (status = 400, description = "M_INVALID_EMAIL, M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+        (status = 403, description = "M_THREEPID_DENIED (with `decision`), M_TERMS_NOT_SIGNED", body = super::admin::ErrorBody),
+        (status = 429, description = "M_LIMIT_EXCEEDED", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn request_token(
     req: HttpRequest,
     app: AppData,
     _auth: ValidationAuth,
@@ -136,15 +153,29 @@ async fn request_token(
 }
 
 /// The parameters of submitToken.
-#[derive(Deserialize)]
-struct SubmitTokenBody {
+#[derive(Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct SubmitTokenBody {
+    /// The session id.
     sid: String,
+    /// The client's secret.
     client_secret: String,
+    /// The token from the mail.
     token: String,
 }
 
 /// # POST /_matrix/identity/v2/validate/email/submitToken
-async fn submit_token(
+#[utoipa::path(post, path = "/_matrix/identity/v2/validate/email/submitToken", tag = "validation",
+    summary = "Submit the mailed token",
+    security(("identity_token" = [])),
+    request_body = SubmitTokenBody,
+    responses(
+        (status = 200, description = "`{success: true}`", content_type = "application/json"),
+        (status = 400, description = "M_TOKEN_INCORRECT (with `locked` after too many), M_SESSION_EXPIRED, M_INVALID_PARAM, M_MISSING_PARAMS", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+        (status = 404, description = "M_NO_VALID_SESSION", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn submit_token(
     app: AppData,
     _auth: ValidationAuth,
     RawBody(body): RawBody,
@@ -160,7 +191,16 @@ async fn submit_token(
 ///
 /// The link in the mail, opened by a browser (so without an access token): an HTML page in the
 /// browser's language, or a 302 to the session's `next_link` on success.
-async fn submit_token_page(req: HttpRequest, app: AppData) -> HttpResponse {
+#[utoipa::path(get, path = "/_matrix/identity/v2/validate/email/submitToken", tag = "validation",
+    summary = "The link in the mail: validates and answers an HTML page",
+    params(SubmitTokenBody),
+    responses(
+        (status = 200, description = "Validated (an HTML page)", content_type = "text/html"),
+        (status = 302, description = "Validated: to the session's `next_link`"),
+        (status = 400, description = "Wrong, expired or locked token, bad parameters (an HTML page)", content_type = "text/html"),
+        (status = 404, description = "No such session (an HTML page)", content_type = "text/html"),
+    ))]
+pub(super) async fn submit_token_page(req: HttpRequest, app: AppData) -> HttpResponse {
     let lang = language(&req, &app);
     let outcome = match parse_query::<SubmitTokenBody>(req.query_string()) {
         Err(_) => Err(SubmitTokenPage::Invalid),
@@ -230,14 +270,27 @@ fn with_page_headers(
 }
 
 /// The parameters of getValidated3pid.
-#[derive(Deserialize)]
-struct SessionQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct SessionQuery {
+    /// The session id.
     sid: String,
+    /// The client's secret.
     client_secret: String,
 }
 
 /// # GET /_matrix/identity/v2/3pid/getValidated3pid
-async fn get_validated_3pid(
+#[utoipa::path(get, path = "/_matrix/identity/v2/3pid/getValidated3pid", tag = "validation",
+    summary = "The address a validated session proved",
+    security(("identity_token" = [])),
+    params(SessionQuery),
+    responses(
+        (status = 200, description = "`{medium, address, validated_at}`", content_type = "application/json"),
+        (status = 400, description = "M_SESSION_NOT_VALIDATED, M_SESSION_EXPIRED, M_MISSING_PARAMS", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+        (status = 404, description = "M_NO_VALID_SESSION", body = super::admin::ErrorBody),
+    ))]
+pub(super) async fn get_validated_3pid(
     app: AppData,
     _auth: ValidationAuth,
     MatrixQuery(q): MatrixQuery<SessionQuery>,

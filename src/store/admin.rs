@@ -1,10 +1,16 @@
-//! Administration storage: admin accounts, revoked admin tokens, the audit log, and the paged
-//! rule queries of the admin API.
+//! Administration storage: admin accounts, revoked admin tokens, the audit log, the paged
+//! rule queries of the admin API, the operators' directory queries, the statistics' counts, and
+//! the erasure of an address's invitations, sessions and queued mails.
 
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 
+use super::directory::EntryRow;
 use super::policy::StoredRule;
-use super::schema::{admin_accounts, admin_audit, admin_revoked_tokens, policy_rules};
+use super::schema::{
+    admin_accounts, admin_audit, admin_revoked_tokens, directory_entries, invites, mail_outbox,
+    policy_rules, validation_sessions,
+};
 use super::{DbConn, StoreError};
 use crate::db_dispatch;
 use crate::policy::Rule;
@@ -138,6 +144,20 @@ pub fn record_login_failure(
         ))
         .execute(c)?);
     Ok((locked > 0).then_some(lock_until_ms))
+}
+
+/// Changes an account's role; whether it exists.
+pub fn set_account_role(
+    conn: &mut DbConn,
+    username: &str,
+    role: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    use admin_accounts::dsl as a;
+    let n = db_dispatch!(conn, c => diesel::update(a::admin_accounts.filter(a::username.eq(username)))
+        .set((a::role.eq(role), a::updated_at.eq(now_ms)))
+        .execute(c)?);
+    Ok(n > 0)
 }
 
 /// Records a successful login: the failure count and any expired lock are cleared.
@@ -428,6 +448,303 @@ pub fn get_rule(conn: &mut DbConn, id: &str) -> Result<Option<StoredRule>, Store
         })
     })
     .transpose()
+}
+
+// ---- directory moderation ----
+
+/// Which directory entries an operator lists (every condition given must hold).
+#[derive(Debug, Clone, Default)]
+pub struct EntryQuery {
+    /// Exactly this organisation label.
+    pub organisation: Option<String>,
+    /// Exactly this homeserver.
+    pub homeserver: Option<String>,
+    /// `visible` or `hidden`.
+    pub visibility: Option<String>,
+    /// External (invite-required) entries only, or internal ones only.
+    pub external: Option<bool>,
+}
+
+/// Up to `limit` entries matching `q` whose user id is greater than `after`, by user id.
+pub fn list_entries(
+    conn: &mut DbConn,
+    q: &EntryQuery,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<EntryRow>, StoreError> {
+    use directory_entries::dsl as e;
+    let rows = db_dispatch!(conn, c => {
+        let mut query = e::directory_entries.select(EntryRow::as_select()).into_boxed();
+        if let Some(org) = &q.organisation {
+            query = query.filter(e::organisation.eq(org));
+        }
+        if let Some(hs) = &q.homeserver {
+            query = query.filter(e::homeserver.eq(hs));
+        }
+        if let Some(v) = &q.visibility {
+            query = query.filter(e::visibility.eq(v));
+        }
+        if let Some(x) = q.external {
+            query = query.filter(e::external.eq(x));
+        }
+        if let Some(after) = after {
+            query = query.filter(e::mxid.gt(after));
+        }
+        query.order(e::mxid.asc()).limit(limit).load::<EntryRow>(c)?
+    });
+    Ok(rows)
+}
+
+#[derive(QueryableByName)]
+struct MxidRow {
+    #[diesel(sql_type = Text)]
+    mxid: String,
+}
+
+const SQLITE_ENTRY_SEARCH: &str = "\
+SELECT e.mxid AS mxid \
+FROM directory_fts CROSS JOIN directory_entries AS e ON e.id = directory_fts.rowid \
+WHERE directory_fts MATCH ?1 \
+  AND (?2 IS NULL OR e.organisation = ?2) \
+  AND (?3 IS NULL OR e.homeserver = ?3) \
+  AND (?4 IS NULL OR e.visibility = ?4) \
+  AND (?5 IS NULL OR e.external = ?5) \
+LIMIT ?6";
+
+const POSTGRES_ENTRY_SEARCH: &str = "\
+SELECT e.mxid AS mxid \
+FROM directory_entries AS e \
+WHERE e.search_tsv @@ to_tsquery('simple', $1) \
+  AND ($2::text IS NULL OR e.organisation = $2) \
+  AND ($3::text IS NULL OR e.homeserver = $3) \
+  AND ($4::text IS NULL OR e.visibility = $4) \
+  AND ($5::boolean IS NULL OR e.external = $5) \
+LIMIT $6";
+
+/// The user ids of at most `limit` entries, hidden, external and inactive ones included, that
+/// the full-text query matches (`fts5` on SQLite, `tsquery` on PostgreSQL), in index order.
+pub fn search_entry_ids(
+    conn: &mut DbConn,
+    fts5: &str,
+    tsquery: &str,
+    q: &EntryQuery,
+    limit: i64,
+) -> Result<Vec<String>, StoreError> {
+    let rows: Vec<MxidRow> = match conn {
+        DbConn::Sqlite(c) => diesel::sql_query(SQLITE_ENTRY_SEARCH)
+            .bind::<Text, _>(fts5)
+            .bind::<Nullable<Text>, _>(q.organisation.as_deref())
+            .bind::<Nullable<Text>, _>(q.homeserver.as_deref())
+            .bind::<Nullable<Text>, _>(q.visibility.as_deref())
+            .bind::<Nullable<Bool>, _>(q.external)
+            .bind::<BigInt, _>(limit)
+            .load(c)?,
+        DbConn::Pg(c) => diesel::sql_query(POSTGRES_ENTRY_SEARCH)
+            .bind::<Text, _>(tsquery)
+            .bind::<Nullable<Text>, _>(q.organisation.as_deref())
+            .bind::<Nullable<Text>, _>(q.homeserver.as_deref())
+            .bind::<Nullable<Text>, _>(q.visibility.as_deref())
+            .bind::<Nullable<Bool>, _>(q.external)
+            .bind::<BigInt, _>(limit)
+            .load(c)?,
+    };
+    Ok(rows.into_iter().map(|r| r.mxid).collect())
+}
+
+/// The entries of these user ids (in no particular order).
+pub fn entries_by_ids(conn: &mut DbConn, ids: &[String]) -> Result<Vec<EntryRow>, StoreError> {
+    use directory_entries::dsl as e;
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(super::directory::BULK_ROWS) {
+        rows.extend(db_dispatch!(conn, c => e::directory_entries
+            .filter(e::mxid.eq_any(chunk))
+            .select(EntryRow::as_select())
+            .load::<EntryRow>(c)?));
+    }
+    Ok(rows)
+}
+
+// ---- statistics ----
+
+/// Entry counts of one organisation, one homeserver, or the whole directory.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct EntryCounts {
+    /// The organisation label or homeserver (`None`: entries without an organisation, or the
+    /// whole directory).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub key: Option<String>,
+    /// Entries.
+    #[diesel(sql_type = BigInt)]
+    pub entries: i64,
+    /// Hidden by moderation.
+    #[diesel(sql_type = BigInt)]
+    pub hidden: i64,
+    /// External (invite-required) users.
+    #[diesel(sql_type = BigInt)]
+    pub external: i64,
+    /// Deactivated accounts.
+    #[diesel(sql_type = BigInt)]
+    pub inactive: i64,
+}
+
+/// What directory entries are counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryGrouping {
+    /// Per organisation label.
+    Organisation,
+    /// Per homeserver.
+    Homeserver,
+}
+
+const COUNTS: &str = "COUNT(*) AS entries, \
+    COALESCE(SUM(CASE WHEN visibility = 'hidden' THEN 1 ELSE 0 END), 0) AS hidden, \
+    COALESCE(SUM(CASE WHEN external THEN 1 ELSE 0 END), 0) AS external, \
+    COALESCE(SUM(CASE WHEN active THEN 0 ELSE 1 END), 0) AS inactive";
+
+/// Entry counts per organisation or homeserver, largest first, at most `limit` groups: one
+/// GROUP BY in the database (an index-only scan of the grouping index).
+pub fn entry_counts(
+    conn: &mut DbConn,
+    grouping: EntryGrouping,
+    limit: i64,
+) -> Result<Vec<EntryCounts>, StoreError> {
+    let column = match grouping {
+        EntryGrouping::Organisation => "organisation",
+        EntryGrouping::Homeserver => "homeserver",
+    };
+    // The column is one of two names above and the limit an integer: nothing from a caller is
+    // spliced into the SQL.
+    let sql = format!(
+        "SELECT {column} AS key, {COUNTS} FROM directory_entries \
+         GROUP BY {column} ORDER BY entries DESC, {column} IS NULL, {column} LIMIT {limit}"
+    );
+    Ok(db_dispatch!(conn, c => diesel::sql_query(sql).load::<EntryCounts>(c)?))
+}
+
+/// Entry counts of the whole directory.
+pub fn entry_totals(conn: &mut DbConn) -> Result<EntryCounts, StoreError> {
+    let sql = format!("SELECT CAST(NULL AS TEXT) AS key, {COUNTS} FROM directory_entries");
+    Ok(db_dispatch!(conn, c => diesel::sql_query(sql).get_result::<EntryCounts>(c)?))
+}
+
+/// The mail outbox's state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutboxCounts {
+    /// Messages waiting to be sent (being sent included).
+    pub queued: i64,
+    /// Queued messages a worker is sending now (live lease).
+    pub sending: i64,
+    /// Queued messages that failed at least once and wait for a retry.
+    pub retrying: i64,
+    /// Creation time of the oldest queued message (ms).
+    pub oldest_queued_at: Option<i64>,
+    /// Messages sent since `since`.
+    pub sent: i64,
+    /// Messages given up since `since`.
+    pub failed: i64,
+    /// Messages superseded (replaced before they were sent) since `since`.
+    pub superseded: i64,
+}
+
+/// Counts the outbox: queued rows (through the status index) and rows finished since
+/// `since_ms` per status (through the finished-at index); no row is loaded.
+pub fn outbox_counts(
+    conn: &mut DbConn,
+    now_ms: i64,
+    since_ms: i64,
+) -> Result<OutboxCounts, StoreError> {
+    use diesel::dsl::{count_star, min};
+    use mail_outbox::dsl as o;
+    let queued = db_dispatch!(conn, c => o::mail_outbox
+        .filter(o::status.eq(super::outbox::QUEUED))
+        .count()
+        .get_result::<i64>(c)?);
+    let sending = db_dispatch!(conn, c => o::mail_outbox
+        .filter(o::status.eq(super::outbox::QUEUED))
+        .filter(o::claimed_until.gt(now_ms))
+        .count()
+        .get_result::<i64>(c)?);
+    let retrying = db_dispatch!(conn, c => o::mail_outbox
+        .filter(o::status.eq(super::outbox::QUEUED))
+        .filter(o::attempts.gt(0))
+        .count()
+        .get_result::<i64>(c)?);
+    let oldest_queued_at = db_dispatch!(conn, c => o::mail_outbox
+        .filter(o::status.eq(super::outbox::QUEUED))
+        .select(min(o::created_at))
+        .first::<Option<i64>>(c)?);
+    let finished: Vec<(String, i64)> = db_dispatch!(conn, c => o::mail_outbox
+        .filter(o::finished_at.ge(since_ms))
+        .group_by(o::status)
+        .select((o::status, count_star()))
+        .load::<(String, i64)>(c)?);
+    let mut counts = OutboxCounts {
+        queued,
+        sending,
+        retrying,
+        oldest_queued_at,
+        ..OutboxCounts::default()
+    };
+    for (status, n) in finished {
+        match status.as_str() {
+            super::outbox::SENT => counts.sent = n,
+            super::outbox::FAILED => counts.failed = n,
+            super::outbox::SUPERSEDED => counts.superseded = n,
+            _ => {}
+        }
+    }
+    Ok(counts)
+}
+
+// ---- erasure of a 3PID ----
+
+/// Deletes every invitation to an address (waiting, delivered or given up); how many.
+pub fn delete_invites_to(
+    conn: &mut DbConn,
+    medium: &str,
+    address: &str,
+) -> Result<usize, StoreError> {
+    use invites::dsl as i;
+    Ok(db_dispatch!(conn, c => diesel::delete(
+        i::invites.filter(i::medium.eq(medium)).filter(i::address.eq(address)),
+    )
+    .execute(c)?))
+}
+
+/// Deletes every validation session of an address; how many.
+pub fn delete_sessions_for(
+    conn: &mut DbConn,
+    medium: &str,
+    address: &str,
+) -> Result<usize, StoreError> {
+    use validation_sessions::dsl as v;
+    Ok(db_dispatch!(conn, c => diesel::delete(
+        v::validation_sessions.filter(v::medium.eq(medium)).filter(v::address.eq(address)),
+    )
+    .execute(c)?))
+}
+
+/// Cancels the queued mails to `recipient` (superseded, body and recipient erased), except one a
+/// live worker is sending right now (it goes out, then is erased as sent); how many.
+pub fn cancel_queued_mail_to(
+    conn: &mut DbConn,
+    recipient: &str,
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    use mail_outbox::dsl as o;
+    Ok(db_dispatch!(conn, c => diesel::update(
+        o::mail_outbox
+            .filter(o::recipient.eq(recipient))
+            .filter(o::status.eq(super::outbox::QUEUED))
+            .filter(o::claimed_until.is_null().or(o::claimed_until.lt(now_ms))),
+    )
+    .set((
+        o::status.eq(super::outbox::SUPERSEDED),
+        o::body.eq(None::<Vec<u8>>),
+        o::recipient.eq(""),
+        o::finished_at.eq(Some(now_ms)),
+    ))
+    .execute(c)?))
 }
 
 #[cfg(test)]

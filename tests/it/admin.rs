@@ -1365,6 +1365,22 @@ async fn the_openapi_document_lists_the_admin_and_public_paths() {
         ("/_annuaire/admin/v1/explain", "get"),
         ("/_annuaire/admin/v1/audit", "get"),
         ("/_annuaire/admin/v1/stats/attempts", "get"),
+        ("/_annuaire/admin/v1/stats/directory", "get"),
+        ("/_annuaire/admin/v1/stats/outbox", "get"),
+        ("/_annuaire/admin/v1/directory", "get"),
+        ("/_annuaire/admin/v1/directory/{user_id}", "get"),
+        ("/_annuaire/admin/v1/directory/{user_id}", "delete"),
+        ("/_annuaire/admin/v1/directory/{user_id}/hide", "post"),
+        ("/_annuaire/admin/v1/directory/{user_id}/unhide", "post"),
+        ("/_annuaire/admin/v1/directory/{user_id}/name", "put"),
+        ("/_annuaire/admin/v1/threepids/erase", "post"),
+        ("/_matrix/identity/v2/lookup", "post"),
+        ("/_matrix/identity/v2/3pid/bind", "post"),
+        ("/_matrix/identity/v2/validate/email/requestToken", "post"),
+        ("/_matrix/identity/v2/validate/email/submitToken", "get"),
+        ("/_matrix/client/v3/user_directory/search", "post"),
+        ("/_matrix/client/r0/user_directory/search", "post"),
+        ("/_matrix/identity/api/v1/replicate_profiles", "post"),
         ("/_matrix/identity/api/v1/info", "get"),
         ("/_matrix/identity/api/v1/internal-info", "get"),
         ("/_matrix/identity/versions", "get"),
@@ -1637,3 +1653,6 @@ async fn the_admin_listener_alone_serves_admin_paths() {
     let (code, log) = serve.terminate();
     assert_eq!(code, 0, "{log}");
 }
+
+mod directory;
+mod ldap;

@@ -1,0 +1,2 @@
+DROP INDEX directory_entries_homeserver;
+DROP INDEX directory_entries_organisation;
