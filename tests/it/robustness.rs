@@ -60,6 +60,22 @@ const ROUTES: &[(&str, &str, Auth)] = &[
         Auth::Admin,
     ),
     ("POST", "/_annuaire/admin/v1/rules/import", Auth::Admin),
+    (
+        "PUT",
+        "/_annuaire/admin/v1/directory/@jean:agent.finances.example/name",
+        Auth::Admin,
+    ),
+    (
+        "POST",
+        "/_annuaire/admin/v1/directory/@jean:agent.finances.example/hide",
+        Auth::Admin,
+    ),
+    (
+        "DELETE",
+        "/_annuaire/admin/v1/directory/@jean:agent.finances.example",
+        Auth::Admin,
+    ),
+    ("POST", "/_annuaire/admin/v1/threepids/erase", Auth::Admin),
 ];
 
 const QUERIES: &[(&str, Auth)] = &[
@@ -77,6 +93,13 @@ const QUERIES: &[(&str, Auth)] = &[
     ("/_annuaire/admin/v1/audit", Auth::Admin),
     ("/_annuaire/admin/v1/rules", Auth::Admin),
     ("/_annuaire/admin/v1/stats/attempts", Auth::Admin),
+    ("/_annuaire/admin/v1/stats/directory", Auth::Admin),
+    ("/_annuaire/admin/v1/stats/outbox", Auth::Admin),
+    ("/_annuaire/admin/v1/directory", Auth::Admin),
+    (
+        "/_annuaire/admin/v1/directory/@jean:agent.finances.example",
+        Auth::Admin,
+    ),
 ];
 
 struct Fixture {
@@ -291,6 +314,8 @@ async fn malformed_queries_get_matrix_errors_everywhere() {
         "/_matrix/identity/v2/pubkey/%00",
         "/_matrix/identity/v2/pubkey/ed25519:999",
         "/_annuaire/admin/v1/rules/%FF",
+        "/_annuaire/admin/v1/directory/%FF",
+        "/_annuaire/admin/v1/directory/%00",
     ] {
         let r = Reply::from(
             f.s.client
