@@ -31,8 +31,11 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the HTTP service: applies database migrations, then serves the Identity Service API,
-    /// the policy endpoints and the health and metrics endpoints until SIGTERM or Ctrl-C.
+    /// Run the HTTP service: applies database migrations and imports `policy.allowlists_dir`,
+    /// then serves the Identity Service API, the policy endpoints (/info, /internal-info), the
+    /// directory search, the administration API (/_annuaire, or on http.admin_bind) and the
+    /// health and metrics endpoints, with the mail outbox and the periodic jobs, until SIGTERM
+    /// or Ctrl-C.
     Serve,
     /// Apply pending database migrations and exit (serve also does it at start).
     Migrate,
