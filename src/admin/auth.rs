@@ -17,7 +17,6 @@ use argon2::password_hash::SaltString;
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use diesel::Connection;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::distributions::Alphanumeric;
 use rand::{CryptoRng, Rng, RngCore};
@@ -353,7 +352,7 @@ impl Admin {
         now_ms: i64,
     ) -> Result<AdminError, AdminError> {
         let lock_until = now_ms.saturating_add(self.lockout_ms);
-        let locked_now = conn.transaction(|conn| {
+        let locked_now = crate::store::transaction(conn, |conn| {
             let locked = admin_store::record_login_failure(
                 conn,
                 username,
@@ -596,7 +595,7 @@ fn ldap_account(
     role: Role,
     now_ms: i64,
 ) -> Result<Option<AccountRow>, AdminError> {
-    let result = conn.transaction(|conn| {
+    let result = crate::store::transaction(conn, |conn| {
         let existing = admin_store::get_account(conn, username)?;
         match existing {
             Some(row) if row.source != SOURCE_LDAP => return Ok(None),
@@ -756,7 +755,7 @@ pub fn add_account(
     check_username(username)?;
     check_password(password)?;
     let hash = hash_password(password, rng)?;
-    let result = conn.transaction(|conn| {
+    let result = crate::store::transaction(conn, |conn| {
         admin_store::insert_account(
             conn,
             username,
@@ -805,7 +804,7 @@ pub fn remove_account(
     now_ms: i64,
 ) -> Result<AccountSummary, AdminError> {
     let username = normalize_username(username);
-    let removed = conn.transaction(|conn| {
+    let removed = crate::store::transaction(conn, |conn| {
         let Some(row) = admin_store::get_account(conn, &username)? else {
             return Ok(None);
         };

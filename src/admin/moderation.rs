@@ -10,7 +10,6 @@
 
 use std::collections::HashSet;
 
-use diesel::Connection;
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -299,7 +298,7 @@ fn modify(
     change: impl FnOnce(&mut DbConn, &mut EntryRow) -> Result<(), StoreError>,
 ) -> Result<ModeratedEntry, AdminError> {
     let mxid = user_id(user_id_text)?;
-    let row = conn.transaction(|conn| {
+    let row = crate::store::transaction(conn, |conn| {
         let Some(before) = directory_store::get(conn, mxid)? else {
             return Ok(None);
         };
@@ -396,7 +395,7 @@ pub fn remove(
     now_ms: i64,
 ) -> Result<ModeratedEntry, AdminError> {
     let mxid = user_id(user_id_text)?;
-    let removed = conn.transaction(|conn| {
+    let removed = crate::store::transaction(conn, |conn| {
         let Some(row) = directory_store::get(conn, mxid)? else {
             return Ok(None);
         };

@@ -11,7 +11,6 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use diesel::Connection;
 use serde_json::Value;
 
 use super::audit::{self, action};
@@ -22,18 +21,12 @@ use crate::policy::{
     RuleSource, RuleTarget, check_duplicates, normalize_domain, normalize_email,
     parse_allowlist_file, render_allowlist_file,
 };
+use crate::store::DbConn;
 use crate::store::admin::{self as admin_store, RuleQuery};
 use crate::store::policy::{self as rules_store, StoredRule};
-use crate::store::{DbConn, StoreError};
 
 /// The file name that errors of `POST /rules/import` carry ("import.toml:12: …").
 pub const IMPORT_NAME: &str = "import.toml";
-
-impl From<diesel::result::Error> for AdminError {
-    fn from(e: diesel::result::Error) -> Self {
-        AdminError::Store(StoreError::Query(e))
-    }
-}
 
 /// Which rules to list or export (every filter given must hold).
 #[derive(Debug, Clone, Default)]
@@ -238,7 +231,7 @@ pub fn create(
 ) -> Result<Rule, AdminError> {
     let rule = parse_rule(input)?;
     let default = live.index().default_policy().clone();
-    let result = conn.transaction(|conn| {
+    let result = crate::store::transaction(conn, |conn| {
         let mut rules = stored_rules(conn)?;
         if let Some(existing) = rules.iter().find(|r| r.id == rule.id) {
             return Err(AdminError::RuleExists(duplicate(existing, &rule)));
@@ -285,7 +278,7 @@ pub fn update(
 ) -> Result<Rule, AdminError> {
     let rule = parse_rule(input)?;
     let default = live.index().default_policy().clone();
-    let changed = conn.transaction(|conn| {
+    let changed = crate::store::transaction(conn, |conn| {
         let existing = get(conn, id)?.rule;
         if existing.source.is_file() {
             return Err(file_rule(&existing));
@@ -332,7 +325,7 @@ pub fn delete(
     actor: &Actor,
     now_ms: i64,
 ) -> Result<Rule, AdminError> {
-    let removed = conn.transaction(|conn| {
+    let removed = crate::store::transaction(conn, |conn| {
         let existing = get(conn, id)?.rule;
         if existing.source.is_file() {
             return Err(file_rule(&existing));
@@ -376,7 +369,7 @@ pub fn convert(
     actor: &Actor,
     now_ms: i64,
 ) -> Result<Converted, AdminError> {
-    let converted = conn.transaction(|conn| {
+    let converted = crate::store::transaction(conn, |conn| {
         let existing = get(conn, id)?.rule;
         if !existing.source.is_file() {
             return Err(AdminError::InvalidInput(format!(
@@ -418,7 +411,7 @@ pub fn import(
 ) -> Result<RuleDiff, AdminError> {
     let parsed = parse_allowlist_file(IMPORT_NAME, toml_text).map_err(AdminError::InvalidRules)?;
     let default = live.index().default_policy().clone();
-    let diff = conn.transaction(|conn| {
+    let diff = crate::store::transaction(conn, |conn| {
         let stored = stored_rules(conn)?;
         let by_id: HashMap<&str, &Rule> = stored.iter().map(|r| (r.id.as_str(), r)).collect();
         let conflicts: Vec<RuleError> = parsed
@@ -504,30 +497,6 @@ pub fn explain(
     Ok((address, explanation))
 }
 
-/// Why a transaction over the allowlist import failed.
-enum ImportTxError {
-    Allowlist(AllowlistError),
-    Db(diesel::result::Error),
-}
-
-impl From<diesel::result::Error> for ImportTxError {
-    fn from(e: diesel::result::Error) -> Self {
-        ImportTxError::Db(e)
-    }
-}
-
-impl From<AllowlistError> for ImportTxError {
-    fn from(e: AllowlistError) -> Self {
-        ImportTxError::Allowlist(e)
-    }
-}
-
-impl From<StoreError> for ImportTxError {
-    fn from(e: StoreError) -> Self {
-        ImportTxError::Allowlist(AllowlistError::Store(e))
-    }
-}
-
 /// `allowlist::import_dir` with one audit row per rule changed (`rule.file_import`), in the
 /// same transaction: what the CLI's `allowlist import` and `serve`'s start-up import run.
 pub fn import_dir_audited(
@@ -538,16 +507,12 @@ pub fn import_dir_audited(
     actor: &Actor,
     now_ms: i64,
 ) -> Result<RuleDiff, AllowlistError> {
-    let result = conn.transaction(|conn| {
+    crate::store::transaction(conn, |conn| {
         let diff = allowlist::import_dir(conn, dir, default, dry_run, now_ms)?;
         if !dry_run {
             audit::record_rule_diff(conn, actor, action::RULE_FILE_IMPORT, &diff, now_ms)?;
         }
-        Ok::<_, ImportTxError>(diff)
-    });
-    result.map_err(|e| match e {
-        ImportTxError::Allowlist(e) => e,
-        ImportTxError::Db(e) => AllowlistError::Store(StoreError::Query(e)),
+        Ok::<_, AllowlistError>(diff)
     })
 }
 

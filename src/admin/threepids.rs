@@ -12,7 +12,6 @@
 
 use std::sync::Arc;
 
-use diesel::Connection;
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -79,7 +78,7 @@ pub async fn erase(
     let (mut erasure, affected) = app
         .db
         .run(move |conn| {
-            conn.transaction(|conn| {
+            crate::store::transaction(conn, |conn| {
                 let association = identity_store::association(conn, "email", &normalised)?;
                 if association.is_some() {
                     identity_store::delete_association(conn, "email", &normalised)?;

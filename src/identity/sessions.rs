@@ -11,7 +11,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use diesel::Connection;
 use rand::Rng;
 use rand::RngCore;
 use rand::distributions::Alphanumeric;
@@ -94,12 +93,6 @@ pub enum SessionError {
     /// The mail could not be rendered or built.
     #[error("{0}")]
     Mail(#[from] MailError),
-}
-
-impl From<diesel::result::Error> for SessionError {
-    fn from(e: diesel::result::Error) -> Self {
-        SessionError::Store(StoreError::Query(e))
-    }
 }
 
 /// A requestToken call whose `send_attempt` has been read (the HTTP layer checks its JSON type).
@@ -415,7 +408,7 @@ pub async fn request_token(
 
 /// The requestToken transaction: the session and its mail, together.
 fn open_session(conn: &mut DbConn, ctx: &RequestContext) -> Result<RequestedToken, SessionError> {
-    conn.transaction(|conn| {
+    crate::store::transaction(conn, |conn| {
         let address = ctx.address.as_str();
         store::lock_pair(conn, MEDIUM_EMAIL, address, &ctx.client_secret_hash)?;
         let existing = store::find_by_pair(conn, MEDIUM_EMAIL, address, &ctx.client_secret_hash)?;
@@ -557,7 +550,7 @@ pub async fn submit_token(
     let outcome = app
         .db
         .run(move |conn| {
-            conn.transaction(|conn| {
+            crate::store::transaction(conn, |conn| {
                 check_token(conn, &sid, &client_secret, &token, now, session_lifetime)
             })
         })

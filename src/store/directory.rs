@@ -411,5 +411,5 @@ pub fn in_transaction<T>(
     conn: &mut DbConn,
     f: impl FnOnce(&mut DbConn) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.transaction(f)
+    super::transaction(conn, f)
 }

@@ -293,6 +293,29 @@ impl Db {
     }
 }
 
+/// Runs `f` in one transaction: committed when it returns `Ok`, rolled back otherwise. Domain
+/// code uses this rather than naming diesel; its error type only needs `From<StoreError>`.
+pub fn transaction<T, E: From<StoreError>>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> Result<T, E>,
+) -> Result<T, E> {
+    /// The closure's own error, or the database's (begin, commit, rollback).
+    enum Failure<E> {
+        Database(diesel::result::Error),
+        Caller(E),
+    }
+    impl<E> From<diesel::result::Error> for Failure<E> {
+        fn from(e: diesel::result::Error) -> Self {
+            Failure::Database(e)
+        }
+    }
+    conn.transaction(|conn| f(conn).map_err(Failure::Caller))
+        .map_err(|failure| match failure {
+            Failure::Database(e) => E::from(StoreError::Query(e)),
+            Failure::Caller(e) => e,
+        })
+}
+
 /// Applies pending migrations on `conn` (the caller holds the start-up lock).
 pub fn run_migrations(conn: &mut DbConn) -> Result<Vec<String>, StoreError> {
     let applied = match conn {
