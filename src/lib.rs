@@ -29,6 +29,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod store;
 pub mod telemetry;
+pub mod templates;
 pub mod web;
 
 pub use app::Annuaire;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use minijinja::{Environment, UndefinedBehavior, context};
 
 use crate::mail::Language;
+use crate::templates::{FolderError, read_override_folder};
 
 /// The embedded pages, by file name.
 const EMBEDDED: &[(&str, &str)] = &[(
@@ -197,38 +198,18 @@ fn read_overrides(
     dir: &Path,
     sources: &mut BTreeMap<String, (String, Option<PathBuf>)>,
 ) -> Result<(), WebError> {
-    let dir_error = |path: &Path, e: std::io::Error| WebError::TemplatesDir {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    for entry in std::fs::read_dir(dir).map_err(|e| dir_error(dir, e))? {
-        let entry = entry.map_err(|e| dir_error(dir, e))?;
-        let path = entry.path();
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            tracing::warn!(file = %path.display(), "ignored in the web templates folder: name is not UTF-8");
-            continue;
-        };
-        let known = sources.contains_key(&name);
-        let partial = name.starts_with('_') && name.ends_with(".html");
-        if !known && !partial {
-            if !name.starts_with('.') {
-                tracing::warn!(file = %path.display(), "ignored in the web templates folder: not a page annuaire uses");
-            }
-            continue;
-        }
-        let metadata = std::fs::metadata(&path).map_err(|e| dir_error(&path, e))?;
-        if !metadata.is_file() {
-            return Err(WebError::TemplatesDir {
-                path,
-                reason: "not a regular file".into(),
-            });
-        }
-        let bytes = std::fs::read(&path).map_err(|e| dir_error(&path, e))?;
-        let source = String::from_utf8(bytes).map_err(|_| WebError::Template {
+    let files = read_override_folder(dir, "web templates", |name| {
+        sources.contains_key(name) || (name.starts_with('_') && name.ends_with(".html"))
+    })
+    .map_err(|e| match e {
+        FolderError::Unreadable { path, reason } => WebError::TemplatesDir { path, reason },
+        FolderError::NotUtf8 { path } => WebError::Template {
             file: path.display().to_string(),
             reason: "not valid UTF-8".into(),
-        })?;
-        sources.insert(name, (source, Some(path)));
+        },
+    })?;
+    for f in files {
+        sources.insert(f.name, (f.source, Some(f.path)));
     }
     Ok(())
 }

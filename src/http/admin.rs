@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{MatrixJson, MatrixQuery, RawBody, parse_json_object};
+use super::openapi::ErrorBody;
 use super::{AppData, caller_ip, resource};
 use crate::admin::{
     self, AdminError, AttemptStats, AuditFilter, AuditPage, Period, RuleFilter, Session,
@@ -233,15 +234,6 @@ pub struct LoginResponse {
     pub expires_in: i64,
     /// `viewer` (read only) or `editor`.
     pub role: String,
-}
-
-/// A Matrix-style error body.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// `M_…`, or `ANNUAIRE_…` for codes of this API.
-    pub errcode: String,
-    /// For people.
-    pub error: String,
 }
 
 /// An empty JSON object.

@@ -149,10 +149,10 @@ async fn run_search(
     request_body = SearchBody,
     responses(
         (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url?}]}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
-        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = super::admin::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN: unknown host, external user, token of another homeserver", body = super::admin::ErrorBody),
-        (status = 502, description = "M_UNKNOWN: the homeserver did not answer whoami", body = super::admin::ErrorBody),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = super::openapi::ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: unknown host, external user, token of another homeserver", body = super::openapi::ErrorBody),
+        (status = 502, description = "M_UNKNOWN: the homeserver did not answer whoami", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn client_search(
     app: AppData,
@@ -175,10 +175,10 @@ pub(super) async fn client_search(
     request_body = SearchBody,
     responses(
         (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url?}]}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
-        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = super::admin::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN", body = super::admin::ErrorBody),
-        (status = 502, description = "M_UNKNOWN", body = super::admin::ErrorBody),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = super::openapi::ErrorBody),
+        (status = 403, description = "M_FORBIDDEN", body = super::openapi::ErrorBody),
+        (status = 502, description = "M_UNKNOWN", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn client_search_r0(
     app: AppData,
@@ -211,9 +211,9 @@ fn signed_request<'a>(req: &'a HttpRequest, body: &'a Value) -> SignedRequest<'a
     request_body = SearchBody,
     responses(
         (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url?}]}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED: not signed", body = super::admin::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, externals' homeserver", body = super::admin::ErrorBody),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: not signed", body = super::openapi::ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, externals' homeserver", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn homeserver_search(
     app: AppData,
@@ -241,9 +241,9 @@ pub(super) async fn homeserver_search(
     request_body(content = Object, description = "`{batch, origin_server, replication_data: {<user_id>: {avatar_url?, deactivated?, …}}}`"),
     responses(
         (status = 200, description = "`{}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM (a stale or malformed batch), M_MISSING_PARAMS", body = super::admin::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED: not signed", body = super::admin::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, a user of another homeserver", body = super::admin::ErrorBody),
+        (status = 400, description = "M_INVALID_PARAM (a stale or malformed batch), M_MISSING_PARAMS", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: not signed", body = super::openapi::ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, a user of another homeserver", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn replicate_profiles(
     app: AppData,

@@ -91,9 +91,9 @@ pub fn identity_error(e: IdentityError) -> ApiError {
     request_body(content = Object, description = "The OpenID token a homeserver gave: `{access_token, token_type: \"Bearer\", matrix_server_name, expires_in}`"),
     responses(
         (status = 200, description = "`{token}`: the access token for this identity server", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED: the homeserver rejected the OpenID token", body = super::admin::ErrorBody),
-        (status = 502, description = "M_UNKNOWN: the homeserver could not be asked", body = super::admin::ErrorBody),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: the homeserver rejected the OpenID token", body = super::openapi::ErrorBody),
+        (status = 502, description = "M_UNKNOWN: the homeserver could not be asked", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn register(
     app: AppData,
@@ -112,7 +112,7 @@ pub(super) async fn register(
     security(("identity_token" = [])),
     responses(
         (status = 200, description = "`{user_id}`", content_type = "application/json"),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn account(AccountAuth(account): AccountAuth) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "user_id": account.user_id }))
@@ -126,7 +126,7 @@ pub(super) async fn account(AccountAuth(account): AccountAuth) -> HttpResponse {
     security(("identity_token" = [])),
     responses(
         (status = 200, description = "`{}`", content_type = "application/json"),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn logout(
     app: AppData,
@@ -160,8 +160,8 @@ pub(super) struct AcceptTerms {
     request_body = AcceptTerms,
     responses(
         (status = 200, description = "`{}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn accept_terms(
     app: AppData,
@@ -181,7 +181,7 @@ pub(super) async fn accept_terms(
     params(("key_id" = String, Path, description = "`ed25519:0`")),
     responses(
         (status = 200, description = "`{public_key}` (unpadded base64)", content_type = "application/json"),
-        (status = 404, description = "M_NOT_FOUND", body = super::admin::ErrorBody),
+        (status = 404, description = "M_NOT_FOUND", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn pubkey(
     app: AppData,
@@ -206,7 +206,7 @@ pub(super) struct PublicKeyQuery {
     params(PublicKeyQuery),
     responses(
         (status = 200, description = "`{valid}`", content_type = "application/json"),
-        (status = 400, description = "M_MISSING_PARAMS", body = super::admin::ErrorBody),
+        (status = 400, description = "M_MISSING_PARAMS", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn pubkey_isvalid(
     app: AppData,
@@ -222,7 +222,7 @@ pub(super) async fn pubkey_isvalid(
     params(PublicKeyQuery),
     responses(
         (status = 200, description = "`{valid}`", content_type = "application/json"),
-        (status = 400, description = "M_MISSING_PARAMS", body = super::admin::ErrorBody),
+        (status = 400, description = "M_MISSING_PARAMS", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn ephemeral_isvalid(
     app: AppData,
@@ -240,8 +240,8 @@ pub(super) async fn ephemeral_isvalid(
     security(("identity_token" = [])),
     responses(
         (status = 200, description = "`{algorithms: [\"none\", \"sha256\"], lookup_pepper}`", content_type = "application/json"),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
-        (status = 403, description = "M_TERMS_NOT_SIGNED", body = super::admin::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
+        (status = 403, description = "M_TERMS_NOT_SIGNED", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn hash_details(
     app: AppData,
@@ -272,10 +272,10 @@ pub(super) struct LookupBody {
     request_body = LookupBody,
     responses(
         (status = 200, description = "`{mappings: {<hash or \"address medium\">: <mxid>}}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PEPPER (with `lookup_pepper`), M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON", body = super::admin::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
-        (status = 403, description = "M_TERMS_NOT_SIGNED", body = super::admin::ErrorBody),
-        (status = 413, description = "M_TOO_LARGE", body = super::admin::ErrorBody),
+        (status = 400, description = "M_INVALID_PEPPER (with `lookup_pepper`), M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
+        (status = 403, description = "M_TERMS_NOT_SIGNED", body = super::openapi::ErrorBody),
+        (status = 413, description = "M_TOO_LARGE", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn lookup(
     app: AppData,
@@ -296,10 +296,10 @@ pub(super) async fn lookup(
     request_body(content = Object, description = "`{sid, client_secret, mxid}`"),
     responses(
         (status = 200, description = "The signed association `{address, medium, mxid, not_before, not_after, ts, signatures}`", content_type = "application/json"),
-        (status = 400, description = "M_SESSION_NOT_VALIDATED, M_SESSION_EXPIRED, M_INVALID_PARAM, M_MISSING_PARAMS", body = super::admin::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
-        (status = 403, description = "M_TERMS_NOT_SIGNED, M_THREEPID_DENIED, M_BINDING_NOT_PERMITTED, M_UNAUTHORIZED (another user's mxid)", body = super::admin::ErrorBody),
-        (status = 404, description = "M_NO_VALID_SESSION", body = super::admin::ErrorBody),
+        (status = 400, description = "M_SESSION_NOT_VALIDATED, M_SESSION_EXPIRED, M_INVALID_PARAM, M_MISSING_PARAMS", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
+        (status = 403, description = "M_TERMS_NOT_SIGNED, M_THREEPID_DENIED, M_BINDING_NOT_PERMITTED, M_UNAUTHORIZED (another user's mxid)", body = super::openapi::ErrorBody),
+        (status = 404, description = "M_NO_VALID_SESSION", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn bind(
     app: AppData,
@@ -324,10 +324,10 @@ pub(super) async fn bind(
     request_body(content = Object, description = "`{mxid, threepid: {medium, address}, sid?, client_secret?}`"),
     responses(
         (status = 200, description = "`{}` (also when nothing was bound)", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED: no credentials", body = super::admin::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN: bad signature, session for another address, another user's token", body = super::admin::ErrorBody),
-        (status = 502, description = "M_UNKNOWN: the homeserver's keys could not be fetched", body = super::admin::ErrorBody),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: no credentials", body = super::openapi::ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: bad signature, session for another address, another user's token", body = super::openapi::ErrorBody),
+        (status = 502, description = "M_UNKNOWN: the homeserver's keys could not be fetched", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn unbind(
     req: HttpRequest,
@@ -376,10 +376,10 @@ pub(super) async fn unbind(
     request_body(content = Object, description = "`{medium, address, room_id, sender, room_alias?, room_avatar_url?, room_join_rules?, room_name?, room_type?, sender_display_name?, sender_avatar_url?}` (empty strings count as absent)"),
     responses(
         (status = 200, description = "`{token, public_keys: [{public_key, key_validity_url}], display_name}`", content_type = "application/json"),
-        (status = 400, description = "M_THREEPID_IN_USE (with `mxid`), M_INVALID_EMAIL, M_INVALID_PARAM, M_UNRECOGNIZED (medium)", body = super::admin::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
-        (status = 403, description = "M_TERMS_NOT_SIGNED, M_THREEPID_DENIED, M_UNAUTHORIZED (sender is not the caller)", body = super::admin::ErrorBody),
-        (status = 429, description = "M_LIMIT_EXCEEDED", body = super::admin::ErrorBody),
+        (status = 400, description = "M_THREEPID_IN_USE (with `mxid`), M_INVALID_EMAIL, M_INVALID_PARAM, M_UNRECOGNIZED (medium)", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
+        (status = 403, description = "M_TERMS_NOT_SIGNED, M_THREEPID_DENIED, M_UNAUTHORIZED (sender is not the caller)", body = super::openapi::ErrorBody),
+        (status = 429, description = "M_LIMIT_EXCEEDED", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn store_invite(
     req: HttpRequest,
@@ -425,9 +425,9 @@ pub(super) struct SignBody {
     request_body = SignBody,
     responses(
         (status = 200, description = "`{mxid, sender, token, signatures}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS", body = super::admin::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
-        (status = 404, description = "M_UNRECOGNIZED: unknown invitation token", body = super::admin::ErrorBody),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
+        (status = 404, description = "M_UNRECOGNIZED: unknown invitation token", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn sign_ed25519(
     app: AppData,

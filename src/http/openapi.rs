@@ -10,6 +10,15 @@ use utoipa::{Modify, OpenApi};
 
 use super::{admin, directory, health, identity, policy, resource, validation};
 
+/// A Matrix-style error body, as every endpoint answers errors (`error::ApiError`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// `M_…`, or `ANNUAIRE_…` for codes of this API.
+    pub errcode: String,
+    /// For people.
+    pub error: String,
+}
+
 /// The document: every path with a `#[utoipa::path]` attribute is listed here.
 #[derive(OpenApi)]
 #[openapi(
@@ -74,7 +83,7 @@ use super::{admin, directory, health, identity, policy, resource, validation};
         policy::internal_info,
         openapi_json,
     ),
-    components(schemas(admin::ErrorBody, admin::RuleView, admin::RuleInput)),
+    components(schemas(ErrorBody, admin::RuleView, admin::RuleInput)),
     modifiers(&BearerToken),
     tags(
         (name = "admin", description = "Administration: rules, explain, directory moderation, erasure, audit, statistics"),

@@ -125,10 +125,10 @@ fn send_attempt_param(value: &Value) -> Result<i64, ApiError> {
     request_body = RequestTokenBody,
     responses(
         (status = 200, description = "`{sid}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_EMAIL, M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::admin::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
-        (status = 403, description = "M_THREEPID_DENIED (with `decision`), M_TERMS_NOT_SIGNED", body = super::admin::ErrorBody),
-        (status = 429, description = "M_LIMIT_EXCEEDED", body = super::admin::ErrorBody),
+        (status = 400, description = "M_INVALID_EMAIL, M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
+        (status = 403, description = "M_THREEPID_DENIED (with `decision`), M_TERMS_NOT_SIGNED", body = super::openapi::ErrorBody),
+        (status = 429, description = "M_LIMIT_EXCEEDED", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn request_token(
     req: HttpRequest,
@@ -171,9 +171,9 @@ pub(super) struct SubmitTokenBody {
     request_body = SubmitTokenBody,
     responses(
         (status = 200, description = "`{success: true}`", content_type = "application/json"),
-        (status = 400, description = "M_TOKEN_INCORRECT (with `locked` after too many), M_SESSION_EXPIRED, M_INVALID_PARAM, M_MISSING_PARAMS", body = super::admin::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
-        (status = 404, description = "M_NO_VALID_SESSION", body = super::admin::ErrorBody),
+        (status = 400, description = "M_TOKEN_INCORRECT (with `locked` after too many), M_SESSION_EXPIRED, M_INVALID_PARAM, M_MISSING_PARAMS", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
+        (status = 404, description = "M_NO_VALID_SESSION", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn submit_token(
     app: AppData,
@@ -286,9 +286,9 @@ pub(super) struct SessionQuery {
     params(SessionQuery),
     responses(
         (status = 200, description = "`{medium, address, validated_at}`", content_type = "application/json"),
-        (status = 400, description = "M_SESSION_NOT_VALIDATED, M_SESSION_EXPIRED, M_MISSING_PARAMS", body = super::admin::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::admin::ErrorBody),
-        (status = 404, description = "M_NO_VALID_SESSION", body = super::admin::ErrorBody),
+        (status = 400, description = "M_SESSION_NOT_VALIDATED, M_SESSION_EXPIRED, M_MISSING_PARAMS", body = super::openapi::ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
+        (status = 404, description = "M_NO_VALID_SESSION", body = super::openapi::ErrorBody),
     ))]
 pub(super) async fn get_validated_3pid(
     app: AppData,

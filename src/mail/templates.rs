@@ -12,6 +12,7 @@ use std::time::Duration;
 use minijinja::{AutoEscape, Environment, Output, State, UndefinedBehavior, Value, context};
 
 use super::{Language, MailError};
+use crate::templates::{FolderError, read_override_folder};
 
 /// The embedded defaults, by file name. Every name here is also a name an operator can override.
 const EMBEDDED: &[(&str, &str)] = &[
@@ -378,48 +379,25 @@ impl Templates {
     }
 }
 
-/// Reads the operator's folder into `sources`, replacing embedded files of the same name.
+/// Reads the operator's folder into `sources`, replacing embedded files of the same name;
+/// `_*.txt` and `_*.html` are partials.
 fn read_overrides(
     dir: &Path,
     sources: &mut BTreeMap<String, (String, Origin)>,
 ) -> Result<(), MailError> {
-    let dir_error = |path: &Path, e: std::io::Error| MailError::TemplatesDir {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let entries = std::fs::read_dir(dir).map_err(|e| dir_error(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| dir_error(dir, e))?;
-        let path = entry.path();
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            tracing::warn!(file = %path.display(), "ignored in the email templates folder: name is not UTF-8");
-            continue;
-        };
-        let known = sources.contains_key(&name);
-        let partial = name.starts_with('_') && (name.ends_with(".txt") || name.ends_with(".html"));
-        if !known && !partial {
-            if !name.starts_with('.') {
-                tracing::warn!(
-                    file = %path.display(),
-                    "ignored in the email templates folder: not a template name annuaire uses"
-                );
-            }
-            continue;
-        }
-        // Follows symlinks, as operators deploy templates through them.
-        let metadata = std::fs::metadata(&path).map_err(|e| dir_error(&path, e))?;
-        if !metadata.is_file() {
-            return Err(MailError::TemplatesDir {
-                path,
-                reason: "not a regular file".into(),
-            });
-        }
-        let bytes = std::fs::read(&path).map_err(|e| dir_error(&path, e))?;
-        let source = String::from_utf8(bytes).map_err(|_| MailError::Template {
+    let files = read_override_folder(dir, "email templates", |name| {
+        sources.contains_key(name)
+            || (name.starts_with('_') && (name.ends_with(".txt") || name.ends_with(".html")))
+    })
+    .map_err(|e| match e {
+        FolderError::Unreadable { path, reason } => MailError::TemplatesDir { path, reason },
+        FolderError::NotUtf8 { path } => MailError::Template {
             file: path.display().to_string(),
             reason: "not valid UTF-8".into(),
-        })?;
-        sources.insert(name, (source, Origin::Override(path)));
+        },
+    })?;
+    for f in files {
+        sources.insert(f.name, (f.source, Origin::Override(f.path)));
     }
     Ok(())
 }

@@ -1,0 +1,74 @@
+//! Operator template folders (`mail.templates_dir`, `web.templates_dir`): files that replace the
+//! embedded templates of the same name, read once at start. Shared by the mail and the web pages.
+
+use std::path::{Path, PathBuf};
+
+/// One file of the folder that the caller wants.
+#[derive(Debug)]
+pub struct OverrideFile {
+    /// Its file name (the template name).
+    pub name: String,
+    /// Its full path (error messages name it).
+    pub path: PathBuf,
+    /// Its text.
+    pub source: String,
+}
+
+/// Why the folder could not be read.
+#[derive(Debug)]
+pub enum FolderError {
+    /// The folder or a file cannot be read, or a name is not a regular file.
+    Unreadable {
+        /// The folder or file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A wanted file is not UTF-8.
+    NotUtf8 {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Reads the files of `dir` that `wanted` accepts (by file name); other files are ignored with
+/// a warning naming `what` ("email templates"). Symlinks are followed, as operators deploy
+/// templates through them.
+pub fn read_override_folder(
+    dir: &Path,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<OverrideFile>, FolderError> {
+    let unreadable = |path: &Path, e: std::io::Error| FolderError::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| unreadable(dir, e))? {
+        let entry = entry.map_err(|e| unreadable(dir, e))?;
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            tracing::warn!(file = %path.display(), folder = what, "ignored in the templates folder: name is not UTF-8");
+            continue;
+        };
+        if !wanted(&name) {
+            if !name.starts_with('.') {
+                tracing::warn!(file = %path.display(), folder = what, "ignored in the templates folder: not a template annuaire uses");
+            }
+            continue;
+        }
+        let metadata = std::fs::metadata(&path).map_err(|e| unreadable(&path, e))?;
+        if !metadata.is_file() {
+            return Err(FolderError::Unreadable {
+                path,
+                reason: "not a regular file".into(),
+            });
+        }
+        let bytes = std::fs::read(&path).map_err(|e| unreadable(&path, e))?;
+        let Ok(source) = String::from_utf8(bytes) else {
+            return Err(FolderError::NotUtf8 { path });
+        };
+        files.push(OverrideFile { name, path, source });
+    }
+    Ok(files)
+}
