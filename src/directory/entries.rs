@@ -231,7 +231,7 @@ pub async fn on_bind(
     let row = app
         .db
         .run(move |conn| {
-            store::in_transaction(conn, |conn| {
+            crate::store::transaction(conn, |conn| {
                 if let Some(existing) = store::get(conn, &fresh.mxid)? {
                     fresh.admin_name = existing.admin_name;
                     fresh.visibility = existing.visibility;
@@ -278,7 +278,7 @@ async fn modify(
     let row = app
         .db
         .run(move |conn| {
-            store::in_transaction(conn, |conn| {
+            crate::store::transaction(conn, |conn| {
                 let Some(mut row) = store::get(conn, &owned)? else {
                     return Ok(None);
                 };
@@ -380,7 +380,8 @@ pub async fn import_synthetic(
                 if rows.is_empty() {
                     break;
                 }
-                let inserted = store::in_transaction(conn, |conn| store::insert_new(conn, &rows))?;
+                let inserted =
+                    crate::store::transaction(conn, |conn| store::insert_new(conn, &rows))?;
                 summary.inserted += inserted;
                 summary.existing += rows.len() - inserted;
                 done += rows.len();

@@ -215,7 +215,9 @@ async fn flush(
     }
     let (matched, updated) = app
         .db
-        .run(move |conn| store::in_transaction(conn, |conn| apply(conn, &records, dry_run, now)))
+        .run(move |conn| {
+            crate::store::transaction(conn, |conn| apply(conn, &records, dry_run, now))
+        })
         .await?;
     summary.matched += matched;
     summary.updated += updated;
@@ -291,7 +293,7 @@ async fn finish(
             let removed = store::delete_ldap_names_not_in_run(conn, &run)?;
             let mut reverted = 0;
             loop {
-                let changed = store::in_transaction(conn, |conn| {
+                let changed = crate::store::transaction(conn, |conn| {
                     let orphans = store::orphaned_ldap_entries(conn, BATCH as i64)?;
                     let mut changed = 0;
                     for mut entry in orphans {
@@ -301,7 +303,7 @@ async fn finish(
                             changed += 1;
                         }
                     }
-                    Ok(changed)
+                    Ok::<_, crate::store::StoreError>(changed)
                 })?;
                 reverted += changed;
                 if changed < BATCH {

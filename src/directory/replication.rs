@@ -108,7 +108,7 @@ pub async fn replicate_profiles(
     let outcome = app
         .db
         .run(move |conn| {
-            store::in_transaction(conn, |conn| {
+            crate::store::transaction(conn, |conn| {
                 let mut outcome = ReplicationOutcome::default();
                 if !store::accept_replication_batch(conn, &origin_owned, batchnum, now)? {
                     return Ok(outcome);

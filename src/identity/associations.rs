@@ -74,7 +74,7 @@ impl Association {
 /// current pepper and, during a rotation, the next one (blocking; one transaction). The write
 /// comes first, so a concurrent rotation's switch cannot miss it (see `store::identity`).
 pub fn record(conn: &mut DbConn, association: &Association) -> Result<(), StoreError> {
-    store::in_transaction(conn, |conn| {
+    crate::store::transaction(conn, |conn| {
         store::upsert_association(conn, &association.row())?;
         let rows: Vec<(i64, String, String, String)> = peppers_for_new_hashes(conn)?
             .into_iter()

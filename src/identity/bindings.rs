@@ -110,7 +110,7 @@ pub async fn bind(
         .run(move |conn| {
             // Read outside the transaction: it only tells the directory whom the address left.
             let previous = store::association(conn, &row.medium, &row.address)?;
-            let scheduled = store::in_transaction(conn, |conn| {
+            let scheduled = crate::store::transaction(conn, |conn| {
                 associations::record(conn, &row)?;
                 store::schedule_invite_delivery(conn, &row.medium, &row.address, &row.mxid, now_ms)
             })?;

@@ -246,7 +246,7 @@ pub async fn store_invite(
             if let Some(retry_after_ms) = over_limit(received, per_address, now_ms) {
                 return Ok(Err(IdentityError::RateLimited { retry_after_ms }));
             }
-            store::in_transaction(conn, |conn| {
+            crate::store::transaction(conn, |conn| {
                 store::insert_invite(conn, &row)?;
                 outbox::enqueue(conn, &message, MAIL_KIND, &row.token, now_ms)?;
                 Ok::<_, StoreError>(())

@@ -216,7 +216,7 @@ pub fn rotate_pepper(
             break;
         };
         let rows = hash_rows(&next, &keys);
-        store::in_transaction(conn, |conn| store::insert_hashes(conn, &rows))?;
+        crate::store::transaction(conn, |conn| store::insert_hashes(conn, &rows))?;
         rehashed += keys.len();
         progress("rehashed", rehashed);
         cursor = Some(last);
@@ -225,7 +225,7 @@ pub fn rotate_pepper(
     // Switch: first a write (SQLite: take the write lock), then block association writes
     // (PostgreSQL), hash whatever was bound meanwhile, and make the next pepper current.
     let encoded_next = encode(&next)?;
-    let swept = store::in_transaction(conn, |conn| {
+    let swept = crate::store::transaction(conn, |conn| {
         state::set(conn, NEXT_PEPPER_STATE, &encoded_next, now_ms)?;
         store::lock_associations(conn)?;
         let mut swept = 0;

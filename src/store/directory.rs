@@ -404,12 +404,3 @@ impl Drop for JobLock {
         }
     }
 }
-
-/// Runs `f` in a transaction (committed when it returns `Ok`), so domain code need not name
-/// diesel.
-pub fn in_transaction<T>(
-    conn: &mut DbConn,
-    f: impl FnOnce(&mut DbConn) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    super::transaction(conn, f)
-}

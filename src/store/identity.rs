@@ -725,11 +725,3 @@ pub fn delete_state(conn: &mut DbConn, key: &str) -> Result<(), StoreError> {
     db_dispatch!(conn, c => diesel::delete(s::instance_state.filter(s::key.eq(key))).execute(c)?);
     Ok(())
 }
-
-/// Runs `f` in one transaction (so that domain code need not know diesel).
-pub fn in_transaction<T>(
-    conn: &mut DbConn,
-    f: impl FnOnce(&mut DbConn) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    super::transaction(conn, f)
-}
