@@ -25,6 +25,7 @@ pub mod http;
 pub mod identity;
 pub mod ldap;
 pub mod mail;
+pub mod matrix;
 pub mod policy;
 pub mod ratelimit;
 pub mod store;

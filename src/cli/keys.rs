@@ -30,7 +30,7 @@ pub enum KeysCommand {
 pub(super) fn keys_command(config: &Config, cmd: KeysCommand) -> Result<(), CliError> {
     match cmd {
         KeysCommand::Generate { output, force } => {
-            let key = crate::identity::signing::SigningKey::generate(&mut rand::rngs::OsRng);
+            let key = crate::matrix::signing::SigningKey::generate(&mut rand::rngs::OsRng);
             let line = format!("{}\n", key.to_sydent_string());
             match output {
                 None => print!("{line}"),

@@ -224,7 +224,7 @@ fn check_config(config: &Config) -> Result<(), CliError> {
                 path.display()
             ))
         })?;
-        crate::identity::signing::SigningKey::parse_sydent(&text).map_err(|e| {
+        crate::matrix::signing::SigningKey::parse_sydent(&text).map_err(|e| {
             CliError::config(format!("server.signing_key_file ({}): {e}", path.display()))
         })?;
     }

@@ -15,7 +15,7 @@ use super::error::DirectoryError;
 use super::service::{CachedUser, Viewer};
 use crate::app::Annuaire;
 use crate::federation::FederationError;
-use crate::identity::xmatrix::XMatrixAuth;
+use crate::matrix::xmatrix::XMatrixAuth;
 
 /// Cached whoami answers kept at most (a bound against memory growth from many tokens).
 const MAX_CACHED_TOKENS: usize = 100_000;

@@ -150,7 +150,7 @@ pub fn split_user_id(user_id: &str) -> Result<(&str, &str), DirectoryError> {
     if local.is_empty() || local.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid());
     }
-    crate::config::validate_server_name(server).map_err(|_| invalid())?;
+    crate::matrix::server_name::validate_server_name(server).map_err(|_| invalid())?;
     Ok((local, server))
 }
 

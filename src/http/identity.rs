@@ -14,8 +14,9 @@ use crate::error::ApiError;
 use crate::identity::accounts::{self, OpenIdToken};
 use crate::identity::bindings::{self, BindRequest, UnbindAuth, UnbindRequest};
 use crate::identity::invites::{self, InviteRequest};
-use crate::identity::{IdentityError, keys, lookup, terms};
+use crate::identity::{IdentityError, lookup, terms};
 use crate::mail::negotiate_language;
+use crate::matrix::keys;
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     const V2: &str = "/_matrix/identity/v2";

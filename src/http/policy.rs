@@ -137,7 +137,7 @@ async fn info(
     let bound = crate::identity::associations::bound(&app, "email", address.as_str(), now).await?;
     if let Some(bound_hs) = bound
         .as_ref()
-        .and_then(|a| crate::identity::user_id_server(&a.mxid))
+        .and_then(|a| crate::matrix::server_name::user_id_server(&a.mxid))
     {
         let d = &answer.decision;
         let same = [&d.homeserver, &d.shadow_homeserver]

@@ -16,9 +16,10 @@ use rand::distributions::Alphanumeric;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use super::{IdentityError, user_id_server};
+use super::IdentityError;
 use crate::app::Annuaire;
-use crate::config::validate_server_name;
+use crate::matrix::server_name::user_id_server;
+use crate::matrix::server_name::validate_server_name;
 use crate::store::identity as store;
 
 /// Length of an access token: 48 alphanumeric characters carry about 285 bits.

@@ -3,10 +3,10 @@
 
 use serde_json::{Value, json};
 
-use super::hashing::lookup_hash;
 use super::lookup::peppers_for_new_hashes;
-use super::signing::{SignError, SigningKey, sign_json};
 use crate::app::Annuaire;
+use crate::matrix::hashing::lookup_hash;
+use crate::matrix::signing::{SignError, SigningKey, sign_json};
 use crate::store::identity::{self as store, AssociationRow};
 use crate::store::{DbConn, StoreError};
 
@@ -124,7 +124,7 @@ pub async fn bound(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::signing::verify_json;
+    use crate::matrix::signing::verify_json;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 

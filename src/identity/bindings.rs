@@ -13,10 +13,11 @@ use serde_json::Value;
 use super::accounts::{self, Account};
 use super::associations::{self, Association};
 use super::sessions::{self, MEDIUM_EMAIL, SessionError};
-use super::xmatrix::XMatrixAuth;
-use super::{IdentityError, log_tag, user_id_server};
+use super::{IdentityError, log_tag};
 use crate::app::Annuaire;
 use crate::federation::FederationError;
+use crate::matrix::server_name::user_id_server;
+use crate::matrix::xmatrix::XMatrixAuth;
 use crate::policy::{Address, Decision, Outcome, normalize_email};
 use crate::store::identity as store;
 

@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::signing::{SignError, SigningKey, sign_json};
-use super::{log_tag, user_id_server};
+use super::log_tag;
 use crate::app::Annuaire;
 use crate::config::InvitesConfig;
+use crate::matrix::server_name::user_id_server;
+use crate::matrix::signing::{SignError, SigningKey, sign_json};
 use crate::store::StoreError;
 use crate::store::identity::{self as store, InviteDeliveryOutcome, InviteRow};
 
@@ -265,7 +266,7 @@ pub fn start_worker(app: &Arc<Annuaire>) {
 mod tests {
     use super::*;
     use crate::config::HumanDuration;
-    use crate::identity::signing::verify_json;
+    use crate::matrix::signing::verify_json;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 

@@ -14,13 +14,14 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
 use super::accounts::Account;
-use super::keys::canonical_public_key;
-use super::signing::{DEFAULT_KEY_ID, SigningKey, sign_json};
-use super::{IdentityError, log_tag, public_base, user_id_server};
+use super::{IdentityError, log_tag, public_base};
 use crate::app::Annuaire;
 use crate::config::WindowLimit;
 use crate::mail::outbox;
 use crate::mail::{InviteMail, Language};
+use crate::matrix::keys::canonical_public_key;
+use crate::matrix::server_name::user_id_server;
+use crate::matrix::signing::{DEFAULT_KEY_ID, SigningKey, sign_json};
 use crate::policy::{Outcome, normalize_email};
 use crate::store::identity::{self as store, InviteRow};
 use crate::store::{DbConn, StoreError};

@@ -13,8 +13,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::IdentityError;
-use super::hashing::{generate_pepper, lookup_hash};
 use crate::app::Annuaire;
+use crate::matrix::hashing::{generate_pepper, lookup_hash};
 use crate::store::identity as store;
 use crate::store::{DbConn, StoreError, state};
 

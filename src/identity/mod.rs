@@ -16,20 +16,17 @@ pub mod accounts;
 pub mod associations;
 pub mod bindings;
 pub mod delivery;
-pub mod hashing;
 pub mod invites;
 pub mod keys;
 pub mod lookup;
 pub mod sessions;
-pub mod signing;
 pub mod terms;
-pub mod xmatrix;
 
-use crate::config::{Config, validate_server_name};
+use crate::config::Config;
 use crate::federation::FederationError;
+use crate::matrix::signing::SigningKey;
 use crate::store::{DbConn, StoreError};
 use sessions::SessionError;
-use signing::SigningKey;
 use terms::Terms;
 
 /// Why an identity-service request failed.
@@ -239,17 +236,6 @@ pub fn start_housekeeping(app: &std::sync::Arc<crate::app::Annuaire>) {
     });
 }
 
-/// The server part of a Matrix user ID (`@alice:hs.example:8448` → `hs.example:8448`), if it
-/// is one: a non-empty localpart and a valid server name.
-pub fn user_id_server(user_id: &str) -> Option<&str> {
-    let rest = user_id.strip_prefix('@')?;
-    let (local, server) = rest.split_once(':')?;
-    if local.is_empty() || user_id.len() > 255 || validate_server_name(server).is_err() {
-        return None;
-    }
-    Some(server)
-}
-
 /// The base URL homeservers use to reach this identity server: `http.public_base_url` when set,
 /// else `https://{server.name}` (Synapse always calls identity servers over HTTPS).
 pub fn public_base(config: &Config) -> String {
@@ -269,28 +255,6 @@ pub fn log_tag(secret: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn user_id_servers() {
-        assert_eq!(user_id_server("@alice:hs.example"), Some("hs.example"));
-        assert_eq!(
-            user_id_server("@a:hs.example:8448"),
-            Some("hs.example:8448")
-        );
-        assert_eq!(user_id_server("@a:[::1]:8448"), Some("[::1]:8448"));
-        for bad in [
-            "alice:hs",
-            "@:hs.example",
-            "@alice",
-            "@a:",
-            "@a:b c",
-            "!r:hs.example",
-        ] {
-            assert_eq!(user_id_server(bad), None, "{bad}");
-        }
-        let long = format!("@{}:hs.example", "a".repeat(260));
-        assert_eq!(user_id_server(&long), None);
-    }
 
     #[test]
     fn public_base_defaults_to_https_server_name() {

@@ -4,8 +4,8 @@
 
 use annuaire::config::{ClientHostConfig, Config};
 use annuaire::directory::{self, NameSource, Visibility};
-use annuaire::identity::signing::{SigningKey, sign_json};
-use annuaire::identity::xmatrix::sign_request;
+use annuaire::matrix::signing::{SigningKey, sign_json};
+use annuaire::matrix::xmatrix::sign_request;
 use annuaire::policy::{Decision, Outcome, normalize_email};
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path};

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use annuaire::config::{HumanDuration, WindowLimit};
 use annuaire::identity::associations::{self, Association};
-use annuaire::identity::hashing::lookup_hash;
-use annuaire::identity::signing::{SigningKey, sign_json, verify_json};
-use annuaire::identity::xmatrix::{XMatrixAuth, identity_request_json};
+use annuaire::matrix::hashing::lookup_hash;
+use annuaire::matrix::signing::{SigningKey, sign_json, verify_json};
+use annuaire::matrix::xmatrix::{XMatrixAuth, identity_request_json};
 use annuaire::store::identity as store;
 use serde_json::{Value, json};
 

@@ -434,7 +434,7 @@ fn outbox_row(s: &TestServer, id: &str) -> annuaire::store::outbox::OutboxEntry 
 async fn looked_up(s: &TestServer, address: &str) -> Option<String> {
     let details = s.get("/_matrix/identity/v2/hash_details").await.assert_ok();
     let pepper = details["lookup_pepper"].as_str().unwrap();
-    let hash = annuaire::identity::hashing::lookup_hash(address, "email", pepper);
+    let hash = annuaire::matrix::hashing::lookup_hash(address, "email", pepper);
     let body = s
         .post(
             "/_matrix/identity/v2/lookup",
