@@ -3,9 +3,6 @@
 
 use std::sync::Arc;
 
-use rand::Rng;
-use rand::distributions::Alphanumeric;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -174,7 +171,12 @@ fn startup_jobs(
     if !applied.is_empty() {
         tracing::info!(count = applied.len(), "applied database migrations");
     }
-    store::state::get_or_insert(conn, store::state::DATABASE_ID, &random_id(), now)?;
+    store::state::get_or_insert(
+        conn,
+        store::state::DATABASE_ID,
+        &crate::secret::random_id(),
+        now,
+    )?;
     let default = config.policy.default_policy();
     let dir = &config.policy.allowlists_dir;
     if dir.as_os_str().is_empty() {
@@ -271,13 +273,4 @@ impl Annuaire {
             tracing::warn!(error = %e, "could not write the attempt counters at shutdown");
         }
     }
-}
-
-/// A random identifier (24 alphanumeric characters).
-pub fn random_id() -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect()
 }

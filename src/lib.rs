@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod allowlist;
 pub mod app;
+pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod mail;
 pub mod matrix;
 pub mod policy;
 pub mod ratelimit;
+pub mod secret;
 pub mod store;
 pub mod telemetry;
 pub mod templates;

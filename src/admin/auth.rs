@@ -18,8 +18,7 @@ use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand::distributions::Alphanumeric;
-use rand::{CryptoRng, Rng, RngCore};
+use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -444,9 +443,7 @@ impl Admin {
             role,
             iat,
             exp: iat + expires_in,
-            jti: (0..24)
-                .map(|_| char::from(rng.sample(Alphanumeric)))
-                .collect(),
+            jti: crate::secret::random_token(rng, 24),
             acct: account.created_at,
         };
         let access_token =

@@ -99,7 +99,7 @@ async fn sync_unlocked(
     dry_run: bool,
     mut progress: impl FnMut(&SyncSummary),
 ) -> Result<SyncSummary, DirectoryError> {
-    let run = crate::app::random_id();
+    let run = crate::secret::random_id();
     let now = app.clock.now_ms();
     let mut summary = SyncSummary {
         dry_run,

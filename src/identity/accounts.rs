@@ -10,9 +10,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::Rng as _;
 use rand::RngCore;
-use rand::distributions::Alphanumeric;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
@@ -56,9 +54,7 @@ pub struct Account {
 
 /// A fresh access token (alphanumeric, so it is safe in a query string).
 pub fn mint_token(rng: &mut impl RngCore) -> String {
-    (0..TOKEN_LEN)
-        .map(|_| char::from(rng.sample(Alphanumeric)))
-        .collect()
+    crate::secret::random_token(rng, TOKEN_LEN)
 }
 
 /// How a token is stored: SHA-256, URL-safe unpadded base64. (Tokens are random, so a fast

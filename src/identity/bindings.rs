@@ -10,15 +10,16 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::IdentityError;
 use super::accounts::{self, Account};
 use super::associations::{self, Association};
 use super::sessions::{self, MEDIUM_EMAIL, SessionError};
-use super::{IdentityError, log_tag};
 use crate::app::Annuaire;
 use crate::federation::FederationError;
 use crate::matrix::server_name::user_id_server;
 use crate::matrix::xmatrix::XMatrixAuth;
 use crate::policy::{Address, Decision, Outcome, normalize_email};
+use crate::secret::log_tag;
 use crate::store::identity as store;
 
 /// The body of `POST /v2/3pid/bind`.

@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::log_tag;
 use crate::app::Annuaire;
 use crate::config::InvitesConfig;
 use crate::matrix::server_name::user_id_server;
 use crate::matrix::signing::{SignError, SigningKey, sign_json};
+use crate::secret::log_tag;
 use crate::store::StoreError;
 use crate::store::identity::{self as store, InviteDeliveryOutcome, InviteRow};
 

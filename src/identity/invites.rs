@@ -8,13 +8,12 @@
 //! The invitation mail (template `invite`) is queued in the outbox in the transaction that
 //! stores the invitation, so it is sent once the invitation exists and never without it.
 
-use rand::distributions::Alphanumeric;
-use rand::{CryptoRng, Rng as _, RngCore};
+use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
 use super::accounts::Account;
-use super::{IdentityError, log_tag, public_base};
+use super::{IdentityError, public_base};
 use crate::app::Annuaire;
 use crate::config::WindowLimit;
 use crate::mail::outbox;
@@ -23,6 +22,7 @@ use crate::matrix::keys::canonical_public_key;
 use crate::matrix::server_name::user_id_server;
 use crate::matrix::signing::{DEFAULT_KEY_ID, SigningKey, sign_json};
 use crate::policy::{Outcome, normalize_email};
+use crate::secret::log_tag;
 use crate::store::identity::{self as store, InviteRow};
 use crate::store::{DbConn, StoreError};
 
@@ -129,9 +129,7 @@ impl InviteReceipt {
 
 /// A fresh invitation token.
 pub fn mint_invite_token(rng: &mut impl RngCore) -> String {
-    (0..INVITE_TOKEN_LEN)
-        .map(|_| char::from(rng.sample(Alphanumeric)))
-        .collect()
+    crate::secret::random_token(rng, INVITE_TOKEN_LEN)
 }
 
 /// The address as shown to the inviter: first character of each part (`jean@finances.fr` →

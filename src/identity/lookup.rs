@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::IdentityError;
 use crate::app::Annuaire;
-use crate::matrix::hashing::{generate_pepper, lookup_hash};
+use crate::matrix::hashing::lookup_hash;
 use crate::store::identity as store;
 use crate::store::{DbConn, StoreError, state};
 
@@ -45,6 +45,14 @@ fn read_pepper(conn: &mut DbConn, key: &str) -> Result<Option<Pepper>, StoreErro
 
 fn encode(pepper: &Pepper) -> Result<String, StoreError> {
     serde_json::to_string(pepper).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Length of a generated pepper: 43 alphanumeric characters carry about 256 bits.
+pub const PEPPER_LEN: usize = 43;
+
+/// A fresh lookup pepper: ASCII letters and digits only, so it is safe in URLs and JSON.
+pub fn generate_pepper(rng: &mut impl RngCore) -> String {
+    crate::secret::random_token(rng, PEPPER_LEN)
 }
 
 /// The current pepper, created the first time (instances racing at start agree on one).
@@ -272,4 +280,25 @@ fn hash_rows(pepper: &Pepper, keys: &[(String, String)]) -> Vec<(i64, String, St
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    #[test]
+    fn peppers_are_long_alphanumeric_and_random() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let a = generate_pepper(&mut rng);
+        let b = generate_pepper(&mut rng);
+        assert_eq!(a.len(), PEPPER_LEN);
+        assert!(a.len() >= 32);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+        // Deterministic for a given RNG state, so tests can pin it.
+        assert_eq!(a, generate_pepper(&mut StdRng::seed_from_u64(3)));
+    }
 }

@@ -245,13 +245,6 @@ pub fn public_base(config: &Config) -> String {
     }
 }
 
-/// A short, stable, non-reversible tag for an address or token in logs.
-pub fn log_tag(secret: &str) -> String {
-    use sha2::{Digest as _, Sha256};
-    let digest = Sha256::digest(secret.as_bytes());
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,12 +256,5 @@ mod tests {
         assert_eq!(public_base(&c), "https://id.example");
         c.http.public_base_url = Some("https://annuaire.example/".into());
         assert_eq!(public_base(&c), "https://annuaire.example");
-    }
-
-    #[test]
-    fn log_tags_are_short_and_stable() {
-        assert_eq!(log_tag("a@b.c"), log_tag("a@b.c"));
-        assert_ne!(log_tag("a@b.c"), log_tag("a@b.d"));
-        assert_eq!(log_tag("x").len(), 8);
     }
 }

@@ -11,9 +11,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rand::Rng;
 use rand::RngCore;
-use rand::distributions::Alphanumeric;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -231,22 +229,14 @@ fn email_param(email: &str) -> Result<Address, SessionError> {
     normalize_email(email).map_err(|e| SessionError::InvalidEmail(e.to_string()))
 }
 
-/// `count` random alphanumeric characters.
-fn random_alphanumeric(rng: &mut impl RngCore, count: usize) -> String {
-    rng.sample_iter(&Alphanumeric)
-        .take(count)
-        .map(char::from)
-        .collect()
-}
-
 /// A new token: [`TOKEN_LENGTH`] alphanumeric characters.
 pub fn new_token(rng: &mut impl RngCore) -> String {
-    random_alphanumeric(rng, TOKEN_LENGTH)
+    crate::secret::random_token(rng, TOKEN_LENGTH)
 }
 
 /// A new session id: [`SID_LENGTH`] alphanumeric characters (URL-safe, unguessable).
 pub fn new_sid(rng: &mut impl RngCore) -> String {
-    random_alphanumeric(rng, SID_LENGTH)
+    crate::secret::random_token(rng, SID_LENGTH)
 }
 
 /// The stored form of a secret: SHA-256, hex.

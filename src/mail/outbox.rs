@@ -83,7 +83,7 @@ impl Mailer {
             default_language: config.mail.default_language,
             outbox: config.mail.outbox.clone(),
             lease,
-            worker_id: crate::app::random_id(),
+            worker_id: crate::secret::random_id(),
             wake: Notify::new(),
         })
     }
@@ -131,7 +131,7 @@ pub fn enqueue(
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     let domain = msg.to.rsplit_once('@').map_or("", |(_, d)| d);
-    let id = crate::app::random_id();
+    let id = crate::secret::random_id();
     store::insert(
         conn,
         &NewOutboxRow {

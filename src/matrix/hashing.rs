@@ -2,13 +2,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::Rng as _;
-use rand::RngCore;
-use rand::distributions::Alphanumeric;
 use sha2::{Digest as _, Sha256};
-
-/// Length of a generated pepper: 43 alphanumeric characters carry about 256 bits.
-pub const PEPPER_LEN: usize = 43;
 
 /// The `sha256` lookup hash: SHA-256 of `"<address> <medium> <pepper>"`, URL-safe unpadded
 /// base64. `address` must already be in its normalised form (the form that is stored).
@@ -22,18 +16,9 @@ pub fn lookup_hash(address: &str, medium: &str, pepper: &str) -> String {
     URL_SAFE_NO_PAD.encode(hasher.finalize())
 }
 
-/// A fresh lookup pepper: ASCII letters and digits only, so it is safe in URLs and JSON.
-pub fn generate_pepper(rng: &mut impl RngCore) -> String {
-    (0..PEPPER_LEN)
-        .map(|_| char::from(rng.sample(Alphanumeric)))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand::rngs::StdRng;
 
     #[test]
     fn spec_vector() {
@@ -64,18 +49,5 @@ mod tests {
         let expected =
             URL_SAFE_NO_PAD.encode(Sha256::digest("élodie@exemple.fr email p".as_bytes()));
         assert_eq!(lookup_hash("élodie@exemple.fr", "email", "p"), expected);
-    }
-
-    #[test]
-    fn peppers_are_long_alphanumeric_and_random() {
-        let mut rng = StdRng::seed_from_u64(3);
-        let a = generate_pepper(&mut rng);
-        let b = generate_pepper(&mut rng);
-        assert_eq!(a.len(), PEPPER_LEN);
-        assert!(a.len() >= 32);
-        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
-        assert_ne!(a, b);
-        // Deterministic for a given RNG state, so tests can pin it.
-        assert_eq!(a, generate_pepper(&mut StdRng::seed_from_u64(3)));
     }
 }

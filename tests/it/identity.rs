@@ -198,7 +198,7 @@ impl Homeserver {
 
     /// An OpenID token this homeserver vouches for as `user_id`.
     fn openid_token(&self, user_id: &str) -> String {
-        let token = format!("openid-{}", annuaire::app::random_id());
+        let token = format!("openid-{}", annuaire::secret::random_id());
         self.tokens
             .lock()
             .unwrap()

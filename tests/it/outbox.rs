@@ -18,7 +18,7 @@ use crate::validation::{AGENT, base, drained, outbox, request, smtp};
 fn message(n: usize, to: &str) -> OutgoingMessage {
     let id = format!(
         "{}-{n}@id.test.example",
-        annuaire::app::random_id().to_lowercase()
+        annuaire::secret::random_id().to_lowercase()
     );
     OutgoingMessage {
         from: "noreply@id.test.example".into(),

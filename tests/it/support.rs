@@ -103,7 +103,7 @@ fn pg_template() -> &'static str {
 pub fn fresh_pg_database() -> String {
     let template = pg_template();
     let admin = pg_admin_url();
-    let name = format!("t_{}", annuaire::app::random_id().to_lowercase());
+    let name = format!("t_{}", annuaire::secret::random_id().to_lowercase());
     let mut conn = PgConnection::establish(&admin).unwrap();
     // Cloning fails while another session is connected to the template; retry briefly.
     let mut last = None;
@@ -425,7 +425,7 @@ pub async fn eventually(timeout: Duration, what: &str, mut f: impl AsyncFnMut() 
 /// A new, empty (unmigrated) PostgreSQL database; returns its URL.
 pub fn empty_pg_database() -> String {
     let admin = pg_admin_url();
-    let name = format!("e_{}", annuaire::app::random_id().to_lowercase());
+    let name = format!("e_{}", annuaire::secret::random_id().to_lowercase());
     let mut conn = PgConnection::establish(&admin).unwrap();
     diesel::sql_query(format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
