@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use annuaire::Annuaire;
 use annuaire::config::Config;
-use annuaire::directory::{self, Viewer};
+use annuaire::directory::Viewer;
 
 /// Queries as people type them, from a first letter to full names, over the synthetic
 /// population (French and German names, 20 organisations); the HTTP benchmark's wrk script
@@ -75,7 +75,8 @@ fn main() {
             let queries: Vec<&str> = list.lines().filter(|l| !l.trim().is_empty()).collect();
             // Warm-up: page cache, prepared statements.
             for q in &queries {
-                directory::search(&app, q, None, None, Viewer::Operator)
+                app.directory
+                    .search(q, None, None, Viewer::Operator)
                     .await
                     .unwrap();
             }
@@ -87,7 +88,9 @@ fn main() {
                 let mut last = None;
                 for _ in 0..rounds {
                     let started = Instant::now();
-                    let r = directory::search(&app, q, None, None, Viewer::Operator)
+                    let r = app
+                        .directory
+                        .search(q, None, None, Viewer::Operator)
                         .await
                         .unwrap();
                     times.push(started.elapsed());

@@ -14,13 +14,12 @@
 
 pub mod admin;
 pub mod allowlist;
-pub mod app;
+pub mod audit;
 pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod directory;
-pub mod error;
 pub mod federation;
 pub mod http;
 pub mod identity;
@@ -29,10 +28,11 @@ pub mod mail;
 pub mod matrix;
 pub mod policy;
 pub mod ratelimit;
+pub mod runtime;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
 pub mod templates;
 pub mod web;
 
-pub use app::Annuaire;
+pub use runtime::Annuaire;

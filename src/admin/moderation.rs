@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::audit::{self, action};
-use super::{Actor, AdminError};
+use super::AdminError;
+use crate::audit::{self, Actor, action};
 use crate::config::Config;
 use crate::directory::Visibility;
 use crate::directory::entries::{refresh, split_user_id};

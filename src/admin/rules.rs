@@ -13,9 +13,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::audit::{self, action};
-use super::{Actor, AdminError};
+use super::AdminError;
 use crate::allowlist::{self, Allowlist, AllowlistError};
+use crate::audit::{self, Actor, action};
 use crate::policy::{
     Address, DefaultPolicy, Explanation, PolicyIndex, Rule, RuleDiff, RuleError, RuleKind,
     RuleSource, RuleTarget, check_duplicates, normalize_domain, normalize_email,

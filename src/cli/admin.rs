@@ -79,7 +79,8 @@ fn read_password(file: Option<&std::path::Path>) -> Result<String, CliError> {
 }
 
 pub(super) fn admin_command(config: &Config, cmd: AdminCommand) -> Result<(), CliError> {
-    use crate::admin::{self, Actor, AdminError, Role};
+    use crate::admin::{self, AdminError, Role};
+    use crate::audit::Actor;
     let fail = |e: AdminError| match e {
         AdminError::InvalidInput(_) => CliError::config(e),
         other => CliError::runtime(other),
@@ -97,7 +98,7 @@ pub(super) fn admin_command(config: &Config, cmd: AdminCommand) -> Result<(), Cl
         AdminCommand::Add { username, role, .. } => {
             let role = Role::parse(&role)
                 .ok_or_else(|| CliError::config("--role: expected viewer or editor"))?;
-            let account = admin::auth::add_account(
+            let account = admin::accounts::add_account(
                 &mut conn,
                 &username,
                 role,
@@ -114,14 +115,14 @@ pub(super) fn admin_command(config: &Config, cmd: AdminCommand) -> Result<(), Cl
         }
         AdminCommand::Remove { username } => {
             let account =
-                admin::auth::remove_account(&mut conn, &username, &actor, now).map_err(fail)?;
+                admin::accounts::remove_account(&mut conn, &username, &actor, now).map_err(fail)?;
             println!(
                 "removed admin account {} ({})",
                 account.username, account.role
             );
         }
         AdminCommand::List { json } => {
-            let accounts = admin::auth::list_accounts(&mut conn, now).map_err(fail)?;
+            let accounts = admin::accounts::list_accounts(&mut conn, now).map_err(fail)?;
             for a in &accounts {
                 if json {
                     println!("{}", serde_json::to_string(a).map_err(CliError::runtime)?);
@@ -157,8 +158,8 @@ pub(super) fn admin_command(config: &Config, cmd: AdminCommand) -> Result<(), Cl
             let ttl = humantime::parse_duration(ttl.trim())
                 .map_err(|e| CliError::config(format!("--ttl {ttl}: {e}")))?;
             let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-            let service =
-                admin::Admin::open(&mut conn, config, now, &mut rand::rngs::OsRng).map_err(fail)?;
+            let service = admin::Tokens::open(&mut conn, config, now, &mut rand::rngs::OsRng)
+                .map_err(fail)?;
             let token = service
                 .issue_token(
                     &mut conn,

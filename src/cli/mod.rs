@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::app::Annuaire;
 use crate::config::Config;
+use crate::runtime::Annuaire;
 use crate::{http, telemetry};
 
 mod admin;
@@ -155,7 +155,7 @@ async fn serve(config: Config) -> Result<(), CliError> {
     let app = Annuaire::open(config).await.map_err(CliError::runtime)?;
     let server = http::server_with_admin(app.clone(), listener, admin_listener)
         .map_err(CliError::runtime)?;
-    crate::app::start_background_jobs(&app);
+    crate::runtime::start_background_jobs(&app);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %local,

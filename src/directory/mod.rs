@@ -23,9 +23,6 @@ pub mod search;
 pub mod service;
 pub mod synthetic;
 
-pub use entries::{
-    DirectoryEntry, ImportSummary, NameSource, Visibility, email_lookup_key, get, import_synthetic,
-    on_bind, on_unbind, remove, set_admin_name, set_visibility,
-};
+pub use entries::{DirectoryEntry, ImportSummary, NameSource, Visibility, email_lookup_key};
 pub use error::DirectoryError;
-pub use service::{Directory, SearchResult, SearchResults, Viewer, search};
+pub use service::{DirectoryParts, DirectoryService, SearchResult, SearchResults, Viewer};

@@ -14,9 +14,8 @@ use futures_util::future::LocalBoxFuture;
 use serde::Deserialize;
 
 use super::AppData;
-use super::identity::identity_error;
-use crate::error::ApiError;
-use crate::identity::accounts::{self, Account};
+use super::error::ApiError;
+use crate::identity::accounts::Account;
 
 /// A caller with a valid token who accepted the current terms.
 #[derive(Debug, Clone)]
@@ -70,13 +69,9 @@ async fn authenticate(
         ));
     };
     let now = app.clock.now_ms();
-    let account = accounts::authenticate(&app, &token, now)
-        .await
-        .map_err(identity_error)?;
+    let account = app.identity.authenticate(&token, now).await?;
     if terms {
-        accounts::check_terms(&app, &account)
-            .await
-            .map_err(identity_error)?;
+        app.identity.check_terms(&account).await?;
     }
     Ok(account)
 }

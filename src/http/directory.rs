@@ -2,19 +2,17 @@
 //! that keeps the `Host` header), and the Tchap-compatible homeserver search and profile
 //! replication (signed by an allowed homeserver).
 
-use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::extract::{RawBody, parse_json_object, parse_query};
-use super::{AppData, resource};
-use crate::directory::access::{self, SignedRequest};
-use crate::directory::replication::{self, ReplicationBatch};
-use crate::directory::search::QueryError;
-use crate::directory::{self, DirectoryError, Viewer};
-use crate::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{RawBody, XMatrix, parse_json_object, parse_query};
+use super::{AppData, Empty, resource};
+use crate::directory::access::SignedRequest;
+use crate::directory::replication::ReplicationBatch;
+use crate::directory::{self, Viewer};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -32,48 +30,6 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         resource("/_matrix/identity/api/v1/replicate_profiles")
             .route(web::post().to(replicate_profiles)),
     );
-}
-
-impl From<DirectoryError> for ApiError {
-    fn from(e: DirectoryError) -> Self {
-        let message = e.to_string();
-        match e {
-            DirectoryError::Query(QueryError::Empty) => {
-                ApiError::invalid_param("The search term must contain at least one letter or digit")
-            }
-            DirectoryError::InvalidUserId(_)
-            | DirectoryError::InvalidName
-            | DirectoryError::InvalidBatch(_) => ApiError::invalid_param(message),
-            DirectoryError::NotFound(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", message)
-            }
-            DirectoryError::UnknownHost(host) => ApiError::forbidden(format!(
-                "This server does not serve the user directory for the host {host:?}"
-            )),
-            DirectoryError::MissingToken => ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "M_MISSING_TOKEN",
-                "Missing access token",
-            ),
-            DirectoryError::UnknownToken => ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "M_UNKNOWN_TOKEN",
-                "Unrecognised access token",
-            ),
-            DirectoryError::Unauthenticated => ApiError::unauthorized(message),
-            DirectoryError::WrongServer { .. }
-            | DirectoryError::ExternalsMayNotSearch
-            | DirectoryError::HomeserverNotAllowed(_)
-            | DirectoryError::BadSignature(_)
-            | DirectoryError::ForeignUser { .. } => ApiError::forbidden(message),
-            DirectoryError::HomeserverUnavailable(_) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", message)
-            }
-            DirectoryError::Store(e) => e.into(),
-            DirectoryError::SyncInProgress => ApiError::unavailable(message),
-            DirectoryError::Ldap(e) => ApiError::internal(e),
-        }
-    }
 }
 
 /// The access token: `Authorization: Bearer …`, else `?access_token=…` (both are Matrix).
@@ -128,14 +84,15 @@ async fn run_search(
     body: SearchBody,
     viewer: Viewer,
 ) -> Result<HttpResponse, ApiError> {
-    let results = directory::search(
-        app,
-        &body.search_term,
-        body.organisation.as_deref(),
-        body.limit(),
-        viewer,
-    )
-    .await?;
+    let results = app
+        .directory
+        .search(
+            &body.search_term,
+            body.organisation.as_deref(),
+            body.limit(),
+            viewer,
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(results))
 }
 
@@ -148,11 +105,11 @@ async fn run_search(
     security(("client_token" = [])),
     request_body = SearchBody,
     responses(
-        (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url?}]}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN: unknown host, external user, token of another homeserver", body = super::openapi::ErrorBody),
-        (status = 502, description = "M_UNKNOWN: the homeserver did not answer whoami", body = super::openapi::ErrorBody),
+        (status = 200, description = "The best results first", body = directory::SearchResults),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: unknown host, external user, token of another homeserver", body = ErrorBody),
+        (status = 502, description = "M_UNKNOWN: the homeserver did not answer whoami", body = ErrorBody),
     ))]
 pub(super) async fn client_search(
     app: AppData,
@@ -160,8 +117,10 @@ pub(super) async fn client_search(
     body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let token = access_token(&req)?;
-    let viewer =
-        access::authenticate_client(&app, request_host(&req).as_deref(), token.as_deref()).await?;
+    let viewer = app
+        .directory
+        .authenticate_client(request_host(&req).as_deref(), token.as_deref())
+        .await?;
     let body: SearchBody = parse_json_object(&body.0)?;
     run_search(&app, body, viewer).await
 }
@@ -174,11 +133,11 @@ pub(super) async fn client_search(
     security(("client_token" = [])),
     request_body = SearchBody,
     responses(
-        (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url?}]}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN", body = super::openapi::ErrorBody),
-        (status = 502, description = "M_UNKNOWN", body = super::openapi::ErrorBody),
+        (status = 200, description = "The best results first", body = directory::SearchResults),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN", body = ErrorBody),
+        (status = 502, description = "M_UNKNOWN", body = ErrorBody),
     ))]
 pub(super) async fn client_search_r0(
     app: AppData,
@@ -188,17 +147,11 @@ pub(super) async fn client_search_r0(
     client_search(app, req, body).await
 }
 
-fn signed_request<'a>(req: &'a HttpRequest, body: &'a Value) -> SignedRequest<'a> {
+fn signed_request<'a>(signed: &'a XMatrix, body: &'a Value) -> SignedRequest<'a> {
     SignedRequest {
-        authorization: req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok()),
-        method: req.method().as_str(),
-        uri: req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().path(), |p| p.as_str()),
+        authorization: signed.authorization.as_deref(),
+        method: &signed.method,
+        uri: &signed.uri,
         body,
     }
 }
@@ -210,18 +163,21 @@ fn signed_request<'a>(req: &'a HttpRequest, body: &'a Value) -> SignedRequest<'a
     security(("x_matrix" = [])),
     request_body = SearchBody,
     responses(
-        (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url?}]}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED: not signed", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, externals' homeserver", body = super::openapi::ErrorBody),
+        (status = 200, description = "The best results first", body = directory::SearchResults),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: not signed", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, externals' homeserver", body = ErrorBody),
     ))]
 pub(super) async fn homeserver_search(
     app: AppData,
-    req: HttpRequest,
+    signed: XMatrix,
     body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let value: Value = parse_json_object(&body.0)?;
-    let origin = access::authenticate_homeserver(&app, signed_request(&req, &value), None).await?;
+    let origin = app
+        .directory
+        .authenticate_homeserver(signed_request(&signed, &value), None)
+        .await?;
     let body: SearchBody = parse_json_object(&body.0)?;
     run_search(
         &app,
@@ -240,14 +196,14 @@ pub(super) async fn homeserver_search(
     security(("x_matrix" = [])),
     request_body(content = Object, description = "`{batch, origin_server, replication_data: {<user_id>: {avatar_url?, deactivated?, …}}}`"),
     responses(
-        (status = 200, description = "`{}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM (a stale or malformed batch), M_MISSING_PARAMS", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED: not signed", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, a user of another homeserver", body = super::openapi::ErrorBody),
+        (status = 200, description = "`{}`", body = Empty),
+        (status = 400, description = "M_INVALID_PARAM (a stale or malformed batch), M_MISSING_PARAMS", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: not signed", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, a user of another homeserver", body = ErrorBody),
     ))]
 pub(super) async fn replicate_profiles(
     app: AppData,
-    req: HttpRequest,
+    signed: XMatrix,
     body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let value: Value = parse_json_object(&body.0)?;
@@ -255,10 +211,11 @@ pub(super) async fn replicate_profiles(
         .get("origin_server")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::missing_params("Missing parameter: origin_server"))?;
-    let origin =
-        access::authenticate_homeserver(&app, signed_request(&req, &value), Some(origin_server))
-            .await?;
+    let origin = app
+        .directory
+        .authenticate_homeserver(signed_request(&signed, &value), Some(origin_server))
+        .await?;
     let batch: ReplicationBatch = parse_json_object(&body.0)?;
-    replication::replicate_profiles(&app, &origin, batch).await?;
-    Ok(HttpResponse::Ok().json(json!({})))
+    app.directory.replicate_profiles(&origin, batch).await?;
+    Ok(HttpResponse::Ok().json(Empty {}))
 }

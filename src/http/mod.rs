@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod directory;
+pub mod error;
 pub mod extract;
 pub mod health;
 pub mod identity;
@@ -21,8 +22,8 @@ use actix_web::http::Method;
 use actix_web::{App, HttpRequest, HttpServer, ResponseError, web};
 use futures_util::future::LocalBoxFuture;
 
-use crate::app::Annuaire;
-use crate::error::ApiError;
+use crate::Annuaire;
+use error::ApiError;
 use extract::BodyLimit;
 
 thread_local! {
@@ -207,6 +208,10 @@ fn tls_config(app: &Annuaire) -> Result<rustls::ServerConfig, ServeError> {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
+
+/// An empty JSON object, `{}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Empty {}
 
 /// The `Annuaire` behind a handler's app data.
 pub type AppData = web::Data<Annuaire>;

@@ -8,16 +8,8 @@ use actix_web::{HttpResponse, web};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::error::ErrorBody;
 use super::{admin, directory, health, identity, policy, resource, validation};
-
-/// A Matrix-style error body, as every endpoint answers errors (`error::ApiError`).
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// `M_…`, or `ANNUAIRE_…` for codes of this API.
-    pub errcode: String,
-    /// For people.
-    pub error: String,
-}
 
 /// The document: every path with a `#[utoipa::path]` attribute is listed here.
 #[derive(OpenApi)]
@@ -32,26 +24,26 @@ pub struct ErrorBody {
     paths(
         admin::login,
         admin::logout,
-        admin::list_rules,
-        admin::create_rule,
-        admin::get_rule,
-        admin::update_rule,
-        admin::delete_rule,
-        admin::convert_rule,
-        admin::import_rules,
-        admin::export_rules,
-        admin::explain,
-        admin::audit,
-        admin::attempt_stats,
-        admin::directory_stats,
-        admin::outbox_stats,
-        admin::list_directory,
-        admin::get_directory_entry,
-        admin::hide_directory_entry,
-        admin::unhide_directory_entry,
-        admin::rename_directory_entry,
-        admin::remove_directory_entry,
-        admin::erase_threepid,
+        admin::rules::list_rules,
+        admin::rules::create_rule,
+        admin::rules::get_rule,
+        admin::rules::update_rule,
+        admin::rules::delete_rule,
+        admin::rules::convert_rule,
+        admin::rules::import_rules,
+        admin::rules::export_rules,
+        admin::rules::explain,
+        admin::stats::audit,
+        admin::stats::attempt_stats,
+        admin::stats::directory_stats,
+        admin::stats::outbox_stats,
+        admin::moderation::list_directory,
+        admin::moderation::get_directory_entry,
+        admin::moderation::hide_directory_entry,
+        admin::moderation::unhide_directory_entry,
+        admin::moderation::rename_directory_entry,
+        admin::moderation::remove_directory_entry,
+        admin::moderation::erase_threepid,
         identity::register,
         identity::account,
         identity::logout,

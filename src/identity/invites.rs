@@ -9,12 +9,11 @@
 //! stores the invitation, so it is sent once the invitation exists and never without it.
 
 use rand::{CryptoRng, RngCore};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::accounts::Account;
-use super::{IdentityError, public_base};
-use crate::app::Annuaire;
+use super::{IdentityError, IdentityService, public_base};
 use crate::config::WindowLimit;
 use crate::mail::outbox;
 use crate::mail::{InviteMail, Language};
@@ -102,29 +101,25 @@ impl InviteRequest {
     }
 }
 
-/// What `store-invite` answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What `store-invite` answers (the spec's response body; fields in alphabetical order, the
+/// order the body has always been written in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct InviteReceipt {
-    /// The invitation token.
-    pub token: String,
-    /// `(public_key, key_validity_url)`: the long-term key, then the ephemeral one.
-    pub public_keys: Vec<(String, String)>,
     /// The redacted address (`j…@f…`).
     pub display_name: String,
+    /// The long-term key, then the ephemeral one.
+    pub public_keys: Vec<InvitePublicKey>,
+    /// The invitation token.
+    pub token: String,
 }
 
-impl InviteReceipt {
-    /// The spec's response body.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "token": self.token,
-            "public_keys": self.public_keys.iter().map(|(k, url)| json!({
-                "public_key": k,
-                "key_validity_url": url,
-            })).collect::<Vec<_>>(),
-            "display_name": self.display_name,
-        })
-    }
+/// A public key that signs for an invitation, and where to check it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct InvitePublicKey {
+    /// `…/pubkey/isvalid` or `…/pubkey/ephemeral/isvalid`.
+    pub key_validity_url: String,
+    /// Unpadded base64.
+    pub public_key: String,
 }
 
 /// A fresh invitation token.
@@ -140,150 +135,217 @@ pub fn redact_address(address: &str) -> String {
     format!("{}…@{}…", first(local), first(domain))
 }
 
-/// `POST /v2/store-invite`: checks the caller and the address, then stores the invitation with
-/// its mail (in `language`) and answers its token, the keys that will sign it, and the
-/// redacted address.
-pub async fn store_invite(
-    app: &Annuaire,
-    account: &Account,
-    request: &InviteRequest,
-    language: Language,
-    rng: &mut (impl RngCore + CryptoRng),
-    now_ms: i64,
-) -> Result<InviteReceipt, IdentityError> {
-    if request.sender != account.user_id {
-        return Err(IdentityError::NotYours(
-            "The sender of an invitation must be the user whose token is used".into(),
-        ));
-    }
-    if request.medium != "email" {
-        return Err(IdentityError::UnsupportedMedium(
-            "Only the `email` medium is supported".into(),
-        ));
-    }
-    let address = normalize_email(&request.address)
-        .map_err(|e| IdentityError::InvalidEmail(e.to_string()))?;
-    if !request.room_id.starts_with('!') || request.room_id.len() > 255 {
-        return Err(IdentityError::InvalidParam(
-            "room_id must be a room ID (`!…`)".into(),
-        ));
-    }
-    let decision = app.allowlist.decide(&address, now_ms);
-    let denial = (decision.outcome == Outcome::Denied).then(|| {
-        if decision.rule.is_some() {
-            "Invitations to this address are not allowed on the service"
-        } else {
-            "This address's administration is not on the service yet; it cannot be invited"
+impl IdentityService {
+    /// `POST /v2/store-invite`: checks the caller and the address, then stores the invitation with
+    /// its mail (in `language`) and answers its token, the keys that will sign it, and the
+    /// redacted address.
+    pub async fn store_invite(
+        &self,
+        account: &Account,
+        request: &InviteRequest,
+        language: Language,
+        rng: &mut (impl RngCore + CryptoRng),
+        now_ms: i64,
+    ) -> Result<InviteReceipt, IdentityError> {
+        if request.sender != account.user_id {
+            return Err(IdentityError::NotYours(
+                "The sender of an invitation must be the user whose token is used".into(),
+            ));
         }
-    });
+        if request.medium != "email" {
+            return Err(IdentityError::UnsupportedMedium(
+                "Only the `email` medium is supported".into(),
+            ));
+        }
+        let address = normalize_email(&request.address)
+            .map_err(|e| IdentityError::InvalidEmail(e.to_string()))?;
+        if !request.room_id.starts_with('!') || request.room_id.len() > 255 {
+            return Err(IdentityError::InvalidParam(
+                "room_id must be a room ID (`!…`)".into(),
+            ));
+        }
+        let decision = self.allowlist.decide(&address, now_ms);
+        let denial = (decision.outcome == Outcome::Denied).then(|| {
+            if decision.rule.is_some() {
+                "Invitations to this address are not allowed on the service"
+            } else {
+                "This address's administration is not on the service yet; it cannot be invited"
+            }
+        });
 
-    let token = mint_invite_token(rng);
-    let ephemeral = SigningKey::generate(rng);
-    let row = InviteRow {
-        token: token.clone(),
-        medium: "email".into(),
-        address: address.as_str().to_string(),
-        room_id: request.room_id.clone(),
-        sender: request.sender.clone(),
-        details_json: Value::Object(request.details()).to_string(),
-        ephemeral_public_key: ephemeral.public_key_base64(),
-        created_at: now_ms,
-        expires_at: now_ms.saturating_add(app.config.invites.validity.as_millis_i64()),
-        delivery_mxid: None,
-        delivery_attempts: 0,
-        next_delivery_at: None,
-        last_error: None,
-        delivered_at: None,
-        delivery_failed_at: None,
-    };
-    let mail = InviteMail {
-        sender_display_name: request.sender_display_name.clone(),
-        sender: request.sender.clone(),
-        room_id: request.room_id.clone(),
-        room_name: request.room_name.clone(),
-        room_type: request.room_type.clone(),
-        web_client_location: app.config.invites.web_client_url.clone(),
-        address: address.as_str().to_string(),
-        server_name: user_id_server(&request.sender)
-            .unwrap_or(&app.config.server.name)
-            .to_string(),
-    };
-    let message = app
-        .mailer
-        .templates()
-        .render_invite(language, &mail)
-        .and_then(|rendered| app.mailer.compose(address.as_str(), &rendered, now_ms, rng))
-        .map_err(|e| IdentityError::Internal(format!("the invitation mail: {e}")))?;
-    let per_sender = app.config.invites.per_sender;
-    let per_address = app.config.invites.per_address;
-    let outcome = app
-        .db
-        .run(move |conn| {
-            if let Some(bound) = store::association(conn, &row.medium, &row.address)?
-                && bound.not_before <= now_ms
-                && now_ms < bound.not_after
-            {
-                return Ok(Err(IdentityError::ThreepidInUse { mxid: bound.mxid }));
-            }
-            if let Some(reason) = denial {
-                return Ok(Err(IdentityError::ThreepidDenied(reason.into())));
-            }
-            let sent = store::invites_by_sender_since(
-                conn,
-                &row.sender,
-                now_ms - per_sender.within.as_millis_i64(),
-            )?;
-            if let Some(retry_after_ms) = over_limit(sent, per_sender, now_ms) {
-                return Ok(Err(IdentityError::RateLimited { retry_after_ms }));
-            }
-            let received = store::invites_to_address_since(
-                conn,
-                &row.medium,
-                &row.address,
-                now_ms - per_address.within.as_millis_i64(),
-            )?;
-            if let Some(retry_after_ms) = over_limit(received, per_address, now_ms) {
-                return Ok(Err(IdentityError::RateLimited { retry_after_ms }));
-            }
-            crate::store::transaction(conn, |conn| {
-                store::insert_invite(conn, &row)?;
-                outbox::enqueue(conn, &message, MAIL_KIND, &row.token, now_ms)?;
-                Ok::<_, StoreError>(())
-            })?;
-            Ok(Ok(()))
-        })
-        .await?;
-    if let Err(e) = outcome {
+        let token = mint_invite_token(rng);
+        let ephemeral = SigningKey::generate(rng);
+        let row = InviteRow {
+            token: token.clone(),
+            medium: "email".into(),
+            address: address.as_str().to_string(),
+            room_id: request.room_id.clone(),
+            sender: request.sender.clone(),
+            details_json: Value::Object(request.details()).to_string(),
+            ephemeral_public_key: ephemeral.public_key_base64(),
+            created_at: now_ms,
+            expires_at: now_ms.saturating_add(self.config.invites.validity.as_millis_i64()),
+            delivery_mxid: None,
+            delivery_attempts: 0,
+            next_delivery_at: None,
+            last_error: None,
+            delivered_at: None,
+            delivery_failed_at: None,
+        };
+        let mail = InviteMail {
+            sender_display_name: request.sender_display_name.clone(),
+            sender: request.sender.clone(),
+            room_id: request.room_id.clone(),
+            room_name: request.room_name.clone(),
+            room_type: request.room_type.clone(),
+            web_client_location: self.config.invites.web_client_url.clone(),
+            address: address.as_str().to_string(),
+            server_name: user_id_server(&request.sender)
+                .unwrap_or(&self.config.server.name)
+                .to_string(),
+        };
+        let message = self
+            .mailer
+            .templates()
+            .render_invite(language, &mail)
+            .and_then(|rendered| {
+                self.mailer
+                    .compose(address.as_str(), &rendered, now_ms, rng)
+            })
+            .map_err(|e| IdentityError::Internal(format!("the invitation mail: {e}")))?;
+        let per_sender = self.config.invites.per_sender;
+        let per_address = self.config.invites.per_address;
+        let outcome = self
+            .db
+            .run(move |conn| {
+                if let Some(bound) = store::association(conn, &row.medium, &row.address)?
+                    && bound.not_before <= now_ms
+                    && now_ms < bound.not_after
+                {
+                    return Ok(Err(IdentityError::ThreepidInUse { mxid: bound.mxid }));
+                }
+                if let Some(reason) = denial {
+                    return Ok(Err(IdentityError::ThreepidDenied(reason.into())));
+                }
+                let sent = store::invites_by_sender_since(
+                    conn,
+                    &row.sender,
+                    now_ms - per_sender.within.as_millis_i64(),
+                )?;
+                if let Some(retry_after_ms) = over_limit(sent, per_sender, now_ms) {
+                    return Ok(Err(IdentityError::RateLimited { retry_after_ms }));
+                }
+                let received = store::invites_to_address_since(
+                    conn,
+                    &row.medium,
+                    &row.address,
+                    now_ms - per_address.within.as_millis_i64(),
+                )?;
+                if let Some(retry_after_ms) = over_limit(received, per_address, now_ms) {
+                    return Ok(Err(IdentityError::RateLimited { retry_after_ms }));
+                }
+                crate::store::transaction(conn, |conn| {
+                    store::insert_invite(conn, &row)?;
+                    outbox::enqueue(conn, &message, MAIL_KIND, &row.token, now_ms)?;
+                    Ok::<_, StoreError>(())
+                })?;
+                Ok(Ok(()))
+            })
+            .await?;
+        if let Err(e) = outcome {
+            tracing::info!(
+                domain = address.ascii_domain(),
+                address = %log_tag(address.as_str()),
+                error = %e,
+                "invitation refused"
+            );
+            return Err(e);
+        }
+        self.mailer.wake();
         tracing::info!(
             domain = address.ascii_domain(),
             address = %log_tag(address.as_str()),
-            error = %e,
-            "invitation refused"
+            language = language.code(),
+            "invitation stored, its mail queued"
         );
-        return Err(e);
+        let base = public_base(&self.config);
+        Ok(InviteReceipt {
+            token,
+            public_keys: vec![
+                InvitePublicKey {
+                    key_validity_url: format!("{base}/_matrix/identity/v2/pubkey/isvalid"),
+                    public_key: self.signing_key().public_key_base64(),
+                },
+                InvitePublicKey {
+                    key_validity_url: format!(
+                        "{base}/_matrix/identity/v2/pubkey/ephemeral/isvalid"
+                    ),
+                    public_key: ephemeral.public_key_base64(),
+                },
+            ],
+            display_name: redact_address(address.as_str()),
+        })
     }
-    outbox::wake(app);
-    tracing::info!(
-        domain = address.ascii_domain(),
-        address = %log_tag(address.as_str()),
-        language = language.code(),
-        "invitation stored, its mail queued"
-    );
-    let base = public_base(&app.config);
-    Ok(InviteReceipt {
-        token,
-        public_keys: vec![
-            (
-                app.identity.signing_key().public_key_base64(),
-                format!("{base}/_matrix/identity/v2/pubkey/isvalid"),
-            ),
-            (
-                ephemeral.public_key_base64(),
-                format!("{base}/_matrix/identity/v2/pubkey/ephemeral/isvalid"),
-            ),
-        ],
-        display_name: redact_address(address.as_str()),
-    })
+
+    /// `POST /v2/sign-ed25519`: signs `{mxid, sender, token}` of a stored invitation with the
+    /// private key the caller gives (the spec's "blind" signing, for clients without crypto), as
+    /// the caller accepting it.
+    ///
+    /// The key is not checked against the invitation's ephemeral key: this server never hands that
+    /// private key out, and a signature by any other key verifies nothing, since homeservers check
+    /// it against the public keys listed in the room's invite event.
+    pub async fn sign_ed25519(
+        &self,
+        account: &Account,
+        mxid: &str,
+        token: &str,
+        private_key: &str,
+        now_ms: i64,
+    ) -> Result<Value, IdentityError> {
+        if mxid != account.user_id {
+            return Err(IdentityError::NotYours(
+                "mxid must be the user whose token is used".into(),
+            ));
+        }
+        let key = SigningKey::from_seed_base64(DEFAULT_KEY_ID, private_key).map_err(|_| {
+            IdentityError::InvalidParam(
+                "private_key must be an unpadded base64 ed25519 seed".into(),
+            )
+        })?;
+        let lookup = token.to_string();
+        let invite = self
+            .db
+            .run(move |conn| store::invite_by_token(conn, &lookup))
+            .await?
+            .filter(|i| i.expires_at > now_ms || i.delivered_at.is_some())
+            .ok_or(IdentityError::UnknownInvite)?;
+        let mut value = json!({ "mxid": mxid, "sender": invite.sender, "token": invite.token });
+        sign_json(&mut value, &self.config.server.name, &key)
+            .map_err(|e| IdentityError::Internal(format!("signing an invitation: {e}")))?;
+        Ok(value)
+    }
+
+    /// Whether an unexpired invitation to `address` (normalised) waits for a bind.
+    pub async fn is_invited(&self, address: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let address = address.to_string();
+        self.db
+            .run(move |conn| store::pending_invite_exists(conn, "email", &address, now_ms))
+            .await
+    }
+
+    /// Whether `public_key` (any base64 form) is a valid ephemeral invitation key.
+    pub async fn ephemeral_key_is_valid(
+        &self,
+        public_key: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let Some(key) = canonical_public_key(public_key) else {
+            return Ok(false);
+        };
+        self.db
+            .run(move |conn| store::ephemeral_key_is_valid(conn, &key, now_ms))
+            .await
+    }
 }
 
 /// When the window holds `limit.max` events already: how long until the oldest leaves it.
@@ -293,64 +355,6 @@ fn over_limit((count, oldest): (i64, Option<i64>), limit: WindowLimit, now_ms: i
     }
     let leaves_at = oldest.unwrap_or(now_ms) + limit.within.as_millis_i64();
     Some(u64::try_from(leaves_at - now_ms).unwrap_or(0).max(1))
-}
-
-/// `POST /v2/sign-ed25519`: signs `{mxid, sender, token}` of a stored invitation with the
-/// private key the caller gives (the spec's "blind" signing, for clients without crypto), as
-/// the caller accepting it.
-///
-/// The key is not checked against the invitation's ephemeral key: this server never hands that
-/// private key out, and a signature by any other key verifies nothing, since homeservers check
-/// it against the public keys listed in the room's invite event.
-pub async fn sign_ed25519(
-    app: &Annuaire,
-    account: &Account,
-    mxid: &str,
-    token: &str,
-    private_key: &str,
-    now_ms: i64,
-) -> Result<Value, IdentityError> {
-    if mxid != account.user_id {
-        return Err(IdentityError::NotYours(
-            "mxid must be the user whose token is used".into(),
-        ));
-    }
-    let key = SigningKey::from_seed_base64(DEFAULT_KEY_ID, private_key).map_err(|_| {
-        IdentityError::InvalidParam("private_key must be an unpadded base64 ed25519 seed".into())
-    })?;
-    let lookup = token.to_string();
-    let invite = app
-        .db
-        .run(move |conn| store::invite_by_token(conn, &lookup))
-        .await?
-        .filter(|i| i.expires_at > now_ms || i.delivered_at.is_some())
-        .ok_or(IdentityError::UnknownInvite)?;
-    let mut value = json!({ "mxid": mxid, "sender": invite.sender, "token": invite.token });
-    sign_json(&mut value, &app.config.server.name, &key)
-        .map_err(|e| IdentityError::Internal(format!("signing an invitation: {e}")))?;
-    Ok(value)
-}
-
-/// Whether an unexpired invitation to `address` (normalised) waits for a bind.
-pub async fn is_invited(app: &Annuaire, address: &str, now_ms: i64) -> Result<bool, StoreError> {
-    let address = address.to_string();
-    app.db
-        .run(move |conn| store::pending_invite_exists(conn, "email", &address, now_ms))
-        .await
-}
-
-/// Whether `public_key` (any base64 form) is a valid ephemeral invitation key.
-pub async fn ephemeral_key_is_valid(
-    app: &Annuaire,
-    public_key: &str,
-    now_ms: i64,
-) -> Result<bool, StoreError> {
-    let Some(key) = canonical_public_key(public_key) else {
-        return Ok(false);
-    };
-    app.db
-        .run(move |conn| store::ephemeral_key_is_valid(conn, &key, now_ms))
-        .await
 }
 
 /// Deletes invitations that expired a while ago without being bound (blocking).

@@ -39,3 +39,16 @@ pub fn load_signing_key(
         )))
     })
 }
+
+impl super::IdentityService {
+    /// `GET /v2/pubkey/{keyId}`: the long-term public key published under `key_id`.
+    pub fn public_key(&self, key_id: &str) -> Result<String, super::IdentityError> {
+        crate::matrix::keys::public_key_for(self.signing_key(), key_id)
+            .ok_or(super::IdentityError::KeyNotFound)
+    }
+
+    /// `GET /v2/pubkey/isvalid`: whether `public_key` (any base64 form) is the long-term key.
+    pub fn is_long_term_key(&self, public_key: &str) -> bool {
+        crate::matrix::keys::is_long_term_key(self.signing_key(), public_key)
+    }
+}

@@ -16,16 +16,27 @@ pub mod accounts;
 pub mod associations;
 pub mod bindings;
 pub mod delivery;
+pub mod erasure;
 pub mod invites;
 pub mod keys;
 pub mod lookup;
 pub mod sessions;
+pub mod shard;
 pub mod terms;
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::allowlist::Allowlist;
+use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::directory::DirectoryService;
+use crate::federation::FederationClient;
 use crate::federation::FederationError;
+use crate::mail::outbox::Mailer;
 use crate::matrix::signing::SigningKey;
-use crate::store::{DbConn, StoreError};
+use crate::ratelimit::KeyedLimit;
+use crate::store::{Db, DbConn, StoreError};
 use sessions::SessionError;
 use terms::Terms;
 
@@ -133,10 +144,37 @@ pub enum IdentityStartError {
     Config(String),
 }
 
-/// The identity service's shared, read-only parts: the long-term signing key and the terms
-/// (and this instance's wake-up call for the invitation delivery job). Everything else lives
-/// in the database, so instances share it.
+/// What the identity service is built from: the shared plumbing and the services it calls.
+pub struct IdentityParts {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub db: Db,
+    /// The clock every expiry decision reads.
+    pub clock: SharedClock,
+    /// The live allowlist (which homeserver an address belongs to).
+    pub allowlist: Arc<Allowlist>,
+    /// Outgoing mail (validation and invitation mails).
+    pub mailer: Arc<Mailer>,
+    /// Calls to homeservers (OpenID, keys, `onbind`).
+    pub federation: FederationClient,
+    /// The directory, kept in step with binds and unbinds.
+    pub directory: Arc<DirectoryService>,
+}
+
+/// The Identity Service: accounts, terms, validation sessions, lookups, binds, invitations.
+/// Its own state is read-only (the long-term signing key, the terms, this instance's
+/// requestToken limit and the delivery job's wake-up call); everything else lives in the
+/// database, so instances share it.
 pub struct IdentityService {
+    config: Arc<Config>,
+    db: Db,
+    clock: SharedClock,
+    allowlist: Arc<Allowlist>,
+    mailer: Arc<Mailer>,
+    federation: FederationClient,
+    directory: Arc<DirectoryService>,
+    request_token_per_ip: KeyedLimit<IpAddr>,
     signing_key: SigningKey,
     terms: Terms,
     delivery_wake: tokio::sync::Notify,
@@ -147,37 +185,54 @@ impl std::fmt::Debug for IdentityService {
         f.debug_struct("IdentityService")
             .field("signing_key", &self.signing_key)
             .field("terms", &self.terms.fingerprint())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl IdentityService {
     /// Loads the signing key (file or database, created once), makes sure a lookup pepper
-    /// exists, and reads the terms file (blocking).
-    pub fn open(
-        conn: &mut DbConn,
-        config: &Config,
-        rng: &mut (impl rand::RngCore + rand::CryptoRng),
-        now_ms: i64,
-    ) -> Result<IdentityService, IdentityStartError> {
-        let signing_key =
-            keys::load_signing_key(conn, config.server.signing_key_file.as_deref(), rng, now_ms)?;
-        lookup::current_pepper(conn, rng, now_ms)?;
-        let terms = match &config.terms.file {
-            Some(path) => Terms::load(path)
-                .map_err(|e| IdentityStartError::Config(format!("terms.file: {e}")))?,
-            None => Terms::none(),
-        };
-        Ok(IdentityService::from_parts(signing_key, terms))
-    }
-
-    /// A service from parts (tests).
-    pub fn from_parts(signing_key: SigningKey, terms: Terms) -> IdentityService {
-        IdentityService {
+    /// exists, and reads the terms file.
+    pub async fn open(parts: IdentityParts) -> Result<IdentityService, IdentityStartError> {
+        let config = parts.config.clone();
+        let now_ms = parts.clock.now_ms();
+        let db = parts.db.clone();
+        let (signing_key, terms) = tokio::task::spawn_blocking(move || {
+            let mut conn = db.get()?;
+            let mut rng = rand::rngs::OsRng;
+            let key = keys::load_signing_key(
+                &mut conn,
+                config.server.signing_key_file.as_deref(),
+                &mut rng,
+                now_ms,
+            )?;
+            lookup::current_pepper(&mut conn, &mut rng, now_ms)?;
+            let terms = match &config.terms.file {
+                Some(path) => Terms::load(path)
+                    .map_err(|e| IdentityStartError::Config(format!("terms.file: {e}")))?,
+                None => Terms::none(),
+            };
+            Ok::<_, IdentityStartError>((key, terms))
+        })
+        .await
+        .map_err(|e| IdentityStartError::Config(format!("start-up task failed: {e}")))??;
+        Ok(IdentityService {
+            request_token_per_ip: KeyedLimit::new(&parts.config.rate_limits.request_token_per_ip),
+            config: parts.config,
+            db: parts.db,
+            clock: parts.clock,
+            allowlist: parts.allowlist,
+            mailer: parts.mailer,
+            federation: parts.federation,
+            directory: parts.directory,
             signing_key,
             terms,
             delivery_wake: tokio::sync::Notify::new(),
-        }
+        })
+    }
+
+    /// Forgets full rate-limit buckets (call periodically).
+    pub fn housekeep(&self) {
+        self.request_token_per_ip.housekeep();
     }
 
     /// The long-term signing key.
@@ -213,15 +268,15 @@ pub fn purge_expired(conn: &mut DbConn, now_ms: i64) -> Result<(usize, usize), S
 }
 
 /// Starts this instance's identity purge job on the current runtime; it ends with it.
-pub fn start_housekeeping(app: &std::sync::Arc<crate::app::Annuaire>) {
-    let app = app.clone();
+pub fn start_housekeeping(identity: &Arc<IdentityService>) {
+    let identity = identity.clone();
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let now = app.clock.now_ms();
-            match app.db.run(move |conn| purge_expired(conn, now)).await {
+            let now = identity.clock.now_ms();
+            match identity.db.run(move |conn| purge_expired(conn, now)).await {
                 Ok((0, 0)) => {}
                 Ok((tokens, invites)) => {
                     tracing::info!(

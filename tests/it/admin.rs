@@ -45,7 +45,7 @@ fn with_allowlists(b: Builder) -> Builder {
 /// Creates an account directly in the server's database.
 fn add_account(s: &TestServer, username: &str, role: &str, password: &str) {
     let mut conn = s.app.db.get().unwrap();
-    annuaire::admin::auth::add_account(
+    annuaire::admin::accounts::add_account(
         &mut conn,
         username,
         annuaire::admin::Role::parse(role).unwrap(),

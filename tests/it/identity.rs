@@ -2440,19 +2440,16 @@ async fn directory_entry(
     s: &TestServer,
     mxid: &str,
 ) -> Option<annuaire::directory::DirectoryEntry> {
-    annuaire::directory::get(&s.app, mxid).await.unwrap()
+    s.app.directory.entry(mxid).await.unwrap()
 }
 
 async fn directory_finds(s: &TestServer, term: &str, mxid: &str) -> bool {
-    let results = annuaire::directory::search(
-        &s.app,
-        term,
-        None,
-        None,
-        annuaire::directory::Viewer::Operator,
-    )
-    .await
-    .unwrap();
+    let results = s
+        .app
+        .directory
+        .search(term, None, None, annuaire::directory::Viewer::Operator)
+        .await
+        .unwrap();
     results.results.iter().any(|r| r.user_id == mxid)
 }
 

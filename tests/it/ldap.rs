@@ -59,18 +59,22 @@ async fn bind(s: &TestServer, mxid: &str, email: &str, org: Option<&str>) {
         rule_id: None,
         reason: String::new(),
     };
-    directory::on_bind(&s.app, mxid, &normalize_email(email).unwrap(), &decision)
+    s.app
+        .directory
+        .on_bind(mxid, &normalize_email(email).unwrap(), &decision)
         .await
         .unwrap();
 }
 
 async fn name_of(s: &TestServer, mxid: &str) -> (String, NameSource, Option<String>) {
-    let e = directory::get(&s.app, mxid).await.unwrap().unwrap();
+    let e = s.app.directory.entry(mxid).await.unwrap().unwrap();
     (e.name, e.name_source, e.organisation)
 }
 
 async fn operator_search(s: &TestServer, term: &str) -> Vec<String> {
-    directory::search(&s.app, term, None, None, directory::Viewer::Operator)
+    s.app
+        .directory
+        .search(term, None, None, directory::Viewer::Operator)
         .await
         .unwrap()
         .results
@@ -145,7 +149,9 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
         Some("Finances"),
     )
     .await;
-    directory::set_admin_name(&s.app, "@jp:interieur.example", Some("JP Dupont-Moretti"))
+    s.app
+        .directory
+        .set_admin_name("@jp:interieur.example", Some("JP Dupont-Moretti"))
         .await
         .unwrap();
     assert_eq!(
@@ -154,7 +160,10 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     );
 
     // A dry run counts and writes nothing.
-    let dry = ldap_sync::sync(&s.app, &settings(&s), true, |_| {})
+    let dry = s
+        .app
+        .directory
+        .sync_ldap(&settings(&s), true, |_| {})
         .await
         .unwrap();
     assert_eq!(
@@ -175,7 +184,10 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     );
 
     let mut progress_calls = 0;
-    let summary = ldap_sync::sync(&s.app, &settings(&s), false, |_| progress_calls += 1)
+    let summary = s
+        .app
+        .directory
+        .sync_ldap(&settings(&s), false, |_| progress_calls += 1)
         .await
         .unwrap();
     assert_eq!(
@@ -248,7 +260,10 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     assert_eq!(name_of(&s, "@zoe:finances.example").await.0, "Zoé Rousseau");
 
     // Nothing changed: nothing updated.
-    let again = ldap_sync::sync(&s.app, &settings(&s), false, |_| {})
+    let again = s
+        .app
+        .directory
+        .sync_ldap(&settings(&s), false, |_| {})
         .await
         .unwrap();
     assert_eq!((again.matched, again.updated, again.removed), (9, 0, 0));
@@ -257,7 +272,10 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     // and her entry falls back to her address's name, without LDAP's organisation.
     let mut narrower = settings(&s);
     narrower.filter = "(&(objectClass=inetOrgPerson)(!(uid=helene.lefevre)))".into();
-    let left = ldap_sync::sync(&s.app, &narrower, true, |_| {})
+    let left = s
+        .app
+        .directory
+        .sync_ldap(&narrower, true, |_| {})
         .await
         .unwrap();
     assert_eq!((left.removed, left.reverted), (1, 1), "dry run counts");
@@ -265,7 +283,10 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
         name_of(&s, "@helene:finances.example").await.1,
         NameSource::Ldap
     );
-    let left = ldap_sync::sync(&s.app, &narrower, false, |_| {})
+    let left = s
+        .app
+        .directory
+        .sync_ldap(&narrower, false, |_| {})
         .await
         .unwrap();
     assert_eq!((left.read, left.removed, left.reverted), (PEOPLE - 1, 1, 1));
@@ -277,7 +298,10 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     // A failed search deletes nothing.
     let mut broken = settings(&s);
     broken.base_dn = "ou=nowhere,dc=agents,dc=example".into();
-    let e = ldap_sync::sync(&s.app, &broken, false, |_| {})
+    let e = s
+        .app
+        .directory
+        .sync_ldap(&broken, false, |_| {})
         .await
         .unwrap_err();
     assert!(e.to_string().contains("LDAP search failed"), "{e}");
@@ -295,7 +319,11 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     .await
     .unwrap()
     .unwrap();
-    let busy = ldap_sync::sync(&s.app, &settings(&s), false, |_| {}).await;
+    let busy = s
+        .app
+        .directory
+        .sync_ldap(&settings(&s), false, |_| {})
+        .await;
     match backend() {
         Backend::Postgres => assert!(
             matches!(busy, Err(directory::DirectoryError::SyncInProgress)),
@@ -304,7 +332,9 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
         Backend::Sqlite => assert!(busy.is_ok(), "{busy:?}"),
     }
     assert!(
-        ldap_sync::sync(&s.app, &settings(&s), true, |_| {})
+        s.app
+            .directory
+            .sync_ldap(&settings(&s), true, |_| {})
             .await
             .is_ok(),
         "dry runs do not lock"
@@ -312,7 +342,9 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     tokio::task::spawn_blocking(move || drop(lock))
         .await
         .unwrap();
-    ldap_sync::sync(&s.app, &settings(&s), false, |_| {})
+    s.app
+        .directory
+        .sync_ldap(&settings(&s), false, |_| {})
         .await
         .unwrap();
 

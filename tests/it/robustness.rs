@@ -117,7 +117,7 @@ async fn fixture() -> Fixture {
     let identity = s.token.clone().expect("an identity account");
     {
         let mut conn = s.app.db.get().unwrap();
-        annuaire::admin::auth::add_account(
+        annuaire::admin::accounts::add_account(
             &mut conn,
             "robust",
             annuaire::admin::Role::parse("editor").unwrap(),

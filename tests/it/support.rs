@@ -243,7 +243,7 @@ impl Builder {
                     }
                 };
                 let server = annuaire::http::server(app.clone(), listener).unwrap();
-                annuaire::app::start_background_jobs(&app);
+                annuaire::runtime::start_background_jobs(&app);
                 tx.send(Ok((addr, app, server.handle()))).unwrap();
                 let _ = server.await;
             });

@@ -1,7 +1,7 @@
 //! Directory moderation, erasure of an address, and the directory and outbox statistics,
 //! through the admin API.
 
-use annuaire::directory::{self, Viewer};
+use annuaire::directory::Viewer;
 use annuaire::identity::associations::{self, Association};
 use annuaire::policy::{Decision, Outcome, normalize_email};
 use annuaire::store::identity::InviteRow;
@@ -33,7 +33,9 @@ fn decision(outcome: Outcome, organisation: Option<&str>) -> Decision {
 /// Publishes a directory entry as a bind does.
 async fn publish(s: &TestServer, mxid: &str, email: &str, org: Option<&str>, outcome: Outcome) {
     let address = normalize_email(email).unwrap();
-    directory::on_bind(&s.app, mxid, &address, &decision(outcome, org))
+    s.app
+        .directory
+        .on_bind(mxid, &address, &decision(outcome, org))
         .await
         .unwrap();
 }
@@ -76,7 +78,9 @@ async fn people(s: &TestServer) {
 
 /// The user ids a user search returns.
 async fn user_search(s: &TestServer, term: &str) -> Vec<String> {
-    directory::search(&s.app, term, None, None, Viewer::Operator)
+    s.app
+        .directory
+        .search(term, None, None, Viewer::Operator)
         .await
         .unwrap()
         .results
@@ -197,7 +201,10 @@ async fn operators_find_every_entry_and_moderation_shows_in_user_searches() {
     assert_eq!(renamed["display_name"], "Jean-Marc Lenoir [Finances]");
     assert_eq!(user_search(&s, "lenoir").await, [JEAN]);
     assert_eq!(user_search(&s, "jean-marc").await, [JEAN]);
-    let shown = directory::search(&s.app, "lenoir", None, None, Viewer::Operator)
+    let shown = s
+        .app
+        .directory
+        .search("lenoir", None, None, Viewer::Operator)
         .await
         .unwrap();
     assert_eq!(shown.results[0].display_name, "Jean-Marc Lenoir [Finances]");
@@ -468,7 +475,9 @@ async fn erasure_forgets_an_address_and_the_directory_follows_the_unbind_path() 
     for (address, mxid) in [(a, JEAN), (m, MARIE)] {
         let parsed = normalize_email(address).unwrap();
         let decision = s.app.allowlist.decide(&parsed, now);
-        directory::on_bind(&s.app, mxid, &parsed, &decision)
+        s.app
+            .directory
+            .on_bind(mxid, &parsed, &decision)
             .await
             .unwrap();
     }

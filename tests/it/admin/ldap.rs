@@ -106,7 +106,7 @@ async fn a_group_member_logs_in_as_editor_and_gets_an_ldap_account() {
     );
     // A local account cannot be created over it without removing it first.
     let mut conn = s.app.db.get().unwrap();
-    let e = annuaire::admin::auth::add_account(
+    let e = annuaire::admin::accounts::add_account(
         &mut conn,
         "admin.alice",
         annuaire::admin::Role::Editor,

@@ -1,15 +1,55 @@
-//! The audit log: every administrative change (rules, accounts, directory moderation, erasures) with
-//! who, when, what, before and after. Written in the same transaction as the change; read with
+//! The audit log: every administrative change (rules, accounts, directory moderation, erasures,
+//! homeserver tokens) with who, when, what, before and after. Written in the same transaction as the change; read with
 //! filters, newest first; never deleted or edited by the application.
+
+use std::fmt;
 
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{Actor, AdminError};
 use crate::policy::{Rule, RuleDiff};
 use crate::store::admin::{self as admin_store, AuditQuery, NewAuditRow};
 use crate::store::{DbConn, StoreError};
+
+/// Who made a change, as written in the audit log: an admin's username, `cli:<unix user>` for
+/// the command line, `startup` for the import `serve` runs at start, `system` for automatic
+/// changes (an account locked after failed logins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor(pub String);
+
+impl Actor {
+    /// An administrator acting through the API.
+    pub fn admin(username: &str) -> Actor {
+        Actor(username.to_owned())
+    }
+
+    /// An operator on the command line.
+    pub fn cli(unix_user: &str) -> Actor {
+        Actor(format!("cli:{unix_user}"))
+    }
+
+    /// The instance itself.
+    pub fn system() -> Actor {
+        Actor("system".to_owned())
+    }
+
+    /// The allowlist import that `serve` runs at start.
+    pub fn startup() -> Actor {
+        Actor("startup".to_owned())
+    }
+
+    /// As written in the audit log.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// Audit action names (the `action` column).
 pub mod action {
@@ -181,19 +221,13 @@ pub struct AuditPage {
     pub next_batch: Option<String>,
 }
 
-/// Entries matching `filter`, newest first, starting after the page token `from`.
+/// Entries matching `filter`, newest first, older than the entry `before_seq` when given.
 pub fn list(
     conn: &mut DbConn,
     filter: &AuditFilter,
-    from: Option<&str>,
+    before_seq: Option<i64>,
     limit: usize,
-) -> Result<AuditPage, AdminError> {
-    let before_seq = match from {
-        None => None,
-        Some(token) => Some(token.parse::<i64>().map_err(|_| {
-            AdminError::InvalidInput("`next_batch` is not a token from a previous page".into())
-        })?),
-    };
+) -> Result<AuditPage, StoreError> {
     let (action, action_prefix) = match filter.action.as_deref() {
         Some(a) => match a.strip_suffix('*') {
             Some(prefix) => (None, Some(prefix.to_owned())),
@@ -214,10 +248,10 @@ pub fn list(
     let mut rows = admin_store::query_audit(conn, &query)?;
     let more = rows.len() > limit;
     rows.truncate(limit);
-    let parse = |seq: i64, text: Option<String>| -> Result<Option<Value>, AdminError> {
+    let parse = |seq: i64, text: Option<String>| -> Result<Option<Value>, StoreError> {
         text.map(|t| {
             serde_json::from_str(&t)
-                .map_err(|e| StoreError::Corrupt(format!("audit row {seq}: {e}")).into())
+                .map_err(|e| StoreError::Corrupt(format!("audit row {seq}: {e}")))
         })
         .transpose()
     };

@@ -1,16 +1,19 @@
-//! The assembled service: configuration, database and the domain services, shared by the HTTP
-//! handlers, the background jobs and the CLI.
+//! The running service: assembles the domain services from the configuration (the only place
+//! that knows them all) and starts the background jobs. It sits above the domains and below the
+//! command line.
 
 use std::sync::Arc;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::admin::{Admin, AdminParts};
 use crate::allowlist::{self, Allowlist, AllowlistError};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::directory::{DirectoryParts, DirectoryService};
 use crate::federation::FederationClient;
-use crate::identity::IdentityService;
+use crate::identity::{IdentityParts, IdentityService};
 use crate::mail::outbox::Mailer;
 use crate::ratelimit::KeyedLimit;
 use crate::store::{self, Db, StoreError};
@@ -36,16 +39,15 @@ pub enum StartError {
     Web(#[from] crate::web::WebError),
 }
 
-/// The in-process rate limits.
+/// The in-process rate limits the HTTP layer applies itself.
 #[derive(Debug)]
 pub struct Limits {
     /// `/info` per client IP.
     pub info_per_ip: KeyedLimit<IpAddr>,
-    /// `requestToken` per client IP (the per-address limit is in the database).
-    pub request_token_per_ip: KeyedLimit<IpAddr>,
 }
 
-/// The running service's shared parts.
+/// The running service: the configuration and the domain services, composed once and shared by
+/// the HTTP handlers, the background jobs and the command line. It holds no logic of its own.
 pub struct Annuaire {
     /// The configuration it was started with.
     pub config: Arc<Config>,
@@ -54,21 +56,19 @@ pub struct Annuaire {
     /// The clock every expiry decision reads.
     pub clock: SharedClock,
     /// The live allowlist.
-    pub allowlist: Allowlist,
-    /// Rate limits.
+    pub allowlist: Arc<Allowlist>,
+    /// Rate limits applied by the HTTP layer.
     pub limits: Limits,
     /// Outgoing mail: templates, transport, outbox worker.
     pub mailer: Arc<Mailer>,
     /// Pages served to browsers.
     pub web: Arc<WebTemplates>,
-    /// Outbound calls to homeservers (`[federation]`).
-    pub federation: FederationClient,
-    /// The identity service's signing key and terms.
-    pub identity: IdentityService,
-    /// Administration: admin tokens and login limits.
-    pub admin: crate::admin::Admin,
-    /// The directory's in-memory state (whoami cache).
-    pub directory: crate::directory::Directory,
+    /// The Identity Service.
+    pub identity: Arc<IdentityService>,
+    /// The cross-shard directory.
+    pub directory: Arc<DirectoryService>,
+    /// Administration.
+    pub admin: Arc<Admin>,
 }
 
 impl std::fmt::Debug for Annuaire {
@@ -78,6 +78,10 @@ impl std::fmt::Debug for Annuaire {
             .field("db", &self.db)
             .finish()
     }
+}
+
+fn task_failed(e: tokio::task::JoinError) -> StartError {
+    StartError::Config(format!("start-up task failed: {e}"))
 }
 
 impl Annuaire {
@@ -99,7 +103,7 @@ impl Annuaire {
             let timeout = config.database.connection_timeout.0;
             tokio::task::spawn_blocking(move || Db::connect(&url, pool_size, timeout))
                 .await
-                .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))??
+                .map_err(task_failed)??
         };
         let now = clock.now_ms();
         let startup_db = db.clone();
@@ -108,13 +112,13 @@ impl Annuaire {
             startup_db.with_startup_lock(|conn| startup_jobs(conn, &startup_config, now))
         })
         .await
-        .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))??;
+        .map_err(task_failed)??;
+        let allowlist = Arc::new(allowlist);
         let limits = Limits {
             info_per_ip: KeyedLimit::new(&config.rate_limits.info_per_ip),
-            request_token_per_ip: KeyedLimit::new(&config.rate_limits.request_token_per_ip),
         };
         // Templates are read and checked once: a broken override stops the start here.
-        let mailer = Arc::new(Mailer::from_config(&config)?);
+        let mailer = Arc::new(Mailer::from_config(&config, db.clone(), clock.clone())?);
         let web = Arc::new(WebTemplates::load(config.web.templates_dir.as_deref())?);
         let federation_settings = config
             .federation
@@ -122,28 +126,36 @@ impl Annuaire {
             .map_err(|e| StartError::Config(e.to_string()))?;
         let federation = FederationClient::with_clock(federation_settings, clock.clone())
             .map_err(|e| StartError::Config(e.to_string()))?;
-        let identity = {
-            let db = db.clone();
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut conn = db.get()?;
-                IdentityService::open(&mut conn, &config, &mut rand::rngs::OsRng, now)
+        let directory = Arc::new(DirectoryService::new(DirectoryParts {
+            config: config.clone(),
+            db: db.clone(),
+            clock: clock.clone(),
+            federation: federation.clone(),
+        }));
+        let identity = Arc::new(
+            IdentityService::open(IdentityParts {
+                config: config.clone(),
+                db: db.clone(),
+                clock: clock.clone(),
+                allowlist: allowlist.clone(),
+                mailer: mailer.clone(),
+                federation,
+                directory: directory.clone(),
             })
             .await
-            .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))?
-            .map_err(|e| StartError::Config(e.to_string()))?
-        };
-        let admin = {
-            let db = db.clone();
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut conn = db.get()?;
-                crate::admin::Admin::open(&mut conn, &config, now, &mut rand::rngs::OsRng)
-                    .map_err(|e| StartError::Config(format!("administration: {e}")))
+            .map_err(|e| StartError::Config(e.to_string()))?,
+        );
+        let admin = Arc::new(
+            Admin::open(AdminParts {
+                config: config.clone(),
+                db: db.clone(),
+                clock: clock.clone(),
+                allowlist: allowlist.clone(),
+                identity: identity.clone(),
             })
             .await
-            .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))??
-        };
+            .map_err(|e| StartError::Config(format!("administration: {e}")))?,
+        );
         Ok(Arc::new(Annuaire {
             config,
             db,
@@ -152,10 +164,9 @@ impl Annuaire {
             limits,
             mailer,
             web,
-            federation,
             identity,
+            directory,
             admin,
-            directory: crate::directory::Directory::new(),
         }))
     }
 }
@@ -192,7 +203,7 @@ fn startup_jobs(
             dir,
             &default,
             false,
-            &crate::admin::Actor::startup(),
+            &crate::audit::Actor::startup(),
             now,
         )?;
         tracing::info!(
@@ -211,16 +222,16 @@ fn startup_jobs(
     Ok(allowlist)
 }
 
-/// Starts the periodic jobs of this instance (rule reload, counter flush, limiter
-/// housekeeping, the outbox worker, the validation and identity purges, the invitation
-/// delivery worker) on the current
-/// runtime; they end with it.
+/// Starts the periodic jobs of this instance on the current runtime; they end with it: the
+/// outbox worker, the validation and identity purges, the invitation delivery worker, the
+/// periodic LDAP sync, and the rule reload with the attempt-counter flush and the rate limiters'
+/// housekeeping.
 pub fn start_background_jobs(app: &Arc<Annuaire>) {
-    crate::mail::outbox::start_worker(app);
-    crate::identity::sessions::start_purge_job(app);
-    crate::identity::start_housekeeping(app);
-    crate::identity::delivery::start_worker(app);
-    crate::directory::ldap_sync::start_periodic_sync(app.clone());
+    crate::mail::outbox::start_worker(&app.mailer);
+    crate::identity::sessions::start_purge_job(&app.identity);
+    crate::identity::start_housekeeping(&app.identity);
+    crate::identity::delivery::start_worker(&app.identity);
+    crate::directory::ldap_sync::start_periodic_sync(&app.directory);
     let app = app.clone();
     tokio::spawn(async move {
         let interval = app.config.policy.reload_interval.0;
@@ -230,17 +241,16 @@ pub fn start_background_jobs(app: &Arc<Annuaire>) {
         let mut last_housekeeping = std::time::Instant::now();
         loop {
             ticker.tick().await;
-            let job_app = app.clone();
+            let allowlist = app.allowlist.clone();
             let flush = last_flush.elapsed() >= Duration::from_secs(10);
             let result = app
                 .db
                 .run(move |conn| {
-                    job_app
-                        .allowlist
+                    allowlist
                         .reload_if_changed(conn)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     if flush {
-                        job_app.allowlist.flush_attempts(conn)?;
+                        allowlist.flush_attempts(conn)?;
                     }
                     Ok(())
                 })
@@ -253,7 +263,7 @@ pub fn start_background_jobs(app: &Arc<Annuaire>) {
             }
             if last_housekeeping.elapsed() >= Duration::from_secs(60) {
                 app.limits.info_per_ip.housekeep();
-                app.limits.request_token_per_ip.housekeep();
+                app.identity.housekeep();
                 app.admin.housekeep();
                 last_housekeeping = std::time::Instant::now();
             }
