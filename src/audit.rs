@@ -9,7 +9,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::policy::{Rule, RuleDiff};
-use crate::store::admin::{self as admin_store, AuditQuery, NewAuditRow};
+use crate::store::audit::{self as audit_store, AuditQuery, NewAuditRow};
 use crate::store::{DbConn, StoreError};
 
 /// Who made a change, as written in the audit log: an admin's username, `cli:<unix user>` for
@@ -117,7 +117,7 @@ pub fn record(
     after: Option<&Value>,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    admin_store::insert_audit(
+    audit_store::insert_audit(
         conn,
         &NewAuditRow {
             at: now_ms,
@@ -245,7 +245,7 @@ pub fn list(
         before_seq,
         limit: i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX),
     };
-    let mut rows = admin_store::query_audit(conn, &query)?;
+    let mut rows = audit_store::query_audit(conn, &query)?;
     let more = rows.len() > limit;
     rows.truncate(limit);
     let parse = |seq: i64, text: Option<String>| -> Result<Option<Value>, StoreError> {

@@ -120,10 +120,9 @@ impl Annuaire {
         // Templates are read and checked once: a broken override stops the start here.
         let mailer = Arc::new(Mailer::from_config(&config, db.clone(), clock.clone())?);
         let web = Arc::new(WebTemplates::load(config.web.templates_dir.as_deref())?);
-        let federation_settings = config
-            .federation
-            .settings()
-            .map_err(|e| StartError::Config(e.to_string()))?;
+        let federation_settings =
+            crate::federation::FederationSettings::from_config(&config.federation)
+                .map_err(|e| StartError::Config(e.to_string()))?;
         let federation = FederationClient::with_clock(federation_settings, clock.clone())
             .map_err(|e| StartError::Config(e.to_string()))?;
         let directory = Arc::new(DirectoryService::new(DirectoryParts {

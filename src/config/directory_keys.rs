@@ -38,7 +38,7 @@ pub struct DirectoryConfig {
 impl Default for DirectoryConfig {
     fn default() -> Self {
         Self {
-            display_name_format: crate::directory::names::DEFAULT_DISPLAY_NAME_FORMAT.into(),
+            display_name_format: DEFAULT_DISPLAY_NAME_FORMAT.into(),
             show_externals: false,
             externals_may_search: false,
             client_hosts: std::collections::BTreeMap::new(),
@@ -64,7 +64,7 @@ pub const SEARCH_CANDIDATES_RANGE: std::ops::RangeInclusive<u32> = 50..=10_000;
 
 impl DirectoryConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        crate::directory::names::validate_display_name_format(&self.display_name_format)
+        validate_display_name_format(&self.display_name_format)
             .map_err(|e| ConfigError(format!("directory.display_name_format: {e}")))?;
         for (host, target) in &self.client_hosts {
             validate_server_name(host)
@@ -368,4 +368,65 @@ client_url = "https://matrix.agent-a.example"
             assert!(e.0.contains(key), "{toml}: {e}");
         }
     }
+}
+
+/// The published form of a verified name unless configured otherwise.
+pub const DEFAULT_DISPLAY_NAME_FORMAT: &str = "{name} [{organisation}]";
+
+/// A parsed piece of a display-name format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamePiece<'a> {
+    /// Text kept as written.
+    Literal(&'a str),
+    /// `{name}`.
+    Name,
+    /// `{organisation}`.
+    Organisation,
+}
+
+/// The pieces of a `directory.display_name_format`, or what is wrong with it.
+pub fn parse_display_name_format(format: &str) -> Result<Vec<NamePiece<'_>>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = format;
+    while !rest.is_empty() {
+        let next = rest.find(['{', '}']).unwrap_or(rest.len());
+        if next > 0 {
+            pieces.push(NamePiece::Literal(&rest[..next]));
+            rest = &rest[next..];
+            continue;
+        }
+        if rest.starts_with('}') {
+            return Err(format!(
+                "display_name_format {format:?}: '}}' without a matching '{{'"
+            ));
+        }
+        let Some(close) = rest.find('}') else {
+            return Err(format!(
+                "display_name_format {format:?}: '{{' without a matching '}}'"
+            ));
+        };
+        pieces.push(match &rest[1..close] {
+            "name" => NamePiece::Name,
+            "organisation" => NamePiece::Organisation,
+            other => {
+                return Err(format!(
+                    "display_name_format {format:?}: unknown placeholder {{{other}}} \
+                     (known: {{name}}, {{organisation}})"
+                ));
+            }
+        });
+        rest = &rest[close + 1..];
+    }
+    if !pieces.contains(&NamePiece::Name) {
+        return Err(format!(
+            "display_name_format {format:?} must contain {{name}}"
+        ));
+    }
+    Ok(pieces)
+}
+
+/// Checks a `directory.display_name_format`: it must contain `{name}`, and the only placeholders
+/// are `{name}` and `{organisation}` (braces are not allowed otherwise).
+pub fn validate_display_name_format(format: &str) -> Result<(), String> {
+    parse_display_name_format(format).map(|_| ())
 }

@@ -1,5 +1,7 @@
 //! `[identity]`, `[validation]`, `[mail]`, `[web]`, `[terms]`, `[invites]`, `[federation]`: the Identity Service, email confirmation and outbound calls.
 
+use std::collections::HashMap;
+
 use super::*;
 
 /// `[identity]`: the Matrix Identity Service API.
@@ -126,7 +128,7 @@ pub struct MailConfig {
     /// The sender: `noreply@example.org` or `Name <noreply@example.org>`.
     pub from: String,
     /// The language of mails when the request's `Accept-Language` does not choose one.
-    pub default_language: crate::mail::Language,
+    pub default_language: Language,
     /// A folder whose files override the embedded mail templates (`templates/email/`).
     pub templates_dir: Option<PathBuf>,
     pub smtp: SmtpConfig,
@@ -139,7 +141,7 @@ impl Default for MailConfig {
         Self {
             transport: MailTransportKind::File,
             from: "noreply@localhost".into(),
-            default_language: crate::mail::Language::Fr,
+            default_language: Language::Fr,
             templates_dir: None,
             smtp: SmtpConfig::default(),
             file: FileMailConfig::default(),
@@ -155,7 +157,7 @@ pub struct SmtpConfig {
     pub host: String,
     pub port: u16,
     /// `none` (a local relay), `starttls` (required, never opportunistic) or `tls`.
-    pub security: crate::mail::SmtpSecurity,
+    pub security: SmtpSecurity,
     pub username: Option<String>,
     pub password: Option<String>,
     /// A file holding the password (its first line), instead of `password`.
@@ -173,7 +175,7 @@ impl Default for SmtpConfig {
         Self {
             host: "localhost".into(),
             port: 587,
-            security: crate::mail::SmtpSecurity::StartTls,
+            security: SmtpSecurity::StartTls,
             username: None,
             password: None,
             password_file: None,
@@ -487,12 +489,12 @@ impl Default for FederationConfig {
 
 impl FederationConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        self.settings().map(|_| ())
+        self.homeserver_urls().map(|_| ())
     }
 
-    /// The federation client's settings (overrides parsed as URLs).
-    pub fn settings(&self) -> Result<crate::federation::FederationSettings, ConfigError> {
-        let mut homeservers = std::collections::HashMap::new();
+    /// The overrides parsed as URLs (and the limits checked).
+    pub fn homeserver_urls(&self) -> Result<HashMap<String, reqwest::Url>, ConfigError> {
+        let mut homeservers = HashMap::new();
         for (name, url) in &self.homeservers {
             validate_server_name(name)
                 .map_err(|e| ConfigError(format!("federation.homeservers: {name:?}: {e}")))?;
@@ -516,13 +518,6 @@ impl FederationConfig {
                 "federation.max_response_size: must be at least 1KiB".into(),
             ));
         }
-        Ok(crate::federation::FederationSettings {
-            homeservers,
-            allowed_networks: self.allowed_networks.clone(),
-            ca_file: self.ca_file.clone(),
-            timeout: self.timeout.0,
-            max_response_bytes: self.max_response_size.0,
-            ..crate::federation::FederationSettings::default()
-        })
+        Ok(homeservers)
     }
 }

@@ -99,8 +99,8 @@ fn validation_and_mail_defaults() {
     assert!(c.validation.next_link_hosts.is_empty());
     assert_eq!(c.mail.transport, MailTransportKind::File);
     assert_eq!(c.mail_file_dir(), PathBuf::from("var/mail"));
-    assert_eq!(c.mail.default_language, crate::mail::Language::Fr);
-    assert_eq!(c.mail.smtp.security, crate::mail::SmtpSecurity::StartTls);
+    assert_eq!(c.mail.default_language, Language::Fr);
+    assert_eq!(c.mail.smtp.security, SmtpSecurity::StartTls);
     assert_eq!(c.mail.outbox.initial_backoff.0, Duration::from_secs(5));
     assert_eq!(c.mail.outbox.max_backoff.0, Duration::from_secs(600));
     assert_eq!(c.mail.outbox.max_attempts, 20);
@@ -425,22 +425,20 @@ fn identity_keys_defaults_and_errors() {
 #[test]
 fn federation_keys_defaults_and_errors() {
     let c = Config::load_from(None, &[]).unwrap();
-    let s = c.federation.settings().unwrap();
-    assert!(s.homeservers.is_empty());
-    assert_eq!(s.timeout, Duration::from_secs(10));
-    assert_eq!(s.max_response_bytes, 1 << 20);
+    assert!(c.federation.homeserver_urls().unwrap().is_empty());
+    assert_eq!(c.federation.timeout.0, Duration::from_secs(10));
+    assert_eq!(c.federation.max_response_size.0, 1 << 20);
     let c = Config::from_toml(
         "[federation]\nallowed_networks = [\"10.0.0.0/8\"]\nmax_response_size = \"64KiB\"\n\
          [federation.homeservers]\n\"hs1.example\" = \"http://127.0.0.1:8008\"\n",
     )
     .unwrap();
-    let s = c.federation.settings().unwrap();
     assert_eq!(
-        s.homeservers["hs1.example"].as_str(),
+        c.federation.homeserver_urls().unwrap()["hs1.example"].as_str(),
         "http://127.0.0.1:8008/"
     );
-    assert_eq!(s.allowed_networks.len(), 1);
-    assert_eq!(s.max_response_bytes, 64 << 10);
+    assert_eq!(c.federation.allowed_networks.len(), 1);
+    assert_eq!(c.federation.max_response_size.0, 64 << 10);
     let e =
         Config::from_toml("[federation.homeservers]\n\"hs1.example\" = \"ftp://x\"\n").unwrap_err();
     assert!(e.0.contains("federation.homeservers"), "{e}");

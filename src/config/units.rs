@@ -1,4 +1,5 @@
-//! The value types written the same way in every section: durations and sizes.
+//! The value types written the same way in every section: durations, sizes, languages, SMTP
+//! security.
 
 use super::*;
 
@@ -104,4 +105,62 @@ impl<'de> Deserialize<'de> for ByteSize {
             Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
     }
+}
+
+/// A language the embedded templates exist in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// French (vouvoiement).
+    Fr,
+    /// English.
+    En,
+}
+
+impl Language {
+    /// Every supported language, in a stable order.
+    pub const ALL: [Language; 2] = [Language::Fr, Language::En];
+
+    /// The ISO 639-1 code used in template file names and in `Content-Language`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Language::Fr => "fr",
+            Language::En => "en",
+        }
+    }
+
+    /// The language whose code is the primary subtag of `tag` (`fr-FR`, `en_GB`, `FR`).
+    pub fn from_tag(tag: &str) -> Option<Language> {
+        let primary = tag.split(['-', '_']).next().unwrap_or(tag);
+        Language::ALL
+            .into_iter()
+            .find(|l| primary.eq_ignore_ascii_case(l.code()))
+    }
+}
+
+impl fmt::Display for Language {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl FromStr for Language {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Language::from_tag(s.trim())
+            .ok_or_else(|| format!("unsupported language {s:?} (expected \"fr\" or \"en\")"))
+    }
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain text (a local relay); credentials only go to a loopback host.
+    None,
+    /// Plain connection upgraded with STARTTLS, which is required (never opportunistic).
+    StartTls,
+    /// TLS from the first byte (submissions, usually port 465).
+    Tls,
 }

@@ -50,6 +50,7 @@ use reqwest::{Client, Url};
 
 use crate::cache::TtlCache;
 use crate::clock::{SharedClock, SystemClock};
+use crate::config::{ConfigError, FederationConfig};
 use crate::matrix::xmatrix::XMatrixError;
 use keys::CachedKeys;
 use ssrf::GuardedResolver;
@@ -81,6 +82,20 @@ pub struct FederationSettings {
     pub max_response_bytes: usize,
     /// `User-Agent` header.
     pub user_agent: String,
+}
+
+impl FederationSettings {
+    /// The settings of `[federation]` (validated by the configuration).
+    pub fn from_config(config: &FederationConfig) -> Result<Self, ConfigError> {
+        Ok(FederationSettings {
+            homeservers: config.homeserver_urls()?,
+            allowed_networks: config.allowed_networks.clone(),
+            ca_file: config.ca_file.clone(),
+            timeout: config.timeout.0,
+            max_response_bytes: config.max_response_size.0,
+            ..FederationSettings::default()
+        })
+    }
 }
 
 impl Default for FederationSettings {

@@ -20,6 +20,7 @@ use crate::matrix::xmatrix::XMatrixAuth;
 use crate::policy::{Address, Decision, Outcome, normalize_email};
 use crate::secret::log_tag;
 use crate::store::identity as store;
+use crate::store::invites as invite_store;
 
 /// The body of `POST /v2/3pid/bind`.
 #[derive(Clone, Deserialize)]
@@ -116,7 +117,7 @@ impl IdentityService {
                 let previous = store::association(conn, &row.medium, &row.address)?;
                 let scheduled = crate::store::transaction(conn, |conn| {
                     associations::record(conn, &row)?;
-                    store::schedule_invite_delivery(
+                    invite_store::schedule_invite_delivery(
                         conn,
                         &row.medium,
                         &row.address,

@@ -23,7 +23,8 @@ use crate::matrix::server_name::user_id_server;
 use crate::matrix::signing::{SignError, SigningKey, sign_json};
 use crate::secret::log_tag;
 use crate::store::StoreError;
-use crate::store::identity::{self as store, InviteDeliveryOutcome, InviteRow};
+use crate::store::invites as invite_store;
+use crate::store::invites::{InviteDeliveryOutcome, InviteRow};
 
 /// Longest sleep of an idle worker: deliveries scheduled by another instance are noticed
 /// within this time.
@@ -103,7 +104,7 @@ impl IdentityService {
         let now = self.clock.now_ms();
         let Some(invite) = self
             .db
-            .run(move |conn| store::next_due_invite(conn, now))
+            .run(move |conn| invite_store::next_due_invite(conn, now))
             .await?
         else {
             return Ok(None);
@@ -113,7 +114,7 @@ impl IdentityService {
         let token = invite.token.clone();
         let claimed = self
             .db
-            .run(move |conn| store::claim_invite_delivery(conn, &token, seen, lease_until))
+            .run(move |conn| invite_store::claim_invite_delivery(conn, &token, seen, lease_until))
             .await?;
         if !claimed {
             return Ok(Some(Delivery::Lost));
@@ -150,7 +151,7 @@ impl IdentityService {
         let recorded = self
             .db
             .run(move |conn| {
-                store::finish_invite_delivery(
+                invite_store::finish_invite_delivery(
                     conn,
                     &token,
                     lease_until,
@@ -192,7 +193,7 @@ impl IdentityService {
     /// How long the worker may sleep: until the next delivery is due, at most [`POLL_INTERVAL`].
     async fn idle_time(&self) -> Duration {
         let now = self.clock.now_ms();
-        match self.db.run(store::next_invite_delivery_at).await {
+        match self.db.run(invite_store::next_invite_delivery_at).await {
             Ok(Some(due)) => {
                 let wait = u64::try_from(due.saturating_sub(now)).unwrap_or(0);
                 // Never spin: a row due now that could not be claimed is someone else's.

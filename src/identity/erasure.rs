@@ -20,8 +20,8 @@ use crate::directory::email_lookup_key;
 use crate::policy::normalize_email;
 use crate::secret::log_tag;
 use crate::store::StoreError;
-use crate::store::admin as admin_store;
 use crate::store::directory as directory_store;
+use crate::store::erasure as erasure_store;
 use crate::store::identity as identity_store;
 
 /// What an erasure removed.
@@ -81,10 +81,10 @@ impl IdentityService {
                     if association.is_some() {
                         identity_store::delete_association(conn, "email", &normalised)?;
                     }
-                    let invites = admin_store::delete_invites_to(conn, "email", &normalised)?;
-                    let sessions = admin_store::delete_sessions_for(conn, "email", &normalised)?;
+                    let invites = erasure_store::delete_invites_to(conn, "email", &normalised)?;
+                    let sessions = erasure_store::delete_sessions_for(conn, "email", &normalised)?;
                     let queued_mails =
-                        admin_store::cancel_queued_mail_to(conn, &normalised, now_ms)?;
+                        erasure_store::cancel_queued_mail_to(conn, &normalised, now_ms)?;
                     // Entries published from this address (normally only the bound user's).
                     let mut affected: Vec<String> =
                         association.iter().map(|a| a.mxid.clone()).collect();

@@ -22,7 +22,9 @@ use crate::matrix::server_name::user_id_server;
 use crate::matrix::signing::{DEFAULT_KEY_ID, SigningKey, sign_json};
 use crate::policy::{Outcome, normalize_email};
 use crate::secret::log_tag;
-use crate::store::identity::{self as store, InviteRow};
+use crate::store::identity as store;
+use crate::store::invites as invite_store;
+use crate::store::invites::InviteRow;
 use crate::store::{DbConn, StoreError};
 
 /// Length of an invitation token (`[0-9a-zA-Z]`, within the spec's `[0-9a-zA-Z.=_-]{1,255}`).
@@ -227,7 +229,7 @@ impl IdentityService {
                 if let Some(reason) = denial {
                     return Ok(Err(IdentityError::ThreepidDenied(reason.into())));
                 }
-                let sent = store::invites_by_sender_since(
+                let sent = invite_store::invites_by_sender_since(
                     conn,
                     &row.sender,
                     now_ms - per_sender.within.as_millis_i64(),
@@ -235,7 +237,7 @@ impl IdentityService {
                 if let Some(retry_after_ms) = over_limit(sent, per_sender, now_ms) {
                     return Ok(Err(IdentityError::RateLimited { retry_after_ms }));
                 }
-                let received = store::invites_to_address_since(
+                let received = invite_store::invites_to_address_since(
                     conn,
                     &row.medium,
                     &row.address,
@@ -245,7 +247,7 @@ impl IdentityService {
                     return Ok(Err(IdentityError::RateLimited { retry_after_ms }));
                 }
                 crate::store::transaction(conn, |conn| {
-                    store::insert_invite(conn, &row)?;
+                    invite_store::insert_invite(conn, &row)?;
                     outbox::enqueue(conn, &message, MAIL_KIND, &row.token, now_ms)?;
                     Ok::<_, StoreError>(())
                 })?;
@@ -315,7 +317,7 @@ impl IdentityService {
         let lookup = token.to_string();
         let invite = self
             .db
-            .run(move |conn| store::invite_by_token(conn, &lookup))
+            .run(move |conn| invite_store::invite_by_token(conn, &lookup))
             .await?
             .filter(|i| i.expires_at > now_ms || i.delivered_at.is_some())
             .ok_or(IdentityError::UnknownInvite)?;
@@ -329,7 +331,7 @@ impl IdentityService {
     pub async fn is_invited(&self, address: &str, now_ms: i64) -> Result<bool, StoreError> {
         let address = address.to_string();
         self.db
-            .run(move |conn| store::pending_invite_exists(conn, "email", &address, now_ms))
+            .run(move |conn| invite_store::pending_invite_exists(conn, "email", &address, now_ms))
             .await
     }
 
@@ -343,7 +345,7 @@ impl IdentityService {
             return Ok(false);
         };
         self.db
-            .run(move |conn| store::ephemeral_key_is_valid(conn, &key, now_ms))
+            .run(move |conn| invite_store::ephemeral_key_is_valid(conn, &key, now_ms))
             .await
     }
 }
@@ -359,7 +361,7 @@ fn over_limit((count, oldest): (i64, Option<i64>), limit: WindowLimit, now_ms: i
 
 /// Deletes invitations that expired a while ago without being bound (blocking).
 pub fn purge_expired(conn: &mut DbConn, now_ms: i64) -> Result<usize, StoreError> {
-    store::purge_expired_invites(conn, now_ms - EXPIRED_INVITE_RETENTION_MS)
+    invite_store::purge_expired_invites(conn, now_ms - EXPIRED_INVITE_RETENTION_MS)
 }
 
 #[cfg(test)]

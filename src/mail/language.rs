@@ -1,53 +1,6 @@
 //! The languages mails are written in, and the choice among them from `Accept-Language`.
 
-use std::fmt;
-use std::str::FromStr;
-
-/// A language the embedded templates exist in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Language {
-    /// French (vouvoiement).
-    Fr,
-    /// English.
-    En,
-}
-
-impl Language {
-    /// Every supported language, in a stable order.
-    pub const ALL: [Language; 2] = [Language::Fr, Language::En];
-
-    /// The ISO 639-1 code used in template file names and in `Content-Language`.
-    pub fn code(self) -> &'static str {
-        match self {
-            Language::Fr => "fr",
-            Language::En => "en",
-        }
-    }
-
-    /// The language whose code is the primary subtag of `tag` (`fr-FR`, `en_GB`, `FR`).
-    fn from_tag(tag: &str) -> Option<Language> {
-        let primary = tag.split(['-', '_']).next().unwrap_or(tag);
-        Language::ALL
-            .into_iter()
-            .find(|l| primary.eq_ignore_ascii_case(l.code()))
-    }
-}
-
-impl fmt::Display for Language {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
-
-impl FromStr for Language {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Language::from_tag(s.trim())
-            .ok_or_else(|| format!("unsupported language {s:?} (expected \"fr\" or \"en\")"))
-    }
-}
+pub use crate::config::Language;
 
 /// Chooses the language of a mail from an HTTP `Accept-Language` value.
 ///

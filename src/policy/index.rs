@@ -7,11 +7,10 @@ use regex::{RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::address::{Address, normalize_email};
-use super::file::{
-    PATTERN_SIZE_LIMIT, RuleError, check_duplicates, validate_structure, wrap_pattern,
-};
+use super::file::{PATTERN_SIZE_LIMIT, RuleError};
 use super::instant::format_rfc3339;
 use super::rule::{Rule, RuleKind, RuleSource, RuleTarget};
+use super::validate::{check_duplicates, validate_structure, wrap_pattern};
 
 /// What happens to addresses no rule matches (configuration `policy.default`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

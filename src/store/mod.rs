@@ -11,8 +11,11 @@
 //!   not collide.
 
 pub mod admin;
+pub mod audit;
 pub mod directory;
+pub mod erasure;
 pub mod identity;
+pub mod invites;
 pub mod outbox;
 pub mod policy;
 pub mod ratelimits;
@@ -347,5 +350,28 @@ struct PoolErrorLog;
 impl<E: std::fmt::Display> diesel::r2d2::HandleError<E> for PoolErrorLog {
     fn handle_error(&self, error: E) {
         tracing::warn!(error = %error, "database connection failed");
+    }
+}
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
+pub fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_are_escaped() {
+        assert_eq!(escape_like("a_b%c\\d"), "a\\_b\\%c\\\\d");
+        assert_eq!(escape_like("rule."), "rule.");
     }
 }

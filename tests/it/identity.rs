@@ -1995,11 +1995,11 @@ async fn invitation_mails_are_queued_and_sent_in_the_senders_language() {
     assert_eq!(invite_mails, 2);
 }
 
-async fn invites_to(s: &TestServer, address: &str) -> Vec<store::InviteRow> {
+async fn invites_to(s: &TestServer, address: &str) -> Vec<annuaire::store::invites::InviteRow> {
     let address = address.to_string();
     s.app
         .db
-        .run(move |conn| store::invites_to_address(conn, "email", &address))
+        .run(move |conn| annuaire::store::invites::invites_to_address(conn, "email", &address))
         .await
         .unwrap()
 }

@@ -8,6 +8,7 @@ mod admin;
 mod directory;
 mod foundation;
 mod identity;
+mod layering;
 mod ldap;
 mod mail_smtp;
 mod outbox;

@@ -6,11 +6,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::{AdminAuth, Editor, json_body, no_nul};
+use crate::admin::{self, Session};
 use crate::http::AppData;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{MatrixJson, MatrixQuery, RawBody};
-use super::{AdminAuth, Editor, json_body, no_nul};
-use crate::admin::{self, Session};
 
 /// `GET /directory` query.
 #[derive(Debug, Default, Deserialize, IntoParams)]

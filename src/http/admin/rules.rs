@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::{AdminAuth, Editor, json_body, no_nul};
+use crate::admin::{self, AdminError, RuleFilter};
 use crate::http::AppData;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{MatrixQuery, RawBody};
-use super::{AdminAuth, Editor, json_body, no_nul};
-use crate::admin::{self, AdminError, RuleFilter};
 use crate::policy::{Decision, Rule, RuleDiff, RuleKind};
 
 /// One rule as JSON: the allowlist file's field names plus `id`, `kind`, `source` and `line`

@@ -4,11 +4,11 @@ use actix_web::HttpResponse;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use super::{AdminAuth, no_nul};
+use crate::admin::{self, AttemptStats, AuditFilter, AuditPage, Period};
 use crate::http::AppData;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::MatrixQuery;
-use super::{AdminAuth, no_nul};
-use crate::admin::{self, AttemptStats, AuditFilter, AuditPage, Period};
 
 /// `GET /audit` query.
 #[derive(Debug, Deserialize, IntoParams)]

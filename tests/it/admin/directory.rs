@@ -4,7 +4,7 @@
 use annuaire::directory::Viewer;
 use annuaire::identity::associations::{self, Association};
 use annuaire::policy::{Decision, Outcome, normalize_email};
-use annuaire::store::identity::InviteRow;
+use annuaire::store::invites::InviteRow;
 use annuaire::store::sessions::SessionRow;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -485,7 +485,7 @@ async fn erasure_forgets_an_address_and_the_directory_follows_the_unbind_path() 
     {
         let mut conn = s.app.db.get().unwrap();
         for (token, address) in [("inva", a), ("invc", c)] {
-            annuaire::store::identity::insert_invite(&mut conn, &invite(token, address, now))
+            annuaire::store::invites::insert_invite(&mut conn, &invite(token, address, now))
                 .unwrap();
         }
         for (sid, address) in [("sida", a), ("sidc", c)] {
@@ -528,12 +528,12 @@ async fn erasure_forgets_an_address_and_the_directory_follows_the_unbind_path() 
     {
         let mut conn = s.app.db.get().unwrap();
         assert!(
-            annuaire::store::identity::invites_to_address(&mut conn, "email", a)
+            annuaire::store::invites::invites_to_address(&mut conn, "email", a)
                 .unwrap()
                 .is_empty()
         );
         assert_eq!(
-            annuaire::store::identity::invites_to_address(&mut conn, "email", c)
+            annuaire::store::invites::invites_to_address(&mut conn, "email", c)
                 .unwrap()
                 .len(),
             1
