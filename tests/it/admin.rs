@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use crate::support::fixtures::{self, FINANCES};
 use crate::support::{self, Builder, Reply, ServeProcess, TestServer, eventually, run_cli};
 
-const EDITOR_PASSWORD: &str = "editor password 1";
-const VIEWER_PASSWORD: &str = "viewer password 1";
+pub(crate) const EDITOR_PASSWORD: &str = "editor password 1";
+pub(crate) const VIEWER_PASSWORD: &str = "viewer password 1";
 const T0: i64 = 1_800_000_000_000;
 
 /// A server with the Finances allowlist.
@@ -36,7 +36,7 @@ fn add_account(s: &TestServer, username: &str, role: &str, password: &str) {
 }
 
 /// A server with an editor `ed` and a viewer `vi`.
-async fn start(b: Builder) -> TestServer {
+pub(crate) async fn start(b: Builder) -> TestServer {
     let s = b.start().await;
     add_account(&s, "ed", "editor", EDITOR_PASSWORD);
     add_account(&s, "vi", "viewer", VIEWER_PASSWORD);
@@ -104,7 +104,7 @@ async fn internal_info(s: &TestServer, address: &str) -> Reply {
     Reply::from(s.client.get(url).send().await.unwrap()).await
 }
 
-fn sante_rule() -> Value {
+pub(crate) fn sante_rule() -> Value {
     json!({
         "kind": "domain",
         "name": "sante.gouv.example",
@@ -874,7 +874,7 @@ async fn file_rules_are_read_only_until_converted() {
     get(&s, &path, &e).await.assert_ok();
 }
 
-const IMPORT: &str = r#"
+pub(crate) const IMPORT: &str = r#"
 [organisation]
 label = "Justice"
 homeserver = "agent.justice.example"

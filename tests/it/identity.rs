@@ -26,7 +26,7 @@ const START_MS: i64 = 1_800_000_000_000;
 // ---- helpers ----
 
 /// Allowlists (finances only), both homeservers routed to the double.
-fn builder(hs: &Homeserver) -> Builder {
+pub(crate) fn builder(hs: &Homeserver) -> Builder {
     let base = hs.base.clone();
     Builder::new().config(move |c, dir| {
         c.policy.allowlists_dir = write_allowlists(dir, &[FINANCES]);
@@ -41,7 +41,7 @@ fn server_of(user_id: &str) -> &str {
     user_id.split_once(':').unwrap().1
 }
 
-async fn register_reply(s: &TestServer, hs: &Homeserver, user_id: &str) -> Reply {
+pub(crate) async fn register_reply(s: &TestServer, hs: &Homeserver, user_id: &str) -> Reply {
     let openid = hs.openid_token(user_id);
     s.post(
         &format!("{V2}/account/register"),
@@ -55,12 +55,12 @@ async fn register_reply(s: &TestServer, hs: &Homeserver, user_id: &str) -> Reply
     .await
 }
 
-async fn register(s: &TestServer, hs: &Homeserver, user_id: &str) -> String {
+pub(crate) async fn register(s: &TestServer, hs: &Homeserver, user_id: &str) -> String {
     let body = register_reply(s, hs, user_id).await.assert_ok();
     body["token"].as_str().unwrap().to_string()
 }
 
-async fn get_auth(s: &TestServer, path: &str, token: &str) -> Reply {
+pub(crate) async fn get_auth(s: &TestServer, path: &str, token: &str) -> Reply {
     Reply::from(
         s.client
             .get(s.url(path))
@@ -72,7 +72,7 @@ async fn get_auth(s: &TestServer, path: &str, token: &str) -> Reply {
     .await
 }
 
-async fn post_auth(s: &TestServer, path: &str, token: &str, body: &Value) -> Reply {
+pub(crate) async fn post_auth(s: &TestServer, path: &str, token: &str, body: &Value) -> Reply {
     Reply::from(
         s.client
             .post(s.url(path))
@@ -86,7 +86,7 @@ async fn post_auth(s: &TestServer, path: &str, token: &str, body: &Value) -> Rep
 }
 
 /// Binds an address the way the bind endpoint will (phase 2): straight into the store.
-async fn bind_directly(s: &TestServer, address: &str, mxid: &str) {
+pub(crate) async fn bind_directly(s: &TestServer, address: &str, mxid: &str) {
     let a = Association::new("email", address, mxid, s.app.clock.now_ms());
     s.app
         .db
@@ -119,7 +119,7 @@ async fn lookup(
     .await
 }
 
-fn invite_body(address: &str, sender: &str) -> Value {
+pub(crate) fn invite_body(address: &str, sender: &str) -> Value {
     json!({
         "medium": "email",
         "address": address,
@@ -1304,7 +1304,7 @@ const SUBMIT_TOKEN: &str = "/_matrix/identity/v2/validate/email/submitToken";
 const GET_VALIDATED: &str = "/_matrix/identity/v2/3pid/getValidated3pid";
 
 /// The `.eml` of the outbox row (kind, dedupe key), once the file transport sent it.
-async fn sent_mail(s: &TestServer, kind: &str, key: &str) -> std::path::PathBuf {
+pub(crate) async fn sent_mail(s: &TestServer, kind: &str, key: &str) -> std::path::PathBuf {
     let mut message_id = String::new();
     eventually(Duration::from_secs(20), "the mail is sent", async || {
         match crate::validation::outbox(s)
@@ -1324,7 +1324,7 @@ async fn sent_mail(s: &TestServer, kind: &str, key: &str) -> std::path::PathBuf 
 }
 
 /// requestToken as `token`'s account, the token from the mail, submitToken: the session id.
-async fn validate(s: &TestServer, token: &str, address: &str, secret: &str) -> String {
+pub(crate) async fn validate(s: &TestServer, token: &str, address: &str, secret: &str) -> String {
     let r = post_auth(
         s,
         REQUEST_TOKEN,
@@ -1357,7 +1357,7 @@ async fn bind(s: &TestServer, token: &str, sid: &str, secret: &str, mxid: &str) 
     .await
 }
 
-fn unbind_body(mxid: &str, address: &str) -> Value {
+pub(crate) fn unbind_body(mxid: &str, address: &str) -> Value {
     json!({"mxid": mxid, "threepid": {"medium": "email", "address": address}})
 }
 
