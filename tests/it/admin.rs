@@ -8,38 +8,16 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::support::fixtures::{self, FINANCES};
 use crate::support::{self, Builder, Reply, ServeProcess, TestServer, eventually, run_cli};
 
-const FINANCES: &str = r#"
-[organisation]
-label = "Finances"
-homeserver = "agent.finances.example"
-shadow_homeserver = "public.finances.example"
-
-[[domain]]
-name = "finances.gouv.example"
-subdomains = true
-
-[[deny]]
-name = "webmail.finances.gouv.example"
-
-[[address]]
-email = "consultant@partner.example"
-requires_invite = true
-"#;
-
-const EDITOR_PASSWORD: &str = "editor password 1";
-const VIEWER_PASSWORD: &str = "viewer password 1";
+pub(crate) const EDITOR_PASSWORD: &str = "editor password 1";
+pub(crate) const VIEWER_PASSWORD: &str = "viewer password 1";
 const T0: i64 = 1_800_000_000_000;
 
+/// A server with the Finances allowlist.
 fn with_allowlists(b: Builder) -> Builder {
-    b.config(|c, dir| {
-        let lists = dir.join("allowlists");
-        std::fs::create_dir_all(&lists).unwrap();
-        std::fs::write(lists.join("finances.toml"), FINANCES).unwrap();
-        c.policy.allowlists_dir = lists;
-        c.policy.reload_interval = annuaire::config::HumanDuration(Duration::from_millis(200));
-    })
+    fixtures::with_allowlists(b, &[FINANCES])
 }
 
 /// Creates an account directly in the server's database.
@@ -58,7 +36,7 @@ fn add_account(s: &TestServer, username: &str, role: &str, password: &str) {
 }
 
 /// A server with an editor `ed` and a viewer `vi`.
-async fn start(b: Builder) -> TestServer {
+pub(crate) async fn start(b: Builder) -> TestServer {
     let s = b.start().await;
     add_account(&s, "ed", "editor", EDITOR_PASSWORD);
     add_account(&s, "vi", "viewer", VIEWER_PASSWORD);
@@ -126,7 +104,7 @@ async fn internal_info(s: &TestServer, address: &str) -> Reply {
     Reply::from(s.client.get(url).send().await.unwrap()).await
 }
 
-fn sante_rule() -> Value {
+pub(crate) fn sante_rule() -> Value {
     json!({
         "kind": "domain",
         "name": "sante.gouv.example",
@@ -881,7 +859,7 @@ async fn file_rules_are_read_only_until_converted() {
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("defined twice"), "{err}");
     // Once the line is removed, the import succeeds and leaves the admin rule alone.
-    let without: String = FINANCES.replace(
+    let without: String = FINANCES.1.replace(
         "[[domain]]\nname = \"finances.gouv.example\"\nsubdomains = true\n",
         "",
     );
@@ -896,7 +874,7 @@ async fn file_rules_are_read_only_until_converted() {
     get(&s, &path, &e).await.assert_ok();
 }
 
-const IMPORT: &str = r#"
+pub(crate) const IMPORT: &str = r#"
 [organisation]
 label = "Justice"
 homeserver = "agent.justice.example"

@@ -14,4 +14,5 @@ mod mail_smtp;
 mod outbox;
 mod policy;
 mod robustness;
+mod snapshots;
 mod validation;

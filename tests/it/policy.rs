@@ -6,48 +6,16 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::fixtures::{self, FINANCES, JUSTICE};
 use crate::support::{self, Builder, Reply, TestServer, eventually, run_cli};
 
-const FINANCES: &str = r#"
-[organisation]
-label = "Finances"
-homeserver = "agent.finances.example"
-shadow_homeserver = "public.finances.example"
-
-[[domain]]
-name = "finances.gouv.example"
-subdomains = true
-
-[[deny]]
-name = "webmail.finances.gouv.example"
-
-[[address]]
-email = "consultant@partner.example"
-requires_invite = true
-"#;
-
-const JUSTICE: &str = r#"
-[organisation]
-label = "Justice"
-homeserver = "agent.justice.example"
-
-[[domain]]
-name = "justice.gouv.example"
-"#;
-
+/// Both ministries' allowlists, in `dir/allowlists`.
 fn write_allowlists(dir: &Path) -> std::path::PathBuf {
-    let lists = dir.join("allowlists");
-    std::fs::create_dir_all(&lists).unwrap();
-    std::fs::write(lists.join("finances.toml"), FINANCES).unwrap();
-    std::fs::write(lists.join("justice.toml"), JUSTICE).unwrap();
-    lists
+    fixtures::write_allowlists(dir, &[FINANCES, JUSTICE])
 }
 
 fn with_allowlists(b: Builder) -> Builder {
-    b.config(|c, dir| {
-        c.policy.allowlists_dir = write_allowlists(dir);
-        c.policy.reload_interval = annuaire::config::HumanDuration(Duration::from_millis(200));
-    })
+    fixtures::with_allowlists(b, &[FINANCES, JUSTICE])
 }
 
 async fn info(s: &TestServer, address: &str) -> Reply {

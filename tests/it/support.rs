@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod fixtures;
+pub mod homeserver;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
