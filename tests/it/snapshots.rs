@@ -280,7 +280,9 @@ async fn mailed_token(s: &TestServer, sid: &str) -> String {
 async fn publish(s: &TestServer, mxid: &str, email: &str) {
     let address = normalize_email(email).unwrap();
     let decision = s.app.allowlist.decide(&address, s.app.clock.now_ms());
-    annuaire::directory::on_bind(&s.app, mxid, &address, &decision)
+    s.app
+        .directory
+        .on_bind(mxid, &address, &decision)
         .await
         .unwrap();
 }
