@@ -12,6 +12,9 @@
 //! Markdown table per class and a summary line per class (p50, p99, max over every call).
 //! `bench/directory-search.sh` runs it on SQLite and PostgreSQL; CI does not.
 
+// A benchmark stops at its first failure: unwrapping is its error handling.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use annuaire::Annuaire;

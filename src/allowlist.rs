@@ -4,6 +4,9 @@
 //!
 //! `policy` is the pure engine; this module adds the I/O around it (files, database).
 
+// Input from strangers passes through here: no index may panic.
+#![deny(clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};

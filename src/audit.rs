@@ -2,6 +2,9 @@
 //! homeserver tokens) with who, when, what, before and after. Written in the same transaction as the change; read with
 //! filters, newest first; never deleted or edited by the application.
 
+// Input from strangers passes through here: no index may panic.
+#![deny(clippy::indexing_slicing)]
+
 use std::fmt;
 
 use serde::Serialize;

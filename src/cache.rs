@@ -2,6 +2,9 @@
 //! delegations and keys, whoami answers). Entries expire at an instant read from the injected
 //! clock; when the cache is full, expired entries go first, then the one closest to expiry.
 
+// Input from strangers passes through here: no index may panic.
+#![deny(clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard, PoisonError};

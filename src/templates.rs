@@ -72,3 +72,24 @@ pub fn read_override_folder(
     }
     Ok(files)
 }
+
+/// How a template is named in error messages: the operator's file, or the embedded default.
+pub fn describe_origin(name: &str, override_path: Option<&Path>) -> String {
+    match override_path {
+        None => format!("{name} (embedded default)"),
+        Some(path) => path.display().to_string(),
+    }
+}
+
+/// A template error's own message, its line, and its causes (an `{% include %}` wraps the real
+/// one).
+pub fn describe_error(e: &minijinja::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

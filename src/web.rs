@@ -2,6 +2,7 @@
 //! override from `web.templates_dir` (read once at start; a broken override stops the start,
 //! naming its file). See `templates/web/README.md` for each page's variables.
 
+use crate::templates::{describe_error, describe_origin};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -120,7 +121,7 @@ impl WebTemplates {
         env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         let mut origins = BTreeMap::new();
         for (name, (source, origin)) in sources {
-            let file = describe(&name, origin.as_deref());
+            let file = describe_origin(&name, origin.as_deref());
             env.add_template_owned(name.clone(), source)
                 .map_err(|e| WebError::Template {
                     file: file.clone(),
@@ -172,24 +173,6 @@ impl WebTemplates {
             })
             .map_err(render_error)
     }
-}
-
-fn describe(name: &str, origin: Option<&Path>) -> String {
-    match origin {
-        None => format!("{name} (embedded default)"),
-        Some(path) => path.display().to_string(),
-    }
-}
-
-fn describe_error(e: &minijinja::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 /// Reads the operator's folder: known names replace the defaults, `_*.html` are partials,

@@ -8,6 +8,9 @@
 //! [`Admin`] service ([`service`]) runs them on the database pool and is what the HTTP layer
 //! calls. No actix. `http::admin` maps [`AdminError`] to responses once.
 
+// Input from strangers passes through here: no index may panic.
+#![deny(clippy::indexing_slicing)]
+
 pub mod accounts;
 pub mod ldap_login;
 pub mod login;

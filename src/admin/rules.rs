@@ -87,7 +87,11 @@ impl RuleFilter {
             // Candidates: the domain and its parents (domain and deny rules), and addresses at
             // the domain, in both spellings; `matches` then applies the `subdomains` rule.
             let labels: Vec<&str> = domain.split('.').collect();
-            q.values = Some((0..labels.len()).map(|i| labels[i..].join(".")).collect());
+            q.values = Some(
+                (0..labels.len())
+                    .filter_map(|i| labels.get(i..).map(|rest| rest.join(".")))
+                    .collect(),
+            );
             let unicode = idna::domain_to_unicode(domain).0;
             let mut suffixes = vec![format!("@{domain}")];
             if unicode != *domain {

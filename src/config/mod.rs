@@ -4,6 +4,9 @@
 //! `annuaire.example.toml` documents every key with its default; keep the two in step (a test
 //! checks that the example parses and equals the defaults where it says so).
 
+// Input from strangers passes through here: no index may panic.
+#![deny(clippy::indexing_slicing)]
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -32,6 +32,9 @@
 //! Tokens (OpenID, Matrix access tokens) are never logged; logs carry server names and
 //! statuses only, and transport errors are stripped of their URL.
 
+// Input from strangers passes through here: no index may panic.
+#![deny(clippy::indexing_slicing)]
+
 mod client;
 mod keys;
 mod resolve;

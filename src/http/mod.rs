@@ -2,6 +2,9 @@
 //! function, map the result. Unknown paths answer 404 `M_UNRECOGNIZED`, known paths with the
 //! wrong method 405 `M_UNRECOGNIZED`.
 
+// Input from strangers passes through here: no index may panic.
+#![deny(clippy::indexing_slicing)]
+
 pub mod admin;
 pub mod auth;
 pub mod directory;

@@ -58,13 +58,11 @@ pub fn onbind_body(
 /// Wait before retry number `attempts` (1 = after the first failure): the initial backoff,
 /// doubled each time, capped.
 pub fn backoff(config: &InvitesConfig, attempts: u32) -> Duration {
-    let exponent = attempts.saturating_sub(1).min(31);
-    config
-        .delivery_initial_backoff
-        .0
-        .checked_mul(1u32 << exponent)
-        .unwrap_or(config.delivery_max_backoff.0)
-        .min(config.delivery_max_backoff.0)
+    crate::clock::backoff(
+        config.delivery_initial_backoff.0,
+        config.delivery_max_backoff.0,
+        attempts,
+    )
 }
 
 /// What one pass did with one invitation.

@@ -12,6 +12,9 @@
 //! Matrix errors. Time (`now_ms`) and randomness (`rng`) are parameters.
 //! [`sessions`] holds the email validation sessions (with their storage and mail).
 
+// Input from strangers passes through here: no index may panic.
+#![deny(clippy::indexing_slicing)]
+
 pub mod accounts;
 pub mod associations;
 pub mod bindings;

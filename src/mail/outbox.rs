@@ -287,13 +287,7 @@ impl Mailer {
 /// Wait before retry number `attempts` (1 = after the first failure): the initial backoff,
 /// doubled each time, capped.
 pub fn backoff(config: &OutboxConfig, attempts: u32) -> Duration {
-    let exponent = attempts.saturating_sub(1).min(31);
-    config
-        .initial_backoff
-        .0
-        .checked_mul(1u32 << exponent)
-        .unwrap_or(config.max_backoff.0)
-        .min(config.max_backoff.0)
+    crate::clock::backoff(config.initial_backoff.0, config.max_backoff.0, attempts)
 }
 
 /// What became of one delivery.

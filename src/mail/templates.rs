@@ -4,6 +4,7 @@
 //! names starting with `_` are partials (`_layout.html`, `_valid_for.<lang>.txt`). See
 //! `templates/email/README.md` for the variables each template receives.
 
+use crate::templates::describe_error;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -404,21 +405,9 @@ fn read_overrides(
 
 fn describe_origin(name: &str, origin: &Origin) -> String {
     match origin {
-        Origin::Embedded => format!("{name} (embedded default)"),
-        Origin::Override(path) => path.display().to_string(),
+        Origin::Embedded => crate::templates::describe_origin(name, None),
+        Origin::Override(path) => crate::templates::describe_origin(name, Some(path)),
     }
-}
-
-/// The error's own message, its line, and its causes (an `{% include %}` wraps the real one).
-fn describe_error(e: &minijinja::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 /// Escapes text for HTML like minijinja, except `/`: links then need no `|safe`, and every value

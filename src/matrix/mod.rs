@@ -6,6 +6,9 @@
 //! No I/O, no clock, no randomness of its own (an RNG is a parameter), and nothing else of the
 //! crate is imported here: this is the leaf every other layer may use.
 
+// Input from strangers passes through here: no index may panic.
+#![deny(clippy::indexing_slicing)]
+
 pub mod hashing;
 pub mod keys;
 pub mod server_name;

@@ -10,6 +10,9 @@
 //!   `annuaire migrate`; on PostgreSQL under an advisory lock so instances starting together do
 //!   not collide.
 
+// Input from strangers passes through here: no index may panic.
+#![deny(clippy::indexing_slicing)]
+
 pub mod admin;
 pub mod audit;
 pub mod directory;

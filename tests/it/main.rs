@@ -2,6 +2,9 @@
 //! SMTP/LDAP/PostgreSQL server) over the network. The same tests run on SQLite and on PostgreSQL
 //! (`TEST_DATABASE`); one binary keeps link time down.
 
+// Test helpers outside #[test] functions fail the test the same way: by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 mod admin;
