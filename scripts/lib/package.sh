@@ -28,7 +28,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/install.sh"
 
 CARGO_DEB_VERSION="3.8.0"
-CARGO_DEB_ROOT="$ANNUAIRE_ROOT/.cache/cargo-deb"
+# Where cargo-deb is installed (kept between runs; CI may point it at a cache of its own).
+CARGO_DEB_ROOT="${CARGO_DEB_ROOT:-$ANNUAIRE_ROOT/.cache/cargo-deb}"
 PACKAGE_UNIT=/usr/lib/systemd/system/annuaire.service
 PACKAGE_CONFIG=/etc/annuaire/annuaire.toml
 # Shared by every checkout on the machine: one package stage at a time.
