@@ -207,7 +207,9 @@ fn check_config(config: &Config) -> Result<(), CliError> {
         Some(rules.len())
     };
     // A broken override template would stop `serve`: say so now.
-    crate::mail::Templates::load(config.mail.templates_dir.as_deref()).map_err(CliError::config)?;
+    crate::mail::Templates::load(config.mail.templates_dir.as_deref())
+        .and_then(|t| t.check_default_language(config.mail.default_language))
+        .map_err(CliError::config)?;
     crate::web::WebTemplates::load(config.web.templates_dir.as_deref())
         .map_err(CliError::config)?;
     if config.mail.transport == crate::config::MailTransportKind::Smtp {

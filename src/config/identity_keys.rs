@@ -141,7 +141,7 @@ impl Default for MailConfig {
         Self {
             transport: MailTransportKind::File,
             from: "noreply@localhost".into(),
-            default_language: Language::Fr,
+            default_language: Language::FR,
             templates_dir: None,
             smtp: SmtpConfig::default(),
             file: FileMailConfig::default(),

@@ -99,7 +99,7 @@ fn validation_and_mail_defaults() {
     assert!(c.validation.next_link_hosts.is_empty());
     assert_eq!(c.mail.transport, MailTransportKind::File);
     assert_eq!(c.mail_file_dir(), PathBuf::from("var/mail"));
-    assert_eq!(c.mail.default_language, Language::Fr);
+    assert_eq!(c.mail.default_language, Language::FR);
     assert_eq!(c.mail.smtp.security, SmtpSecurity::StartTls);
     assert_eq!(c.mail.outbox.initial_backoff.0, Duration::from_secs(5));
     assert_eq!(c.mail.outbox.max_backoff.0, Duration::from_secs(600));
@@ -150,7 +150,7 @@ fn validation_and_mail_errors_name_the_key() {
         ("[mail]\ntransport = \"pigeon\"\n", "mail.transport"),
         ("[mail]\nfrom = \"not an address\"\n", "mail.from"),
         (
-            "[mail]\ndefault_language = \"de\"\n",
+            "[mail]\ndefault_language = \"german\"\n",
             "mail.default_language",
         ),
         ("[mail.smtp]\nsecurity = \"ssl\"\n", "mail.smtp.security"),

@@ -21,7 +21,6 @@ use crate::identity::accounts::OpenIdToken;
 use crate::identity::bindings::{BindRequest, UnbindAuth, UnbindRequest};
 use crate::identity::invites::InviteRequest;
 use crate::identity::lookup;
-use crate::mail::negotiate_language;
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     const V2: &str = "/_matrix/identity/v2";
@@ -383,11 +382,10 @@ pub(super) async fn store_invite(
     MatrixJson(request): MatrixJson<InviteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let now = app.clock.now_ms();
-    let language = negotiate_language(
+    let language = app.mailer.negotiate_language(
         req.headers()
             .get(header::ACCEPT_LANGUAGE)
             .and_then(|v| v.to_str().ok()),
-        app.mailer.default_language(),
     );
     let receipt = app
         .identity

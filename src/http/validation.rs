@@ -18,7 +18,7 @@ use super::extract::{MatrixQuery, RawBody, parse_json_object, parse_query};
 use super::{AppData, caller_ip, resource};
 use crate::Annuaire;
 use crate::identity::sessions::{SessionError, TokenRequest};
-use crate::mail::{Language, negotiate_language};
+use crate::mail::Language;
 use crate::web::SubmitTokenPage;
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
@@ -42,7 +42,7 @@ fn language(req: &HttpRequest, app: &Annuaire) -> Language {
         .headers()
         .get(header::ACCEPT_LANGUAGE)
         .and_then(|v| v.to_str().ok());
-    negotiate_language(header, app.mailer.default_language())
+    app.mailer.negotiate_language(header)
 }
 
 /// The body of requestToken. `send_attempt` is read as any JSON value so that a string or a

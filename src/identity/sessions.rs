@@ -811,7 +811,7 @@ mod tests {
             email: "jean@finances.example".into(),
             send_attempt: 1,
             next_link: None,
-            language: Language::Fr,
+            language: Language::FR,
             client_ip: None,
         };
         let shown = format!("{r:?}");

@@ -67,6 +67,16 @@ pub enum MailError {
     /// The message cannot be assembled.
     #[error("building the email message failed: {0}")]
     Message(String),
+    /// `mail.default_language` names a language the templates do not exist in.
+    #[error(
+        "mail.default_language = {wanted:?}: no templates in that language (available: {available})"
+    )]
+    Language {
+        /// The configured language.
+        wanted: String,
+        /// The languages the templates exist in.
+        available: String,
+    },
     /// The SMTP settings are unusable (bad TLS parameters, unreadable CA file, ...).
     #[error("SMTP settings: {0}")]
     Smtp(String),

@@ -48,6 +48,7 @@ impl Mailer {
     /// transport (creates the mail folder; reads the SMTP password file and CA file).
     pub fn from_config(config: &Config, db: Db, clock: SharedClock) -> Result<Mailer, MailError> {
         let templates = Templates::load(config.mail.templates_dir.as_deref())?;
+        templates.check_default_language(config.mail.default_language)?;
         let transport = match config.mail.transport {
             MailTransportKind::File => MailTransport::file(config.mail_file_dir())?,
             MailTransportKind::Smtp => {
@@ -95,6 +96,16 @@ impl Mailer {
     /// The loaded mail templates.
     pub fn templates(&self) -> &Templates {
         &self.templates
+    }
+
+    /// The languages mails can be written in.
+    pub fn languages(&self) -> &[Language] {
+        self.templates.languages()
+    }
+
+    /// Chooses a mail's language from an HTTP `Accept-Language` value.
+    pub fn negotiate_language(&self, accept_language: Option<&str>) -> Language {
+        super::negotiate_language(accept_language, self.languages(), self.default_language)
     }
 
     /// The configured default language.

@@ -193,7 +193,7 @@ fn verification_message(seed: u64) -> (OutgoingMessage, String) {
     let templates = Templates::load(None).unwrap();
     let mail = templates
         .render_verification(
-            Language::Fr,
+            Language::FR,
             &VerificationMail {
                 link: link.clone(),
                 token: TOKEN.into(),
@@ -303,7 +303,7 @@ async fn one_transport_sends_several_messages_with_utf8_subjects() {
         address: "invitee@préfecture.example".into(),
         server_name: "agent.culture.example".into(),
     };
-    for (seed, lang) in [(1, Language::Fr), (2, Language::En)] {
+    for (seed, lang) in [(1, Language::FR), (2, Language::EN)] {
         let mail = templates.render_invite(lang, &invite).unwrap();
         let msg = build_message(
             FROM,
