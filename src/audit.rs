@@ -17,7 +17,8 @@ use crate::store::{DbConn, StoreError};
 
 /// Who made a change, as written in the audit log: an admin's username, `cli:<unix user>` for
 /// the command line, `startup` for the import `serve` runs at start, `system` for automatic
-/// changes (an account locked after failed logins).
+/// changes (an account locked after failed logins), `homeserver:<server name>` for what a
+/// homeserver asks through the homeserver API (an erasure at deactivation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor(pub String);
 
@@ -40,6 +41,11 @@ impl Actor {
     /// The allowlist import that `serve` runs at start.
     pub fn startup() -> Actor {
         Actor("startup".to_owned())
+    }
+
+    /// A homeserver acting through the homeserver API (an erasure it asked for).
+    pub fn homeserver(server_name: &str) -> Actor {
+        Actor(format!("homeserver:{server_name}"))
     }
 
     /// As written in the audit log.
@@ -88,6 +94,10 @@ pub mod action {
     pub const DIRECTORY_REMOVE: &str = "directory.remove";
     /// An address erased: association, lookup hashes, invitations, sessions, queued mails.
     pub const THREEPID_ERASE: &str = "threepid.erase";
+    /// A homeserver API token made (`annuaire homeserver add`); the token itself is not kept.
+    pub const HOMESERVER_ADD: &str = "homeserver.add";
+    /// A homeserver API token revoked (`annuaire homeserver revoke`).
+    pub const HOMESERVER_REVOKE: &str = "homeserver.revoke";
 }
 
 /// The audit target naming a rule.
@@ -103,6 +113,11 @@ pub fn account_target(username: &str) -> String {
 /// The audit target naming a directory entry.
 pub fn directory_target(user_id: &str) -> String {
     format!("directory:{user_id}")
+}
+
+/// The audit target naming a homeserver (its API token).
+pub fn homeserver_target(server_name: &str) -> String {
+    format!("homeserver:{server_name}")
 }
 
 /// The audit target naming a 3PID.

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod federation;
+pub mod homeserver;
 pub mod http;
 pub mod identity;
 pub mod ldap;

@@ -13,6 +13,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::directory::{DirectoryParts, DirectoryService};
 use crate::federation::FederationClient;
+use crate::homeserver::{HomeserverParts, HomeserverService};
 use crate::identity::{IdentityParts, IdentityService};
 use crate::mail::outbox::Mailer;
 use crate::ratelimit::KeyedLimit;
@@ -69,6 +70,8 @@ pub struct Annuaire {
     pub directory: Arc<DirectoryService>,
     /// Administration.
     pub admin: Arc<Admin>,
+    /// The homeserver API (homeservers reporting their accounts).
+    pub homeserver: Arc<HomeserverService>,
 }
 
 impl std::fmt::Debug for Annuaire {
@@ -144,6 +147,13 @@ impl Annuaire {
             .await
             .map_err(|e| StartError::Config(e.to_string()))?,
         );
+        let homeserver = Arc::new(HomeserverService::new(HomeserverParts {
+            db: db.clone(),
+            clock: clock.clone(),
+            allowlist: allowlist.clone(),
+            identity: identity.clone(),
+            directory: directory.clone(),
+        }));
         let admin = Arc::new(
             Admin::open(AdminParts {
                 config: config.clone(),
@@ -166,6 +176,7 @@ impl Annuaire {
             identity,
             directory,
             admin,
+            homeserver,
         }))
     }
 }

@@ -41,6 +41,9 @@ pub struct ModeratedEntry {
     pub name_source: String,
     /// The administrator's override of the name, if any.
     pub admin_name: Option<String>,
+    /// The display name the user set on their homeserver, as the homeserver API reported it
+    /// (never published: the verified name is).
+    pub user_displayname: Option<String>,
     /// The name as searches publish it (`directory.display_name_format`).
     pub display_name: String,
     /// The organisation label.
@@ -69,6 +72,7 @@ impl ModeratedEntry {
             name: row.name.clone(),
             name_source: row.name_source.clone(),
             admin_name: row.admin_name.clone(),
+            user_displayname: row.user_displayname.clone(),
             display_name: format_display_name(
                 &config.directory.display_name_format,
                 &row.name,

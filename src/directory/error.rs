@@ -51,6 +51,9 @@ pub enum DirectoryError {
     /// A replication batch that cannot be applied.
     #[error("invalid replication batch: {0}")]
     InvalidBatch(String),
+    /// A profile report that cannot be applied.
+    #[error("{0}")]
+    InvalidProfile(String),
     /// A replication batch touching a user of another homeserver.
     #[error("{user_id} is not a user of {origin}")]
     ForeignUser {

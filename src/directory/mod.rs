@@ -10,7 +10,8 @@
 //!
 //! Services (storage through `store::directory`, no HTTP): entries created at bind and removed
 //! at unbind, and moderation ([`entries`]); searching and who may search ([`service`],
-//! [`access`]); profile replication from homeservers ([`replication`]); LDAP sync
+//! [`access`]); profile replication from homeservers ([`replication`]); verified names and
+//! profile changes reported through the homeserver API ([`profiles`]); LDAP sync
 //! ([`ldap_sync`]).
 
 pub mod access;
@@ -18,6 +19,7 @@ pub mod entries;
 pub mod error;
 pub mod ldap_sync;
 pub mod names;
+pub mod profiles;
 pub mod replication;
 pub mod search;
 pub mod service;
@@ -25,4 +27,5 @@ pub mod synthetic;
 
 pub use entries::{DirectoryEntry, ImportSummary, NameSource, Visibility, email_lookup_key};
 pub use error::DirectoryError;
+pub use profiles::{FieldChange, ProfileOutcome, VerifiedName};
 pub use service::{DirectoryParts, DirectoryService, SearchResult, SearchResults, Viewer};

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::admin::{self, AdminError};
 use crate::directory::DirectoryError;
 use crate::directory::search::QueryError;
+use crate::homeserver::HomeserverError;
 use crate::identity::IdentityError;
 use crate::identity::sessions::{self, SessionError};
 
@@ -285,7 +286,8 @@ impl From<DirectoryError> for ApiError {
             }
             DirectoryError::InvalidUserId(_)
             | DirectoryError::InvalidName
-            | DirectoryError::InvalidBatch(_) => ApiError::invalid_param(message),
+            | DirectoryError::InvalidBatch(_)
+            | DirectoryError::InvalidProfile(_) => ApiError::invalid_param(message),
             DirectoryError::NotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", message)
             }
@@ -371,6 +373,29 @@ impl From<AdminError> for ApiError {
                 ApiError::unavailable("The LDAP directory cannot be reached; try again later")
             }
             AdminError::Internal(message) => ApiError::internal(message),
+        }
+    }
+}
+
+impl From<HomeserverError> for ApiError {
+    fn from(e: HomeserverError) -> Self {
+        let message = e.to_string();
+        match e {
+            HomeserverError::Unauthorized(m) => ApiError::unauthorized(m),
+            HomeserverError::OutOfScope(m) => ApiError::forbidden(m),
+            HomeserverError::InvalidParam(m) | HomeserverError::InvalidServerName(m) => {
+                ApiError::invalid_param(m)
+            }
+            HomeserverError::InvalidEmail(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_EMAIL", message)
+            }
+            HomeserverError::TokenExists(m) => {
+                ApiError::new(StatusCode::CONFLICT, "ANNUAIRE_TOKEN_EXISTS", m)
+            }
+            HomeserverError::NoToken(m) => ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", m),
+            HomeserverError::Identity(e) => e.into(),
+            HomeserverError::Directory(e) => e.into(),
+            HomeserverError::Store(e) => e.into(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod directory;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod homeserver;
 pub mod identity;
 pub mod middleware;
 pub mod openapi;
@@ -71,6 +72,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     validation::routes(cfg);
     identity::routes(cfg);
     directory::routes(cfg);
+    homeserver::routes(cfg);
     admin::routes(cfg);
     openapi::routes(cfg);
 }
@@ -222,4 +224,15 @@ pub type AppData = web::Data<Annuaire>;
 /// The caller's IP address, honouring `http.trusted_proxies`.
 pub fn caller_ip(req: &HttpRequest, app: &Annuaire) -> Option<std::net::IpAddr> {
     extract::client_ip(req, &app.config.http.trusted_proxies)
+}
+
+/// Whether the caller is in `http.internal_networks` (a homeserver).
+pub fn is_internal(req: &HttpRequest, app: &Annuaire) -> bool {
+    caller_ip(req, app).is_some_and(|ip| {
+        app.config
+            .http
+            .internal_networks
+            .iter()
+            .any(|n| n.contains(&ip))
+    })
 }

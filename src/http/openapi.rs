@@ -9,7 +9,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{admin, directory, health, identity, policy, resource, validation};
+use super::{admin, directory, health, homeserver, identity, policy, resource, validation};
 
 /// The document: every path with a `#[utoipa::path]` attribute is listed here.
 #[derive(OpenApi)]
@@ -66,6 +66,11 @@ use super::{admin, directory, health, identity, policy, resource, validation};
         directory::client_search_r0,
         directory::homeserver_search,
         directory::replicate_profiles,
+        homeserver::bind,
+        homeserver::unbind,
+        homeserver::display_name,
+        homeserver::profile,
+        homeserver::deactivated,
         health::versions,
         health::v2_status,
         health::live,
@@ -82,6 +87,7 @@ use super::{admin, directory, health, identity, policy, resource, validation};
         (name = "identity", description = "Matrix Identity Service API v2: accounts, terms, keys, lookups, binds, invitations"),
         (name = "validation", description = "Matrix Identity Service API v2: email validation"),
         (name = "directory", description = "The cross-shard user directory"),
+        (name = "homeserver", description = "The homeserver API: homeservers that validate addresses themselves report binds, unbinds, profiles and deactivations (callers from http.internal_networks, with a token from `annuaire homeserver add`)"),
         (name = "policy", description = "Tchap-compatible shard mapping for clients and homeservers"),
         (name = "operations", description = "Health, metrics, service discovery"),
     )
@@ -90,7 +96,8 @@ pub struct ApiDoc;
 
 /// Declares the security schemes the paths name: `admin_token` (the admin API's JWT),
 /// `identity_token` (an identity-service access token), `client_token` (a homeserver's access
-/// token, checked with whoami) and `x_matrix` (a homeserver's request signature).
+/// token, checked with whoami), `homeserver_token` (a homeserver API token) and `x_matrix` (a
+/// homeserver's request signature).
 struct BearerToken;
 
 impl Modify for BearerToken {
@@ -121,6 +128,17 @@ impl Modify for BearerToken {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "The user's access token on their homeserver (checked with whoami there)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "homeserver_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A homeserver's token, from `annuaire homeserver add SERVER_NAME`",
                     ))
                     .build(),
             ),
@@ -190,6 +208,11 @@ mod tests {
             "/_matrix/identity/api/v1/info",
             "/_matrix/identity/api/v1/internal-info",
             "/_matrix/identity/versions",
+            "/_annuaire/homeserver/v1/bind",
+            "/_annuaire/homeserver/v1/unbind",
+            "/_annuaire/homeserver/v1/display_name",
+            "/_annuaire/homeserver/v1/profile",
+            "/_annuaire/homeserver/v1/deactivated",
         ] {
             assert!(paths.contains_key(path), "{path} missing");
         }

@@ -2,7 +2,8 @@
 //! address (an administrator's `POST /_annuaire/admin/v1/threepids/erase`).
 //!
 //! In one transaction, audited: the association and its lookup hashes, every invitation to the
-//! address, its validation sessions, and the mails still queued to it (a mail a worker is
+//! address, its validation sessions, what the homeserver API remembered of its unbinding, and
+//! the mails still queued to it (a mail a worker is
 //! sending at that moment goes out, then is erased like every sent mail). Then the directory
 //! follows through the same path as an unbind ([`IdentityService::after_unbind`]): the user's
 //! entry goes, unless another of their addresses is still bound, in which case it is published
@@ -85,6 +86,12 @@ impl IdentityService {
                     let sessions = erasure_store::delete_sessions_for(conn, "email", &normalised)?;
                     let queued_mails =
                         erasure_store::cancel_queued_mail_to(conn, &normalised, now_ms)?;
+                    // What the homeserver API remembered of it for a later erasure.
+                    crate::store::homeserver::forget_unbinds_of_address(
+                        conn,
+                        "email",
+                        &normalised,
+                    )?;
                     // Entries published from this address (normally only the bound user's).
                     let mut affected: Vec<String> =
                         association.iter().map(|a| a.mxid.clone()).collect();
@@ -134,7 +141,7 @@ impl IdentityService {
             invites = erasure.invites,
             sessions = erasure.sessions,
             queued_mails = erasure.queued_mails,
-            "address erased by an administrator"
+            "address erased"
         );
         for mxid in affected {
             // The unbind path: the entry follows the user's remaining associations.

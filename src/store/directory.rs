@@ -16,7 +16,7 @@ use super::schema::{directory_entries, directory_replication, ldap_names};
 use super::{DbConn, StoreError};
 use crate::db_dispatch;
 
-/// Rows written per statement by bulk inserts (20 columns: well under both backends' limits on
+/// Rows written per statement by bulk inserts (21 columns: well under both backends' limits on
 /// bound parameters).
 pub const BULK_ROWS: usize = 500;
 
@@ -45,6 +45,8 @@ pub struct EntryRow {
     pub organisation_key: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// What the user typed as display name on their homeserver (never published).
+    pub user_displayname: Option<String>,
 }
 
 /// What a search needs of a matching entry.
@@ -94,6 +96,7 @@ pub fn upsert(conn: &mut DbConn, row: &EntryRow) -> Result<(), StoreError> {
             e::search_all.eq(&row.search_all),
             e::organisation_key.eq(&row.organisation_key),
             e::updated_at.eq(row.updated_at),
+            e::user_displayname.eq(&row.user_displayname),
         ))
         .execute(c)?);
     Ok(())

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod audit;
 pub mod directory;
 pub mod erasure;
+pub mod homeserver;
 pub mod identity;
 pub mod invites;
 pub mod outbox;

@@ -232,6 +232,7 @@ diesel::table! {
         organisation_key -> Text,
         created_at -> BigInt,
         updated_at -> BigInt,
+        user_displayname -> Nullable<Text>,
     }
 }
 
@@ -257,3 +258,26 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(directory_entries, ldap_names);
+
+diesel::table! {
+    /// Bearer tokens of the homeserver API, one per homeserver (SHA-256 hashes).
+    homeserver_tokens (server_name) {
+        server_name -> Text,
+        token_hash -> Text,
+        created_at -> BigInt,
+        created_by -> Text,
+        revoked_at -> Nullable<BigInt>,
+        last_used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    /// Addresses unbound through the homeserver API, until a deactivation with erasure or the
+    /// purge.
+    homeserver_unbinds (mxid, medium, address) {
+        mxid -> Text,
+        medium -> Text,
+        address -> Text,
+        unbound_at -> BigInt,
+    }
+}

@@ -10,6 +10,7 @@ mod support;
 mod admin;
 mod directory;
 mod foundation;
+mod homeserver;
 mod identity;
 mod layering;
 mod ldap;

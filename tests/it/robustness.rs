@@ -11,6 +11,7 @@ enum Auth {
     None,
     Identity,
     Admin,
+    Homeserver,
 }
 
 /// Every route with a body or a query worth attacking.
@@ -76,6 +77,14 @@ const ROUTES: &[(&str, &str, Auth)] = &[
         Auth::Admin,
     ),
     ("POST", "/_annuaire/admin/v1/threepids/erase", Auth::Admin),
+    ("POST", "/_annuaire/homeserver/v1/bind", Auth::Homeserver),
+    ("POST", "/_annuaire/homeserver/v1/unbind", Auth::Homeserver),
+    ("POST", "/_annuaire/homeserver/v1/profile", Auth::Homeserver),
+    (
+        "POST",
+        "/_annuaire/homeserver/v1/deactivated",
+        Auth::Homeserver,
+    ),
 ];
 
 const QUERIES: &[(&str, Auth)] = &[
@@ -100,12 +109,14 @@ const QUERIES: &[(&str, Auth)] = &[
         "/_annuaire/admin/v1/directory/@jean:agent.finances.example",
         Auth::Admin,
     ),
+    ("/_annuaire/homeserver/v1/display_name", Auth::Homeserver),
 ];
 
 struct Fixture {
     s: TestServer,
     identity: String,
     admin: String,
+    homeserver: String,
 }
 
 async fn fixture() -> Fixture {
@@ -128,6 +139,18 @@ async fn fixture() -> Fixture {
         )
         .unwrap();
     }
+    let homeserver = {
+        let mut conn = s.app.db.get().unwrap();
+        annuaire::homeserver::tokens::add_homeserver(
+            &mut conn,
+            "agent.finances.example",
+            &annuaire::admin::Actor::cli("test"),
+            s.app.clock.now_ms(),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap()
+        .token
+    };
     let login = s
         .post(
             "/_annuaire/admin/v1/login",
@@ -136,7 +159,12 @@ async fn fixture() -> Fixture {
         .await
         .assert_ok();
     let admin = login["access_token"].as_str().unwrap().to_string();
-    Fixture { s, identity, admin }
+    Fixture {
+        s,
+        identity,
+        admin,
+        homeserver,
+    }
 }
 
 impl Fixture {
@@ -145,6 +173,7 @@ impl Fixture {
             Auth::None => None,
             Auth::Identity => Some(&self.identity),
             Auth::Admin => Some(&self.admin),
+            Auth::Homeserver => Some(&self.homeserver),
         }
     }
 

@@ -1515,3 +1515,160 @@ async fn admin_directory_audit_statistics_and_erasure() {
         .snap("admin_audit_invalid_since", &[])
         .await;
 }
+
+// ---- the homeserver API ----
+
+#[tokio::test]
+async fn homeserver_api() {
+    const HS_API: &str = "/_annuaire/homeserver/v1";
+    let s = with_allowlists(Builder::new(), &[FINANCES, JUSTICE])
+        .config(|c, _| c.http.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()])
+        .manual_clock(START_MS)
+        .start()
+        .await;
+    let snaps = Snapshots::new(&s);
+    let token = {
+        let mut conn = s.app.db.get().unwrap();
+        annuaire::homeserver::tokens::add_homeserver(
+            &mut conn,
+            FINANCES_HS,
+            &annuaire::audit::Actor::cli("test"),
+            START_MS,
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap()
+        .token
+    };
+    snaps.known(&token, "homeserver token");
+    let bind = format!("{HS_API}/bind");
+    let threepid =
+        |address: &str, mxid: &str| json!({"medium": "email", "address": address, "mxid": mxid});
+
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&threepid("Marie.Curie@finances.gouv.example", MARIE))
+        .snap("homeserver_v1_bind", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&threepid("marie.curie@finances.gouv.example", LUC))
+        .snap("homeserver_v1_bind_foreign_user", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&threepid("luc@justice.gouv.example", JEAN))
+        .snap("homeserver_v1_bind_foreign_address", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&threepid("x@webmail.finances.gouv.example", JEAN))
+        .snap("homeserver_v1_bind_denied_address", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&threepid("not-an-address", JEAN))
+        .snap("homeserver_v1_bind_invalid_email", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&json!({"medium": "msisdn", "address": "33612345678", "mxid": JEAN}))
+        .snap("homeserver_v1_bind_unsupported_medium", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&json!({"medium": "email", "mxid": JEAN}))
+        .snap("homeserver_v1_bind_missing_params", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .json(&threepid("marie.curie@finances.gouv.example", MARIE))
+        .snap("homeserver_v1_no_token", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer("not-a-token")
+        .json(&threepid("marie.curie@finances.gouv.example", MARIE))
+        .snap("homeserver_v1_unknown_token", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .header("x-forwarded-for", "198.51.100.7")
+        .json(&threepid("marie.curie@finances.gouv.example", MARIE))
+        .snap("homeserver_v1_outside", &[])
+        .await;
+
+    let name = format!("{HS_API}/display_name");
+    snaps
+        .get_query(
+            &name,
+            &[
+                ("medium", "email"),
+                ("address", "jean.dupont@finances.gouv.example"),
+            ],
+        )
+        .bearer(&token)
+        .snap("homeserver_v1_display_name", &[])
+        .await;
+    snaps
+        .get_query(
+            &name,
+            &[("medium", "email"), ("address", "luc@justice.gouv.example")],
+        )
+        .bearer(&token)
+        .snap("homeserver_v1_display_name_foreign_address", &[])
+        .await;
+
+    let profile = format!("{HS_API}/profile");
+    snaps
+        .post(&profile)
+        .bearer(&token)
+        .json(&json!({"user_id": MARIE, "displayname": "Marie", "avatar_url": "mxc://agent.finances.example/a"}))
+        .snap("homeserver_v1_profile", &[])
+        .await;
+    snaps
+        .post(&profile)
+        .bearer(&token)
+        .json(&json!({"user_id": MARIE, "displayname": "x".repeat(300)}))
+        .snap("homeserver_v1_profile_displayname_too_long", &[])
+        .await;
+
+    let unbind = format!("{HS_API}/unbind");
+    snaps
+        .post(&unbind)
+        .bearer(&token)
+        .json(&threepid("marie.curie@finances.gouv.example", MARIE))
+        .snap("homeserver_v1_unbind", &[])
+        .await;
+    snaps
+        .post(&unbind)
+        .bearer(&token)
+        .json(&threepid("marie.curie@finances.gouv.example", MARIE))
+        .snap("homeserver_v1_unbind_nothing", &[])
+        .await;
+
+    Reply::from(
+        s.client
+            .post(s.url(&bind))
+            .bearer_auth(&token)
+            .json(&threepid("marie.curie@finances.gouv.example", MARIE))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .assert_ok();
+    snaps
+        .post(&format!("{HS_API}/deactivated"))
+        .bearer(&token)
+        .json(&json!({"user_id": MARIE, "erased": false}))
+        .snap("homeserver_v1_deactivated", &[])
+        .await;
+}
