@@ -56,7 +56,7 @@ async fn token(s: &TestServer, username: &str, password: &str) -> String {
     body["access_token"].as_str().unwrap().to_string()
 }
 
-async fn editor(s: &TestServer) -> String {
+pub(crate) async fn editor(s: &TestServer) -> String {
     token(s, "ed", EDITOR_PASSWORD).await
 }
 
