@@ -10,12 +10,13 @@
 //!
 //! Services (storage through `store::directory`, no HTTP): entries created at bind and removed
 //! at unbind, and moderation ([`entries`]); searching and who may search ([`service`],
-//! [`access`]); profile replication from homeservers ([`replication`]); LDAP sync
-//! ([`ldap_sync`]).
+//! [`access`]); the federated directory of MSC4258 ([`federated`]); profile replication from
+//! homeservers ([`replication`]); LDAP sync ([`ldap_sync`]).
 
 pub mod access;
 pub mod entries;
 pub mod error;
+pub mod federated;
 pub mod ldap_sync;
 pub mod names;
 pub mod replication;
