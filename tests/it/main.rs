@@ -9,10 +9,13 @@ mod support;
 
 mod admin;
 mod directory;
+mod federated_directory;
 mod foundation;
 mod identity;
+mod invites;
 mod layering;
 mod ldap;
+mod mail_languages;
 mod mail_smtp;
 mod outbox;
 mod policy;
