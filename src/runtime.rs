@@ -274,6 +274,7 @@ pub fn start_background_jobs(app: &Arc<Annuaire>) {
             if last_housekeeping.elapsed() >= Duration::from_secs(60) {
                 app.limits.info_per_ip.housekeep();
                 app.identity.housekeep();
+                app.directory.housekeep();
                 app.admin.housekeep();
                 last_housekeeping = std::time::Instant::now();
             }

@@ -398,6 +398,112 @@ def info(address, internal=False):
     return call("GET", f"{IS}/_matrix/identity/api/v1/{path}", query={"medium": "email", "address": address})
 
 
+# ---- email invitations accepted through the mailed link (issue 16) ------------------------------
+
+
+def sign_like_element(signurl, mxid):
+    """What Element's js-sdk does with the link's `signurl`: POST <signurl>&mxid=…, no body, no
+    credentials, cross-origin. Returns (status, body, Access-Control-Allow-Origin)."""
+    url = signurl + ("&" if "?" in signurl else "?") + urllib.parse.urlencode({"mxid": mxid})
+    req = urllib.request.Request(
+        url, data=b"", method="POST", headers={"Accept": "application/json", "Origin": ENV["E2E_WEB_CLIENT"]}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30, context=CTX) as r:
+            return r.status, json.loads(r.read() or b"{}"), r.headers.get("Access-Control-Allow-Origin")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}"), e.headers.get("Access-Control-Allow-Origin")
+
+
+def room_state_event(shard, token, room_id, event_type, state_key):
+    return call(
+        "GET",
+        f"{HS[shard]}/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/state/"
+        f"{urllib.parse.quote(event_type)}/{urllib.parse.quote(state_key, safe='')}",
+        token=token,
+    )
+
+
+def invitation_accepted_through_the_mailed_link(inviter, inviter_is_token):
+    """Agent B invites an address by email; the mail carries Element's link with `signurl`; the
+    invitee registers on their own shard (A), signs the invitation with the mailed private key
+    at annuaire's unauthenticated sign-ed25519, and joins B's room with `third_party_signed`:
+    shard A forwards the exchange to shard B, which checks the ephemeral key with annuaire."""
+    global STEP
+    STEP = "8 an email invitation is accepted through the mailed link (sign-ed25519, third_party_signed)"
+    print(f"== {STEP}", flush=True)
+    user_b, token_b = inviter
+    invitee = "claire.martin@ministry-a.example"
+    status, room = call(
+        "POST",
+        f"{HS['b']}/_matrix/client/v3/createRoom",
+        {"name": "Invitation par courriel", "preset": "private_chat"},
+        token=token_b,
+    )
+    check(status == 200, "createRoom failed", (status, room))
+    room_id = room["room_id"]
+    status, body = call(
+        "POST",
+        f"{HS['b']}/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/invite",
+        {"medium": "email", "address": invitee, "id_server": IS_NAME, "id_access_token": inviter_is_token},
+        token=token_b,
+    )
+    check(status == 200, "the email invitation through Synapse failed", (status, body))
+    msg = wait_mail(invitee)
+    text = mail_text(msg)
+    links = [l for l in links_in(text) if "/#/room/" in l and "signurl=" in l]
+    check(links, f"the invitation mail has no client link with signurl: {text[:800]}")
+    link = links[0]
+    check(link.startswith(ENV["E2E_WEB_CLIENT"] + "/#/room/"), f"the link is not to the web client: {link}")
+    # As Element reads it: the fragment split at its first `?`, the rest as URLSearchParams.
+    fragment = link.split("#", 1)[1]
+    room_part, query = fragment.split("?", 1)
+    check(urllib.parse.unquote(room_part) == f"/room/{room_id}", f"the link names another room: {room_part}")
+    params = dict(urllib.parse.parse_qsl(query))
+    check(params.get("email") == invitee, "the link's email is not the invited address", (0, params))
+    check(params.get("room_name") == "Invitation par courriel", "the link has no room name", (0, params))
+    check(params.get("inviter_name"), "the link has no inviter name", (0, params))
+    signurl = params.get("signurl", "")
+    check(signurl.startswith(f"{IS}/_matrix/identity/api/v1/sign-ed25519?"), f"unexpected signurl {signurl}")
+    sign_args = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(signurl).query))
+    invite_token = sign_args.get("token", "")
+    # The room holds the invitation under that token, with annuaire's two keys.
+    status, tpi = room_state_event("b", token_b, room_id, "m.room.third_party_invite", invite_token)
+    check(status == 200 and len(tpi.get("public_keys", [])) == 2,
+          "no m.room.third_party_invite for the mailed token", (status, tpi))
+    say(f"mail with Element's link; the room's third-party invite has token {invite_token[:6]}…")
+
+    # The invitee registers on their own shard (Synapse's own mail; the address is not bound).
+    status, body = register_with_email("a", "claire", invitee)
+    check(status == 200 and "access_token" in body, "the invitee could not register on shard A", (status, body))
+    claire, token_claire = body["user_id"], body["access_token"]
+    status, signed, cors = sign_like_element(signurl, claire)
+    check(status == 200, "annuaire's sign-ed25519 refused the mailed link", (status, signed))
+    check(cors == "*", f"sign-ed25519 answered Access-Control-Allow-Origin {cors!r}, not *")
+    check(signed.get("mxid") == claire and signed.get("sender") == user_b and signed.get("token") == invite_token,
+          "the signed object does not name the invitee, the inviter and the token", (status, signed))
+    say(f"signed for {claire} with the mailed key (no credentials; CORS *)")
+
+    status, body = call(
+        "POST",
+        f"{HS['a']}/_matrix/client/v3/join/{urllib.parse.quote(room_id)}",
+        {"third_party_signed": signed},
+        token=token_claire,
+        query={"server_name": HS_NAME["b"]},
+    )
+    check(status == 200 and body.get("room_id") == room_id, "joining with third_party_signed failed", (status, body))
+    status, member = room_state_event("b", token_b, room_id, "m.room.member", claire)
+    check(status == 200 and member.get("membership") == "join", "the invitee is not joined on shard B", (status, member))
+    # Shard B checked the ephemeral key with annuaire; annuaire logged no secret.
+    with open(ENV["E2E_ANNUAIRE_LOG"], encoding="utf-8", errors="replace") as f:
+        log = f.read()
+    check('route="/_matrix/identity/v2/pubkey/ephemeral/isvalid" status=200' in log,
+          "no homeserver asked annuaire whether the ephemeral key is valid")
+    check(sign_args.get("private_key", "") not in log and invite_token not in log,
+          "annuaire's log shows the invitation's private key or token")
+    say(f"{claire} joined {room_id} on shard B with third_party_signed (key checked with annuaire)")
+
+
 # ---- the journey ---------------------------------------------------------------------------------
 
 
@@ -635,6 +741,8 @@ def main():
     say(f"annuaire back -> binding arrived (module's retry with backoff): {delay * 1000:.0f} ms; "
         f"listed as {found[0].get('display_name')!r}")
     wait_for("shard A's module queue to drain", lambda: not module_queue_a())
+
+    invitation_accepted_through_the_mailed_link(users["b"], is_b)
 
 
 if __name__ == "__main__":

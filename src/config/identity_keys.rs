@@ -389,10 +389,13 @@ pub struct InvitesConfig {
     pub per_sender: WindowLimit,
     /// Invitations one address may receive (each one sends a mail).
     pub per_address: WindowLimit,
-    /// The web client invitation mails link to (`https://…`); absent: no link. The
-    /// `org.matrix.web_client_location` of a request is not used: any token holder could put
-    /// any link in our mail.
+    /// The web client invitation mails link to (`https://…`) by default; absent: no link
+    /// unless the request names an allowed one.
     pub web_client_url: Option<String>,
+    /// Web clients a request's `org.matrix.web_client_location` may choose (exact URLs, a
+    /// trailing `/` ignored). Any other value is ignored: a caller cannot put an arbitrary
+    /// link in our mail.
+    pub allowed_web_clients: Vec<String>,
     /// Wait before the first retry of an `onbind` delivery; doubled after each further
     /// failure, up to `delivery_max_backoff`.
     pub delivery_initial_backoff: HumanDuration,
@@ -415,6 +418,7 @@ impl Default for InvitesConfig {
                 within: HumanDuration(Duration::from_secs(24 * 3600)),
             },
             web_client_url: None,
+            allowed_web_clients: Vec::new(),
             delivery_initial_backoff: HumanDuration(Duration::from_secs(30)),
             delivery_max_backoff: HumanDuration(Duration::from_secs(2 * 3600)),
             delivery_max_attempts: 12,
@@ -429,14 +433,26 @@ impl InvitesConfig {
         }
         self.per_sender.validate("invites.per_sender")?;
         self.per_address.validate("invites.per_address")?;
-        if let Some(url) = &self.web_client_url {
+        let check_client = |key: &str, url: &str| {
             let parsed = reqwest::Url::parse(url)
-                .map_err(|e| ConfigError(format!("invites.web_client_url: `{url}`: {e}")))?;
+                .map_err(|e| ConfigError(format!("{key}: `{url}`: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                return Err(ConfigError(
-                    "invites.web_client_url: expected an https:// URL with a host".into(),
-                ));
+                return Err(ConfigError(format!(
+                    "{key}: `{url}`: expected an https:// URL with a host"
+                )));
             }
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(ConfigError(format!(
+                    "{key}: `{url}`: a web client URL has no query or fragment (the room link is added to it)"
+                )));
+            }
+            Ok(())
+        };
+        if let Some(url) = &self.web_client_url {
+            check_client("invites.web_client_url", url)?;
+        }
+        for url in &self.allowed_web_clients {
+            check_client("invites.allowed_web_clients", url)?;
         }
         if self.delivery_initial_backoff.0.is_zero() {
             return Err(ConfigError(

@@ -10,13 +10,14 @@
 //!
 //! Services (storage through `store::directory`, no HTTP): entries created at bind and removed
 //! at unbind, and moderation ([`entries`]); searching and who may search ([`service`],
-//! [`access`]); profile replication from homeservers ([`replication`]); verified names and
-//! profile changes reported through the homeserver API ([`profiles`]); LDAP sync
-//! ([`ldap_sync`]).
+//! [`access`]); the federated directory of MSC4258 ([`federated`]); profile replication from
+//! homeservers ([`replication`]); verified names and profile changes reported through the
+//! homeserver API ([`profiles`]); LDAP sync ([`ldap_sync`]).
 
 pub mod access;
 pub mod entries;
 pub mod error;
+pub mod federated;
 pub mod ldap_sync;
 pub mod names;
 pub mod profiles;

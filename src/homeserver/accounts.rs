@@ -364,6 +364,7 @@ mod tests {
             rule: None,
             rule_id: None,
             reason: "no rule matches".into(),
+            reason_code: crate::policy::ReasonCode::UnknownDomain,
         }
     }
 

@@ -197,9 +197,12 @@ impl From<IdentityError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "M_THREEPID_IN_USE", message)
                     .with("mxid", mxid)
             }
-            IdentityError::ThreepidDenied(m) => {
-                ApiError::new(StatusCode::FORBIDDEN, "M_THREEPID_DENIED", m)
-            }
+            IdentityError::ThreepidDenied {
+                message,
+                reason_code,
+            } => ApiError::new(StatusCode::FORBIDDEN, "M_THREEPID_DENIED", message)
+                .with("decision", "denied")
+                .with("reason_code", reason_code.as_str()),
             IdentityError::BindingNotPermitted(m) => {
                 ApiError::new(StatusCode::FORBIDDEN, "M_BINDING_NOT_PERMITTED", m)
             }
@@ -264,10 +267,12 @@ impl From<SessionError> for ApiError {
                 "M_INVALID_EMAIL",
                 format!("Invalid email address: {reason}"),
             ),
-            SessionError::Denied { reason } => {
-                ApiError::new(StatusCode::FORBIDDEN, "M_THREEPID_DENIED", reason)
-                    .with("decision", "denied")
-            }
+            SessionError::Denied {
+                reason,
+                reason_code,
+            } => ApiError::new(StatusCode::FORBIDDEN, "M_THREEPID_DENIED", reason)
+                .with("decision", "denied")
+                .with("reason_code", reason_code.as_str()),
             SessionError::LimitExceeded { retry_after_ms } => {
                 ApiError::limit_exceeded(retry_after_ms)
             }
@@ -312,6 +317,11 @@ impl From<DirectoryError> for ApiError {
             | DirectoryError::ForeignUser { .. } => ApiError::forbidden(message),
             DirectoryError::HomeserverUnavailable(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", message)
+            }
+            DirectoryError::BadJson(m) => ApiError::bad_json(m),
+            DirectoryError::WrongDestination(_) => ApiError::unauthorized(message),
+            DirectoryError::RateLimited { retry_after_ms } => {
+                ApiError::limit_exceeded(retry_after_ms)
             }
             DirectoryError::Store(e) => e.into(),
             DirectoryError::SyncInProgress => ApiError::unavailable(message),

@@ -337,6 +337,7 @@ mod tests {
             (
                 SessionError::Denied {
                     reason: "no".into(),
+                    reason_code: crate::policy::ReasonCode::UnknownDomain,
                 },
                 403,
                 "M_THREEPID_DENIED",
@@ -352,6 +353,14 @@ mod tests {
             assert_eq!(api.status.as_u16(), status);
             assert_eq!(api.errcode, code);
         }
+        let denied = ApiError::from(SessionError::Denied {
+            reason: "no".into(),
+            reason_code: crate::policy::ReasonCode::UnknownDomain,
+        });
+        assert_eq!(
+            denied.body(),
+            serde_json::json!({"errcode": "M_THREEPID_DENIED", "error": "no", "decision": "denied", "reason_code": "unknown_domain"})
+        );
         let locked = ApiError::from(SessionError::TokenIncorrect { locked: true });
         assert!(locked.message.contains("locked"));
     }

@@ -87,9 +87,10 @@ impl IdentityService {
         let decision = self.allowlist.decide(&address, now_ms);
         if decision.outcome == Outcome::Denied {
             tracing::info!(domain = %address.domain(), "bind refused: address denied by the policy");
-            return Err(IdentityError::ThreepidDenied(
-                "This address is not allowed on the service; it cannot be bound".into(),
-            ));
+            return Err(IdentityError::ThreepidDenied {
+                message: "This address is not allowed on the service; it cannot be bound".into(),
+                reason_code: decision.reason_code,
+            });
         }
         if self.config.policy.bind_requires_matching_homeserver
             && !homeserver_matches(server, &decision)
@@ -488,6 +489,7 @@ pub enum UnbindAuth<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::ReasonCode;
 
     fn decision(hs: Option<&str>, shadow: Option<&str>) -> Decision {
         Decision {
@@ -498,6 +500,7 @@ mod tests {
             rule: None,
             rule_id: None,
             reason: String::new(),
+            reason_code: ReasonCode::Allowed,
         }
     }
 

@@ -73,9 +73,15 @@ pub enum IdentityError {
         /// Who it is bound to.
         mxid: String,
     },
-    /// The policy refuses the address (403 `M_THREEPID_DENIED`).
-    #[error("{0}")]
-    ThreepidDenied(String),
+    /// The policy refuses the address (403 `M_THREEPID_DENIED`, with `decision` and
+    /// `reason_code`).
+    #[error("{message}")]
+    ThreepidDenied {
+        /// Why, for people.
+        message: String,
+        /// Why, as the policy's stable code.
+        reason_code: crate::policy::ReasonCode,
+    },
     /// The address may not be bound to this Matrix ID: its homeserver is not the one the policy
     /// assigns to the address (403 `M_BINDING_NOT_PERMITTED`).
     #[error("{0}")]

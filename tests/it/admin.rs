@@ -1396,6 +1396,33 @@ async fn the_openapi_document_lists_the_admin_and_public_paths() {
     ] {
         assert!(rule_schema[field].is_object(), "RuleView.{field}");
     }
+    // The reason codes are documented, every one of them, where decisions are answered.
+    let codes: Vec<&str> = doc["components"]["schemas"]["ReasonCode"]["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ReasonCode enum: {}", doc["components"]["schemas"]))
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let documented: Vec<&str> = annuaire::policy::ReasonCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(codes, documented);
+    for schema in ["ShardInfo", "DecisionView"] {
+        assert_eq!(
+            doc["components"]["schemas"][schema]["properties"]["reason_code"]["$ref"],
+            "#/components/schemas/ReasonCode",
+            "{schema}"
+        );
+    }
+    for path in [
+        "/_matrix/identity/api/v1/sign-ed25519",
+        "/_matrix/federation/unstable/org.matrix.msc4258/user_directory/search",
+        "/_matrix/federation/v3/user_directory/search",
+        "/_matrix/federation/unstable/fr.tchap/user_directory/search",
+    ] {
+        assert!(paths[path]["post"].is_object(), "POST {path} missing");
+    }
 }
 
 /// `annuaire` with stdin, for `admin add` reading the password.

@@ -9,11 +9,14 @@ mod support;
 
 mod admin;
 mod directory;
+mod federated_directory;
 mod foundation;
 mod homeserver;
 mod identity;
+mod invites;
 mod layering;
 mod ldap;
+mod mail_languages;
 mod mail_smtp;
 mod outbox;
 mod policy;

@@ -23,6 +23,7 @@ const ROUTES: &[(&str, &str, Auth)] = &[
     ("POST", "/_matrix/identity/v2/3pid/unbind", Auth::Identity),
     ("POST", "/_matrix/identity/v2/store-invite", Auth::Identity),
     ("POST", "/_matrix/identity/v2/sign-ed25519", Auth::Identity),
+    ("POST", "/_matrix/identity/api/v1/sign-ed25519", Auth::None),
     (
         "POST",
         "/_matrix/identity/v2/validate/email/requestToken",
@@ -51,6 +52,21 @@ const ROUTES: &[(&str, &str, Auth)] = &[
     (
         "POST",
         "/_matrix/identity/api/v1/replicate_profiles",
+        Auth::None,
+    ),
+    (
+        "POST",
+        "/_matrix/federation/unstable/org.matrix.msc4258/user_directory/search",
+        Auth::None,
+    ),
+    (
+        "POST",
+        "/_matrix/federation/v3/user_directory/search",
+        Auth::None,
+    ),
+    (
+        "POST",
+        "/_matrix/federation/unstable/fr.tchap/user_directory/search",
         Auth::None,
     ),
     ("POST", "/_annuaire/admin/v1/login", Auth::None),

@@ -880,6 +880,8 @@ async fn identity_invitations() {
                 max: 1,
                 within: HumanDuration(Duration::from_secs(3600)),
             };
+            // The mail then carries the signing link with the private key.
+            c.invites.web_client_url = Some("https://app.tchap.example".into());
         })
         .manual_clock(START_MS)
         .start()
@@ -955,12 +957,45 @@ async fn identity_invitations() {
     let invitee = "@marie.curie:agent.finances.example";
     let invitee_token = register(&s, &hs, invitee).await;
     snaps.known(&invitee_token, "marie.curie's token");
+    let private_key = crate::invites::mailed_private_key(&s, &invite_token).await;
+    snaps.known(&private_key, "mailed private key");
     let sign = format!("{V2}/sign-ed25519");
     snaps
         .post(&sign)
         .bearer(&invitee_token)
-        .json(&json!({"mxid": invitee, "token": invite_token, "private_key": EPHEMERAL_SEED}))
+        .json(&json!({"mxid": invitee, "token": invite_token, "private_key": private_key}))
         .snap("v2_sign_ed25519", &["ed25519:0"])
+        .await;
+    snaps
+        .post(&sign)
+        .bearer(&invitee_token)
+        .json(&json!({"mxid": invitee, "token": invite_token, "private_key": EPHEMERAL_SEED}))
+        .snap("v2_sign_ed25519_not_the_invitations_key", &[])
+        .await;
+    // The unauthenticated v1 the mailed link points at, as Element calls it: query string only.
+    let v1_sign = "/_matrix/identity/api/v1/sign-ed25519";
+    let other = "%40marie.perso%3Aagent.justice.example";
+    snaps
+        .post(&format!(
+            "{v1_sign}?token={invite_token}&private_key={private_key}&mxid={other}"
+        ))
+        .header("accept", "application/json")
+        .snap("v1_sign_ed25519", &["ed25519:0"])
+        .await;
+    snaps
+        .post(v1_sign)
+        .json(&json!({"mxid": "@marie.perso:agent.justice.example", "token": invite_token, "private_key": private_key}))
+        .snap("v1_sign_ed25519_json", &["ed25519:0"])
+        .await;
+    snaps
+        .post(&format!("{v1_sign}?token={invite_token}&mxid={other}"))
+        .snap("v1_sign_ed25519_missing_params", &[])
+        .await;
+    snaps
+        .post(&format!(
+            "{v1_sign}?token=unknown&private_key={private_key}&mxid={other}"
+        ))
+        .snap("v1_sign_ed25519_unknown_invitation", &[])
         .await;
     snaps
         .post(&sign)
@@ -1067,6 +1102,7 @@ async fn directory_searches_and_replication() {
             );
             c.federation.homeservers.insert(FINANCES_HS.into(), base);
             c.directory.allowed_homeservers = vec![FINANCES_HS.into()];
+            c.directory.federated_search_servers = vec![FINANCES_HS.into()];
         })
         .manual_clock(START_MS)
         .start()
@@ -1182,6 +1218,29 @@ async fn directory_searches_and_replication() {
         .post(replicate)
         .json(&hs.signed(json!({"batchnum": 3, "batch": {}})))
         .snap("v1_replicate_profiles_missing_origin", &[])
+        .await;
+
+    // MSC4258: a federated search, signed with X-Matrix by the calling server.
+    let federated = "/_matrix/federation/unstable/org.matrix.msc4258/user_directory/search";
+    let signed_search = |body: Value| {
+        let auth = hs.x_matrix("POST", federated, "is.test.example", &body);
+        snaps.post(federated).authorization(&auth).json(&body)
+    };
+    signed_search(
+        json!({"requester": "@remote:agent.finances.example", "search_term": "marie", "limit": 5}),
+    )
+    .snap("msc4258_user_directory_search", &[])
+    .await;
+    signed_search(json!({"requester": "@remote:agent.finances.example", "search_term": "ma"}))
+        .snap("msc4258_user_directory_search_short_term", &[])
+        .await;
+    signed_search(json!({"requester": "@remote:agent.justice.example", "search_term": "marie"}))
+        .snap("msc4258_user_directory_search_foreign_requester", &[])
+        .await;
+    snaps
+        .post(federated)
+        .json(&json!({"requester": "@remote:agent.finances.example", "search_term": "marie"}))
+        .snap("msc4258_user_directory_search_unsigned", &[])
         .await;
 }
 

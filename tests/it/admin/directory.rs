@@ -3,7 +3,7 @@
 
 use annuaire::directory::Viewer;
 use annuaire::identity::associations::{self, Association};
-use annuaire::policy::{Decision, Outcome, normalize_email};
+use annuaire::policy::{Decision, Outcome, ReasonCode, normalize_email};
 use annuaire::store::invites::InviteRow;
 use annuaire::store::sessions::SessionRow;
 use reqwest::Method;
@@ -27,6 +27,7 @@ fn decision(outcome: Outcome, organisation: Option<&str>) -> Decision {
         rule: None,
         rule_id: None,
         reason: String::new(),
+        reason_code: ReasonCode::Allowed,
     }
 }
 
