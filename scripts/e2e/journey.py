@@ -430,7 +430,7 @@ def invitation_accepted_through_the_mailed_link(inviter, inviter_is_token):
     at annuaire's unauthenticated sign-ed25519, and joins B's room with `third_party_signed`:
     shard A forwards the exchange to shard B, which checks the ephemeral key with annuaire."""
     global STEP
-    STEP = "8 an email invitation is accepted through the mailed link (sign-ed25519, third_party_signed)"
+    STEP = "11 an email invitation is accepted through the mailed link (sign-ed25519, third_party_signed)"
     print(f"== {STEP}", flush=True)
     user_b, token_b = inviter
     invitee = "claire.martin@ministry-a.example"
