@@ -257,3 +257,31 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(directory_entries, ldap_names);
+
+diesel::table! {
+    /// Signing keys retired by a rotation (public half only), still published.
+    retired_signing_keys (key_id) {
+        key_id -> Text,
+        public_key -> Text,
+        retired_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// The secrets that sign admin tokens, by `kid`.
+    admin_jwt_secrets (kid) {
+        kid -> Text,
+        secret -> Text,
+        created_at -> BigInt,
+        retired_at -> Nullable<BigInt>,
+        accepted_until -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    /// Users who left the directory of their own accord.
+    directory_opt_outs (mxid) {
+        mxid -> Text,
+        created_at -> BigInt,
+    }
+}

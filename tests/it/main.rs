@@ -16,6 +16,7 @@ mod ldap;
 mod mail_smtp;
 mod outbox;
 mod policy;
+mod production;
 mod robustness;
 mod snapshots;
 mod validation;

@@ -76,6 +76,7 @@ const ROUTES: &[(&str, &str, Auth)] = &[
         Auth::Admin,
     ),
     ("POST", "/_annuaire/admin/v1/threepids/erase", Auth::Admin),
+    ("POST", "/_annuaire/account/v1/directory", Auth::Identity),
 ];
 
 const QUERIES: &[(&str, Auth)] = &[
@@ -100,6 +101,7 @@ const QUERIES: &[(&str, Auth)] = &[
         "/_annuaire/admin/v1/directory/@jean:agent.finances.example",
         Auth::Admin,
     ),
+    ("/_annuaire/account/v1/data", Auth::Identity),
 ];
 
 struct Fixture {

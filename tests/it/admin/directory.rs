@@ -517,6 +517,7 @@ async fn erasure_forgets_an_address_and_the_directory_follows_the_unbind_path() 
             "sessions": 1,
             "queued_mails": 1,
             "directory": [{"user_id": JEAN, "entry": "kept"}],
+            "audit_rows_pseudonymised": 1,
         })
     );
     // Lookups no longer find A; B still finds Jean.
