@@ -246,11 +246,9 @@ impl Mailer {
             )
             .unwrap_or(i64::MAX),
         );
-        let worker = mailer.worker_id.clone();
-        let id = row.id.clone();
-        let recorded = self
-            .db
-            .run(move |conn| {
+        let record = || {
+            let (worker, id, error) = (mailer.worker_id.clone(), row.id.clone(), error.clone());
+            self.db.run(move |conn| {
                 let error = error.as_deref().unwrap_or("");
                 match delivery {
                     Delivery::Sent => store::mark_sent(conn, &id, &worker, attempts, finished_at),
@@ -262,7 +260,19 @@ impl Mailer {
                     }
                 }
             })
-            .await;
+        };
+        // A mail handed to the server but not recorded as sent would go out again when the
+        // lease ends: while the database is briefly away (a restart), keep trying to record it
+        // for half the lease.
+        let mut recorded = record().await;
+        let give_up = std::time::Instant::now() + mailer.lease / 2;
+        while let Err(e) = &recorded {
+            if !e.is_unavailable() || std::time::Instant::now() >= give_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            recorded = record().await;
+        }
         report(&row, attempts, delivery, &result);
         match recorded {
             Ok(true) => {}
