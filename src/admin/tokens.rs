@@ -166,6 +166,9 @@ pub struct Tokens {
     secrets: ArcSwap<SecretRing>,
     source: SecretSource,
     lifetime_ms: i64,
+    /// When a token of an unknown `kid` last made this instance reread the secrets (ms): at
+    /// most once a second, so that forged `kid`s cannot make every request read the database.
+    last_unknown_refresh: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -250,6 +253,7 @@ impl Tokens {
             secrets: ArcSwap::from_pointee(ring),
             source,
             lifetime_ms: config.admin.token_lifetime.as_millis_i64(),
+            last_unknown_refresh: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
     }
 
@@ -260,6 +264,7 @@ impl Tokens {
             secrets: ArcSwap::from_pointee(SecretRing::single(LEGACY_KID, secret)),
             source: SecretSource::File,
             lifetime_ms: config.admin.token_lifetime.as_millis_i64(),
+            last_unknown_refresh: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
@@ -278,6 +283,17 @@ impl Tokens {
         }
         self.secrets.store(Arc::new(ring));
         Ok(())
+    }
+
+    /// Whether an unknown `kid` may make this instance reread the secrets now.
+    fn may_refresh(&self, now_ms: i64) -> bool {
+        use std::sync::atomic::Ordering;
+        let last = self.last_unknown_refresh.load(Ordering::SeqCst);
+        now_ms.saturating_sub(last) >= 1000
+            && self
+                .last_unknown_refresh
+                .compare_exchange(last, now_ms, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
     }
 
     /// The `kid` new tokens carry.
@@ -367,7 +383,9 @@ impl Tokens {
         now_ms: i64,
     ) -> Result<Session, AdminError> {
         let claims = match self.decode(token, now_ms) {
-            Err(Decoded::UnknownKid) if self.source == SecretSource::Database => {
+            Err(Decoded::UnknownKid)
+                if self.source == SecretSource::Database && self.may_refresh(now_ms) =>
+            {
                 // Perhaps rotated by another process since this instance last looked.
                 self.refresh(conn)?;
                 self.decode(token, now_ms)
@@ -746,6 +764,7 @@ mod tests {
             secrets: ArcSwap::from_pointee(SecretRing::from_rows(rows).unwrap()),
             source: SecretSource::Database,
             lifetime_ms: 900_000,
+            last_unknown_refresh: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 

@@ -69,6 +69,10 @@ pub fn load_signing_key(
     if let Some(path) = file {
         return read_key_file(path);
     }
+    // Read first: instances reread the key every few seconds, and only the first ever writes.
+    if let Some(stored) = state::get(conn, SIGNING_KEY_STATE)? {
+        return parse_stored(&stored).map_err(IdentityStartError::Store);
+    }
     let candidate = SigningKey::generate(rng).to_sydent_string();
     let stored = state::get_or_insert(conn, SIGNING_KEY_STATE, &candidate, now_ms)?;
     parse_stored(&stored).map_err(IdentityStartError::Store)
