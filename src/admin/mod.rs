@@ -15,6 +15,7 @@ pub mod accounts;
 pub mod ldap_login;
 pub mod login;
 pub mod moderation;
+pub mod retention;
 pub mod rules;
 pub mod service;
 pub mod stats;

@@ -214,8 +214,8 @@ fn stored_rules(conn: &mut DbConn) -> Result<Vec<Rule>, AdminError> {
 
 /// Reloads this instance's rules after a change, so that it applies here at once (the other
 /// instances follow within `policy.reload_interval`).
-fn refresh(conn: &mut DbConn, live: &Allowlist) {
-    if let Err(e) = live.reload_if_changed(conn) {
+fn refresh(conn: &mut DbConn, live: &Allowlist, now_ms: i64) {
+    if let Err(e) = live.reload_if_changed(conn, now_ms) {
         tracing::warn!(error = %e, "could not reload the rules after an admin change");
     }
 }
@@ -267,7 +267,7 @@ pub fn create(
         }
         Err(e) => return Err(e),
     }
-    refresh(conn, live);
+    refresh(conn, live, now_ms);
     Ok(rule)
 }
 
@@ -316,7 +316,7 @@ pub fn update(
         Ok(true)
     })?;
     if changed {
-        refresh(conn, live);
+        refresh(conn, live, now_ms);
     }
     Ok(rule)
 }
@@ -349,7 +349,7 @@ pub fn delete(
         )?;
         Ok(existing)
     })?;
-    refresh(conn, live);
+    refresh(conn, live, now_ms);
     Ok(removed)
 }
 
@@ -398,7 +398,7 @@ pub fn convert(
             rule,
         })
     })?;
-    refresh(conn, live);
+    refresh(conn, live, now_ms);
     Ok(converted)
 }
 
@@ -471,7 +471,7 @@ pub fn import(
         Ok(diff)
     })?;
     if !dry_run && !diff.is_empty() {
-        refresh(conn, live);
+        refresh(conn, live, now_ms);
     }
     Ok(diff)
 }
@@ -496,7 +496,7 @@ pub fn explain(
 ) -> Result<(Address, Explanation), AdminError> {
     let address = normalize_email(address)
         .map_err(|e| AdminError::InvalidAddress(format!("Invalid email address: {e}")))?;
-    refresh(conn, live);
+    refresh(conn, live, now_ms);
     let explanation = live.index().explain(&address, now_ms);
     Ok((address, explanation))
 }

@@ -40,9 +40,9 @@ pub struct AdminParts {
 /// Administration: accounts, tokens and logins, rules, the explainer, moderation, erasure, the
 /// audit log and statistics.
 pub struct Admin {
-    config: Arc<Config>,
-    db: Db,
-    clock: SharedClock,
+    pub(super) config: Arc<Config>,
+    pub(super) db: Db,
+    pub(super) clock: SharedClock,
     allowlist: Arc<Allowlist>,
     identity: Arc<IdentityService>,
     tokens: Arc<Tokens>,
@@ -96,6 +96,12 @@ impl Admin {
     /// Forgets full rate-limit buckets (call periodically).
     pub fn housekeep(&self) {
         self.logins.housekeep();
+    }
+
+    /// Rereads the admin token secrets (a rotation by another process).
+    pub async fn refresh_secrets(&self) -> Result<(), AdminError> {
+        let tokens = self.tokens.clone();
+        self.run(move |conn| tokens.refresh(conn)).await
     }
 
     // ---- logins and sessions ----

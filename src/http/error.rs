@@ -166,13 +166,11 @@ impl ResponseError for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::Unavailable(_) => {
-                tracing::error!(error = %e, "database unavailable");
-                ApiError::unavailable("The database is unavailable; retry later")
-            }
-            other => ApiError::internal(other),
+        if e.is_unavailable() {
+            tracing::error!(error = %e, "database unavailable");
+            return ApiError::unavailable("The database is unavailable; retry later");
         }
+        ApiError::internal(e)
     }
 }
 

@@ -159,7 +159,7 @@ pub(super) async fn accept_terms(
 
 /// # GET /_matrix/identity/v2/pubkey/{keyId}
 #[utoipa::path(get, path = "/_matrix/identity/v2/pubkey/{key_id}", tag = "identity",
-    summary = "A long-term public key",
+    summary = "A long-term public key (the current one, or one retired by a rotation)",
     params(("key_id" = String, Path, description = "`ed25519:0`")),
     responses(
         (status = 200, description = "The key (unpadded base64)", body = PublicKeyResponse),
@@ -169,7 +169,7 @@ pub(super) async fn pubkey(
     app: AppData,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let public_key = app.identity.public_key(&path)?;
+    let public_key = app.identity.public_key(&path).await?;
     Ok(HttpResponse::Ok().json(PublicKeyResponse { public_key }))
 }
 
@@ -197,7 +197,7 @@ pub(super) struct PublicKeyQuery {
 
 /// # GET /_matrix/identity/v2/pubkey/isvalid
 #[utoipa::path(get, path = "/_matrix/identity/v2/pubkey/isvalid", tag = "identity",
-    summary = "Whether a public key is this server's long-term key",
+    summary = "Whether a public key is a long-term key of this server (current or retired)",
     params(PublicKeyQuery),
     responses(
         (status = 200, description = "Whether it is", body = ValidResponse),
@@ -206,9 +206,9 @@ pub(super) struct PublicKeyQuery {
 pub(super) async fn pubkey_isvalid(
     app: AppData,
     MatrixQuery(q): MatrixQuery<PublicKeyQuery>,
-) -> HttpResponse {
-    let valid = app.identity.is_long_term_key(&q.public_key);
-    HttpResponse::Ok().json(ValidResponse { valid })
+) -> Result<HttpResponse, ApiError> {
+    let valid = app.identity.is_long_term_key(&q.public_key).await?;
+    Ok(HttpResponse::Ok().json(ValidResponse { valid }))
 }
 
 /// # GET /_matrix/identity/v2/pubkey/ephemeral/isvalid

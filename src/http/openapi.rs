@@ -9,7 +9,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{admin, directory, health, homeserver, identity, policy, resource, validation};
+use super::{
+    account, admin, directory, health, homeserver, identity, policy, resource, validation,
+};
 
 /// The document: every path with a `#[utoipa::path]` attribute is listed here.
 #[derive(OpenApi)]
@@ -44,6 +46,8 @@ use super::{admin, directory, health, homeserver, identity, policy, resource, va
         admin::moderation::rename_directory_entry,
         admin::moderation::remove_directory_entry,
         admin::moderation::erase_threepid,
+        account::account_data,
+        account::set_directory,
         identity::register,
         identity::account,
         identity::logout,
@@ -88,6 +92,7 @@ use super::{admin, directory, health, homeserver, identity, policy, resource, va
     modifiers(&BearerToken),
     tags(
         (name = "admin", description = "Administration: rules, explain, directory moderation, erasure, audit, statistics"),
+        (name = "account", description = "The users' own data and directory listing (public listener)"),
         (name = "identity", description = "Matrix Identity Service API v2: accounts, terms, keys, lookups, binds, invitations"),
         (name = "validation", description = "Matrix Identity Service API v2: email validation"),
         (name = "directory", description = "The cross-shard user directory"),

@@ -128,7 +128,7 @@ impl IdentityService {
     ) -> Result<(Association, Value), IdentityError> {
         let association = Association::new(MEDIUM_EMAIL, address.as_str(), mxid, now_ms);
         let signed = association
-            .to_signed_json(&self.config.server.name, self.signing_key())
+            .to_signed_json(&self.config.server.name, &self.signing_key())
             .map_err(|e| IdentityError::Internal(format!("signing an association: {e}")))?;
         let row = association.clone();
         let (previous, scheduled) = self

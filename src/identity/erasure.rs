@@ -9,7 +9,11 @@
 //! entry goes, unless another of their addresses is still bound, in which case it is published
 //! from that one. Entries that still carry the address's lookup key are refreshed the same way.
 //!
-//! The address is in the audit row (the administrators' own record), never in the logs.
+//! The audit log keeps that the address was erased, and by whom, but not the address: in the
+//! same transaction, every mention of it in the log (this erasure's row included) is replaced
+//! by a keyed pseudonym (`erased:<HMAC>`, [`crate::audit::pseudonymise`]). Every caller of
+//! [`IdentityService::erase`] (the admin API, the homeserver API) gets this. The address is
+//! never in the logs.
 
 use serde::Serialize;
 use serde_json::json;
@@ -44,6 +48,9 @@ pub struct Erasure {
     /// Directory entries the erasure touched, each `removed` or `kept` (the user still has
     /// another address bound: their entry now comes from that one).
     pub directory: Vec<DirectoryOutcome>,
+    /// Audit log rows in which the address was replaced by its keyed pseudonym
+    /// (`erased:<hash>`), this erasure's own row included.
+    pub audit_rows_pseudonymised: usize,
 }
 
 /// What became of one directory entry.
@@ -118,6 +125,9 @@ impl IdentityService {
                         None,
                         now_ms,
                     )?;
+                    // After the row above, so that it is covered too: the audit log keeps that
+                    // an address was erased, not which.
+                    let audit_rows = audit::pseudonymise(conn, &normalised, now_ms)?;
                     Ok::<_, StoreError>((
                         Erasure {
                             medium: "email".to_owned(),
@@ -127,6 +137,7 @@ impl IdentityService {
                             sessions,
                             queued_mails,
                             directory: Vec::new(),
+                            audit_rows_pseudonymised: audit_rows,
                         },
                         affected,
                     ))

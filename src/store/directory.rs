@@ -196,6 +196,7 @@ SELECT e.mxid, e.name, e.organisation, e.avatar_url, \
 FROM directory_fts CROSS JOIN directory_entries AS e ON e.id = directory_fts.rowid \
 WHERE directory_fts MATCH ?1 \
   AND e.visibility = 'visible' AND e.active \
+  AND NOT EXISTS (SELECT 1 FROM directory_opt_outs AS o WHERE o.mxid = e.mxid) \
   AND (?2 OR NOT e.external) \
   AND (?3 IS NULL OR e.organisation_key = ?3) \
 LIMIT ?4";
@@ -207,11 +208,13 @@ FROM directory_entries AS e \
 WHERE e.search_tsv @@ to_tsquery('simple', $1) \
   AND ($5::text IS NULL OR ts_match_vq(e.search_tsv, to_tsquery('simple', $5))) \
   AND e.visibility = 'visible' AND e.active \
+  AND NOT EXISTS (SELECT 1 FROM directory_opt_outs AS o WHERE o.mxid = e.mxid) \
   AND ($2 OR NOT e.external) \
   AND ($3::text IS NULL OR e.organisation_key = $3) \
 LIMIT $4";
 
-/// At most `limit` visible, active entries matching `query` (CROSS JOIN makes SQLite drive the
+/// At most `limit` visible, active entries matching `query`, of users who did not leave the
+/// directory (CROSS JOIN makes SQLite drive the
 /// join from the FTS index; neither backend sorts, so the cost is bounded by `limit`).
 pub fn search(
     conn: &mut DbConn,

@@ -272,6 +272,26 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Signing keys retired by a rotation (public half only), still published.
+    retired_signing_keys (key_id) {
+        key_id -> Text,
+        public_key -> Text,
+        retired_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// The secrets that sign admin tokens, by `kid`.
+    admin_jwt_secrets (kid) {
+        kid -> Text,
+        secret -> Text,
+        created_at -> BigInt,
+        retired_at -> Nullable<BigInt>,
+        accepted_until -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
     /// Addresses unbound through the homeserver API, until a deactivation with erasure or the
     /// purge.
     homeserver_unbinds (mxid, medium, address) {
@@ -279,5 +299,13 @@ diesel::table! {
         medium -> Text,
         address -> Text,
         unbound_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Users who left the directory of their own accord.
+    directory_opt_outs (mxid) {
+        mxid -> Text,
+        created_at -> BigInt,
     }
 }

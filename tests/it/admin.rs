@@ -1434,8 +1434,10 @@ fn run_cli_stdin(
 ) -> (i32, String, String) {
     use std::io::Write;
     let mut cmd = std::process::Command::new(support::binary());
+    // The audit actor reads SUDO_USER first: a test run under sudo must not change it.
     cmd.current_dir(dir)
         .args(args)
+        .env_remove("SUDO_USER")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -1655,6 +1657,16 @@ async fn the_admin_listener_alone_serves_admin_paths() {
     assert_eq!(status(&admin, "/_annuaire/admin/v1/rules").await, 401);
     assert_eq!(status(&serve.base, "/_matrix/identity/versions").await, 200);
     assert_eq!(status(&admin, "/_matrix/identity/versions").await, 404);
+    // The users' own account API is theirs: on the public listener, never the admin one.
+    assert_eq!(status(&serve.base, "/_annuaire/account/v1/data").await, 401);
+    assert_eq!(status(&admin, "/_annuaire/account/v1/data").await, 404);
+    assert!(
+        started["admin_api"]
+            .as_str()
+            .unwrap()
+            .starts_with("admin listener"),
+        "{started}"
+    );
     let (code, log) = serve.terminate();
     assert_eq!(code, 0, "{log}");
 }

@@ -121,7 +121,8 @@ async fn an_operator_adds_a_language_by_adding_its_templates() {
         })
         .start()
         .await;
-    let codes: Vec<&str> = s.app.mailer.languages().iter().map(|l| l.code()).collect();
+    let languages = s.app.mailer.languages();
+    let codes: Vec<&str> = languages.iter().map(|l| l.code()).collect();
     assert_eq!(codes, ["de", "en", "fr", "it"]);
     let eml = verification_mail(&s, "maria@finances.gouv.example", Some("it-IT, en;q=0.5")).await;
     assert_eq!(eml.header("content-language"), "it");
@@ -158,7 +159,8 @@ async fn an_incomplete_language_is_not_offered_and_cannot_be_the_default() {
         })
         .start()
         .await;
-    let codes: Vec<&str> = s.app.mailer.languages().iter().map(|l| l.code()).collect();
+    let languages = s.app.mailer.languages();
+    let codes: Vec<&str> = languages.iter().map(|l| l.code()).collect();
     assert_eq!(codes, ["de", "en", "fr"]);
     let eml = verification_mail(&s, "maria@finances.gouv.example", Some("it")).await;
     assert_eq!(eml.header("content-language"), "fr");

@@ -20,6 +20,7 @@ mod mail_languages;
 mod mail_smtp;
 mod outbox;
 mod policy;
+mod production;
 mod robustness;
 mod snapshots;
 mod validation;

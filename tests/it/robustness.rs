@@ -101,6 +101,7 @@ const ROUTES: &[(&str, &str, Auth)] = &[
         "/_annuaire/homeserver/v1/deactivated",
         Auth::Homeserver,
     ),
+    ("POST", "/_annuaire/account/v1/directory", Auth::Identity),
 ];
 
 const QUERIES: &[(&str, Auth)] = &[
@@ -126,6 +127,7 @@ const QUERIES: &[(&str, Auth)] = &[
         Auth::Admin,
     ),
     ("/_annuaire/homeserver/v1/display_name", Auth::Homeserver),
+    ("/_annuaire/account/v1/data", Auth::Identity),
 ];
 
 struct Fixture {

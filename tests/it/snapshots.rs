@@ -835,6 +835,35 @@ async fn identity_validation_binds_and_unbinds() {
         .snap("v2_3pid_bind_not_permitted", &[])
         .await;
 
+    // The user's own account API (public listener).
+    snaps
+        .get("/_annuaire/account/v1/data")
+        .bearer(&token)
+        .snap("account_v1_data", &[])
+        .await;
+    snaps
+        .get("/_annuaire/account/v1/data")
+        .snap("account_v1_data_no_token", &[])
+        .await;
+    snaps
+        .post("/_annuaire/account/v1/directory")
+        .bearer(&token)
+        .json(&json!({"visible": false}))
+        .snap("account_v1_directory_leave", &[])
+        .await;
+    snaps
+        .post("/_annuaire/account/v1/directory")
+        .bearer(&token)
+        .json(&json!({"visible": "no"}))
+        .snap("account_v1_directory_invalid", &[])
+        .await;
+    snaps
+        .post("/_annuaire/account/v1/directory")
+        .bearer(&token)
+        .json(&json!({"visible": true}))
+        .snap("account_v1_directory_return", &[])
+        .await;
+
     // Unbinds.
     let body = unbind_body(MARIE, "Marie.Curie@Finances.gouv.example");
     snaps
@@ -1558,6 +1587,15 @@ async fn admin_directory_audit_statistics_and_erasure() {
         .bearer(&vi)
         .snap("admin_stats_outbox", &[])
         .await;
+    // Erased addresses appear in the audit log as keyed pseudonyms (the key is random).
+    for (address, what) in [
+        ("jean.dupont@finances.gouv.example", "jean's pseudonym"),
+        ("nobody@finances.gouv.example", "nobody's pseudonym"),
+    ] {
+        let mut conn = s.app.db.get().unwrap();
+        let pseudonym = annuaire::audit::pseudonym(&mut conn, address, 0).unwrap();
+        snaps.known(&pseudonym, what);
+    }
     snaps
         .get(&format!("{ADMIN}/audit?limit=3"))
         .bearer(&vi)
