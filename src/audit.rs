@@ -88,6 +88,10 @@ pub mod action {
     pub const DIRECTORY_REMOVE: &str = "directory.remove";
     /// An address erased: association, lookup hashes, invitations, sessions, queued mails.
     pub const THREEPID_ERASE: &str = "threepid.erase";
+    /// Agents' requests for a domain accepted (a rule now lets it in; they were told by mail).
+    pub const DOMAIN_REQUEST_ACCEPT: &str = "domain_request.accept";
+    /// Agents' requests for a domain declined (they were told by mail, with the message).
+    pub const DOMAIN_REQUEST_DECLINE: &str = "domain_request.decline";
 }
 
 /// The audit target naming a rule.

@@ -12,6 +12,7 @@ use crate::allowlist::{self, Allowlist, AllowlistError};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::directory::{DirectoryParts, DirectoryService};
+use crate::domain_requests::{DomainRequests, DomainRequestsParts};
 use crate::federation::FederationClient;
 use crate::identity::{IdentityParts, IdentityService};
 use crate::mail::outbox::Mailer;
@@ -69,6 +70,8 @@ pub struct Annuaire {
     pub directory: Arc<DirectoryService>,
     /// Administration.
     pub admin: Arc<Admin>,
+    /// Agents' requests for their administration ("my administration is not listed").
+    pub requests: Arc<DomainRequests>,
 }
 
 impl std::fmt::Debug for Annuaire {
@@ -155,6 +158,16 @@ impl Annuaire {
             .await
             .map_err(|e| StartError::Config(format!("administration: {e}")))?,
         );
+        let requests = Arc::new(DomainRequests::new(DomainRequestsParts {
+            config: config.clone(),
+            db: db.clone(),
+            clock: clock.clone(),
+            allowlist: allowlist.clone(),
+            mailer: mailer.clone(),
+            templates: crate::mail::domain_request::DomainRequestTemplates::load(
+                config.mail.templates_dir.as_deref(),
+            )?,
+        }));
         Ok(Arc::new(Annuaire {
             config,
             db,
@@ -166,6 +179,7 @@ impl Annuaire {
             identity,
             directory,
             admin,
+            requests,
         }))
     }
 }
@@ -231,6 +245,7 @@ pub fn start_background_jobs(app: &Arc<Annuaire>) {
     crate::identity::start_housekeeping(&app.identity);
     crate::identity::delivery::start_worker(&app.identity);
     crate::directory::ldap_sync::start_periodic_sync(&app.directory);
+    crate::domain_requests::start_purge_job(&app.requests);
     let app = app.clone();
     tokio::spawn(async move {
         let interval = app.config.policy.reload_interval.0;
@@ -264,6 +279,9 @@ pub fn start_background_jobs(app: &Arc<Annuaire>) {
                 app.limits.info_per_ip.housekeep();
                 app.identity.housekeep();
                 app.admin.housekeep();
+                if let Err(e) = app.admin.purge_console_sessions().await {
+                    tracing::warn!(error = %e, "console session purge failed");
+                }
                 last_housekeeping = std::time::Instant::now();
             }
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::accounts::{self, AccountSummary};
+use super::console::{self, ConsoleSession, OpenedSession};
 use super::login::{LoginStep, Logins};
 use super::moderation::{self, EntryFilter, EntryPage, ModeratedEntry};
 use super::rules::{self, Converted, RuleFilter, RulePage};
@@ -410,5 +411,62 @@ impl Admin {
                 IdentityError::Store(e) => AdminError::Store(e),
                 other => AdminError::Internal(other.to_string()),
             })
+    }
+    // ---- the console ----
+
+    /// Logs in as [`Admin::log_in`] does (rate limits checked by the caller, lockout, LDAP) and
+    /// opens a console session instead of handing out a token (the token the login issues is
+    /// dropped: it never leaves the server).
+    pub async fn open_console_session(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<OpenedSession, AdminError> {
+        let issued = self.log_in(username, password).await?;
+        let session = self.authenticate(&issued.access_token).await?;
+        let now_ms = self.clock.now_ms();
+        self.run(move |conn| console::open(conn, &session.username, now_ms, &mut rand::rngs::OsRng))
+            .await
+    }
+
+    /// The console session of a cookie's token (see [`console::authenticate`]).
+    pub async fn console_session(&self, token: &str) -> Result<ConsoleSession, AdminError> {
+        let now_ms = self.clock.now_ms();
+        let idle_ms = self.config.admin.console_idle_timeout.as_millis_i64();
+        let token = token.to_owned();
+        self.run(move |conn| console::authenticate(conn, &token, idle_ms, now_ms))
+            .await
+    }
+
+    /// Ends a console session.
+    pub async fn close_console_session(&self, session: ConsoleSession) -> Result<(), AdminError> {
+        self.run(move |conn| console::close(conn, &session)).await
+    }
+
+    /// Deletes console sessions that can no longer be used (call periodically).
+    pub async fn purge_console_sessions(&self) -> Result<usize, AdminError> {
+        let now_ms = self.clock.now_ms();
+        let idle_ms = self.config.admin.console_idle_timeout.as_millis_i64();
+        self.run(move |conn| console::purge(conn, idle_ms, now_ms))
+            .await
+    }
+
+    /// Changes an account's role.
+    pub async fn set_account_role(
+        &self,
+        username: &str,
+        role: Role,
+        actor: &Actor,
+    ) -> Result<AccountSummary, AdminError> {
+        let now_ms = self.clock.now_ms();
+        let (username, actor) = (username.to_owned(), actor.clone());
+        self.run(move |conn| accounts::set_role(conn, &username, role, &actor, now_ms))
+            .await
+    }
+
+    /// What the rule list's filters offer, and the rule counts: from the live rules (no
+    /// database query).
+    pub fn rule_facets(&self) -> rules::RuleFacets {
+        rules::RuleFacets::of(self.allowlist.index().rules())
     }
 }

@@ -28,6 +28,8 @@ pub struct AdminConfig {
     /// DN of a group whose members may log in with LDAP as viewers (an editor group member is
     /// an editor).
     pub ldap_viewer_group: Option<String>,
+    /// A console session (`/_annuaire/console/`) ends after this long without a request.
+    pub console_idle_timeout: HumanDuration,
 }
 
 impl Default for AdminConfig {
@@ -48,6 +50,7 @@ impl Default for AdminConfig {
             ldap_user_filter: None,
             ldap_group: None,
             ldap_viewer_group: None,
+            console_idle_timeout: HumanDuration(Duration::from_secs(15 * 60)),
         }
     }
 }
@@ -74,6 +77,12 @@ impl AdminConfig {
         if self.lockout_duration.0.is_zero() {
             return Err(ConfigError(
                 "admin.lockout_duration: must be longer than 0s".into(),
+            ));
+        }
+        let idle = self.console_idle_timeout.0;
+        if idle < Duration::from_secs(1) || idle > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError(
+                "admin.console_idle_timeout: must be between 1s and 24h".into(),
             ));
         }
         self.login_per_ip.validate("admin.login_per_ip")?;

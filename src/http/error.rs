@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::admin::{self, AdminError};
 use crate::directory::DirectoryError;
 use crate::directory::search::QueryError;
+use crate::domain_requests::DomainRequestError;
 use crate::identity::IdentityError;
 use crate::identity::sessions::{self, SessionError};
 
@@ -371,6 +372,36 @@ impl From<AdminError> for ApiError {
                 ApiError::unavailable("The LDAP directory cannot be reached; try again later")
             }
             AdminError::Internal(message) => ApiError::internal(message),
+        }
+    }
+}
+
+impl From<DomainRequestError> for ApiError {
+    fn from(e: DomainRequestError) -> Self {
+        match e {
+            DomainRequestError::Store(e) => ApiError::from(e),
+            DomainRequestError::Mail(e) => ApiError::internal(e),
+            DomainRequestError::InvalidAddress(message) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_EMAIL", message)
+            }
+            e @ DomainRequestError::InvalidField { .. } => ApiError::invalid_param(e.to_string()),
+            e @ DomainRequestError::Disabled => {
+                ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", e.to_string())
+            }
+            e @ DomainRequestError::NotNeeded => {
+                ApiError::new(StatusCode::CONFLICT, "ANNUAIRE_DOMAIN_KNOWN", e.to_string())
+            }
+            DomainRequestError::RateLimited { retry_after_ms } => {
+                ApiError::limit_exceeded(retry_after_ms)
+            }
+            e @ (DomainRequestError::InvalidLink | DomainRequestError::NotFound(_)) => {
+                ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", e.to_string())
+            }
+            e @ DomainRequestError::DomainNotAllowed(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "ANNUAIRE_DOMAIN_NOT_ALLOWED",
+                e.to_string(),
+            ),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod directory;
 pub mod error;
 pub mod extract;
@@ -14,6 +15,7 @@ pub mod health;
 pub mod identity;
 pub mod middleware;
 pub mod openapi;
+pub mod pages;
 pub mod policy;
 pub mod validation;
 
@@ -73,6 +75,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     directory::routes(cfg);
     admin::routes(cfg);
     openapi::routes(cfg);
+    pages::routes(cfg);
+    console::routes(cfg);
 }
 
 /// Why the server could not start.

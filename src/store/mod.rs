@@ -15,7 +15,9 @@
 
 pub mod admin;
 pub mod audit;
+pub mod console;
 pub mod directory;
+pub mod domain_requests;
 pub mod erasure;
 pub mod identity;
 pub mod invites;

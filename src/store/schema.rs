@@ -257,3 +257,35 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(directory_entries, ldap_names);
+
+diesel::table! {
+    /// Sessions of the administrators' console (the cookie's token, hashed).
+    console_sessions (id_hash) {
+        id_hash -> Text,
+        username -> Text,
+        account_created_at -> BigInt,
+        csrf_token -> Text,
+        created_at -> BigInt,
+        last_seen_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Agents' requests for their administration to be added.
+    domain_requests (id) {
+        id -> Text,
+        domain -> Text,
+        address -> Text,
+        name -> Text,
+        organisation -> Text,
+        message -> Nullable<Text>,
+        language -> Text,
+        status -> Text,
+        token_hash -> Nullable<Text>,
+        created_at -> BigInt,
+        confirmed_at -> Nullable<BigInt>,
+        decided_at -> Nullable<BigInt>,
+        decided_by -> Nullable<Text>,
+        decision_message -> Nullable<Text>,
+    }
+}
