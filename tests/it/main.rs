@@ -8,6 +8,7 @@
 mod support;
 
 mod admin;
+mod console;
 mod directory;
 mod foundation;
 mod identity;
