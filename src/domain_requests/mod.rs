@@ -413,6 +413,11 @@ impl DomainRequests {
                     Verdict::UnknownDomain
                 }
             }
+            (Outcome::Denied, Some(_))
+                if crate::policy::public_provider(address.ascii_domain()).is_some() =>
+            {
+                Verdict::PublicMailProvider
+            }
             (Outcome::Denied, Some(id)) => {
                 let rule = index.rules().iter().find(|r| r.id == id);
                 match rule.map(|r| (r.kind, &r.target)) {

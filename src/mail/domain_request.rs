@@ -2,7 +2,7 @@
 //! request, then the decision (accepted, or declined with the administrator's message).
 //!
 //! One kind, `domain_request`, in the same files as the other mails
-//! (`templates/email/domain_request.<lang>.{subject.txt,txt,html}`, sharing `_layout.html`),
+//! (`templates/email/domain_request/domain_request.<lang>.{subject.txt,txt,html}`, sharing `_layout.html`),
 //! which an operator overrides from `mail.templates_dir` in the same way. Kept apart from
 //! [`super::Templates`] so that the two can be merged without touching each other's logic.
 //!
@@ -28,39 +28,39 @@ const EMBEDDED: &[(&str, &str)] = &[
     ),
     (
         "domain_request.fr.subject.txt",
-        include_str!("../../templates/email/domain_request.fr.subject.txt"),
+        include_str!("../../templates/email/domain_request/domain_request.fr.subject.txt"),
     ),
     (
         "domain_request.fr.txt",
-        include_str!("../../templates/email/domain_request.fr.txt"),
+        include_str!("../../templates/email/domain_request/domain_request.fr.txt"),
     ),
     (
         "domain_request.fr.html",
-        include_str!("../../templates/email/domain_request.fr.html"),
+        include_str!("../../templates/email/domain_request/domain_request.fr.html"),
     ),
     (
         "domain_request.en.subject.txt",
-        include_str!("../../templates/email/domain_request.en.subject.txt"),
+        include_str!("../../templates/email/domain_request/domain_request.en.subject.txt"),
     ),
     (
         "domain_request.en.txt",
-        include_str!("../../templates/email/domain_request.en.txt"),
+        include_str!("../../templates/email/domain_request/domain_request.en.txt"),
     ),
     (
         "domain_request.en.html",
-        include_str!("../../templates/email/domain_request.en.html"),
+        include_str!("../../templates/email/domain_request/domain_request.en.html"),
     ),
     (
         "domain_request.de.subject.txt",
-        include_str!("../../templates/email/domain_request.de.subject.txt"),
+        include_str!("../../templates/email/domain_request/domain_request.de.subject.txt"),
     ),
     (
         "domain_request.de.txt",
-        include_str!("../../templates/email/domain_request.de.txt"),
+        include_str!("../../templates/email/domain_request/domain_request.de.txt"),
     ),
     (
         "domain_request.de.html",
-        include_str!("../../templates/email/domain_request.de.html"),
+        include_str!("../../templates/email/domain_request/domain_request.de.html"),
     ),
 ];
 
