@@ -103,6 +103,17 @@ fn language_links(req: &HttpRequest, app: &Annuaire, current: Language) -> Vec<L
         .collect()
 }
 
+/// The chrome of a page whose URL carries a secret (a mailed link's token): its language
+/// switch leads to the home page in each language instead of repeating the URL (the page must
+/// not show the token, and following the link again would use it again).
+pub fn chrome_for_secret_url(req: &HttpRequest, app: &Annuaire, lang: Language) -> Chrome {
+    let mut chrome = chrome(req, app, lang, "", None, "", "/assets");
+    for link in &mut chrome.languages {
+        link.href = format!("/?lang={}", link.code);
+    }
+    chrome
+}
+
 /// The chrome of a page.
 pub fn chrome(
     req: &HttpRequest,
@@ -429,7 +440,11 @@ fn done_page(
 ) -> HttpResponse {
     let lang = language(req, app);
     let (token, new) = form_token(req);
-    let chrome = public_chrome(req, app, lang, &token);
+    let chrome = if referrer == "no-referrer" {
+        chrome_for_secret_url(req, app, lang)
+    } else {
+        public_chrome(req, app, lang, &token)
+    };
     let response = render(
         req,
         app,

@@ -214,7 +214,7 @@ pub(super) async fn submit_token_page(req: HttpRequest, app: AppData) -> HttpRes
             (page, status)
         }
     };
-    let chrome = super::pages::chrome(&req, &app, lang, "", None, "", "/assets");
+    let chrome = super::pages::chrome_for_secret_url(&req, &app, lang);
     match app
         .web
         .render_submit_token(&chrome, page, &app.config.server.name)
