@@ -76,6 +76,16 @@ const ROUTES: &[(&str, &str, Auth)] = &[
         Auth::Admin,
     ),
     ("POST", "/_annuaire/admin/v1/threepids/erase", Auth::Admin),
+    (
+        "POST",
+        "/_annuaire/admin/v1/domain-requests/mairie.example/decline",
+        Auth::Admin,
+    ),
+    (
+        "POST",
+        "/_annuaire/admin/v1/domain-requests/mairie.example/accept",
+        Auth::Admin,
+    ),
 ];
 
 const QUERIES: &[(&str, Auth)] = &[
@@ -98,6 +108,11 @@ const QUERIES: &[(&str, Auth)] = &[
     ("/_annuaire/admin/v1/directory", Auth::Admin),
     (
         "/_annuaire/admin/v1/directory/@jean:agent.finances.example",
+        Auth::Admin,
+    ),
+    ("/_annuaire/admin/v1/domain-requests", Auth::Admin),
+    (
+        "/_annuaire/admin/v1/domain-requests/mairie.example",
         Auth::Admin,
     ),
 ];
@@ -316,6 +331,9 @@ async fn malformed_queries_get_matrix_errors_everywhere() {
         "/_annuaire/admin/v1/rules/%FF",
         "/_annuaire/admin/v1/directory/%FF",
         "/_annuaire/admin/v1/directory/%00",
+        "/_annuaire/admin/v1/domain-requests/%FF",
+        "/_annuaire/admin/v1/domain-requests/%00",
+        "/_annuaire/admin/v1/domain-requests/..",
     ] {
         let r = Reply::from(
             f.s.client
