@@ -246,6 +246,16 @@ pub fn start_background_jobs(app: &Arc<Annuaire>) {
     crate::identity::delivery::start_worker(&app.identity);
     crate::directory::ldap_sync::start_periodic_sync(&app.directory);
     crate::domain_requests::start_purge_job(&app.requests);
+    // The dashboard's directory counts, made once now rather than by the first visitor.
+    let admin = app.admin.clone();
+    tokio::spawn(async move {
+        if let Err(e) = admin
+            .directory_stats_snapshot(crate::admin::service::DASHBOARD_GROUPS)
+            .await
+        {
+            tracing::warn!(error = %e, "directory count at start failed");
+        }
+    });
     let app = app.clone();
     tokio::spawn(async move {
         let interval = app.config.policy.reload_interval.0;

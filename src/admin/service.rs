@@ -48,6 +48,21 @@ pub struct Admin {
     identity: Arc<IdentityService>,
     tokens: Arc<Tokens>,
     logins: Arc<Logins>,
+    directory_snapshot: Arc<DirectorySnapshot>,
+}
+
+/// Organisations and homeservers the dashboard lists (and the snapshot counts).
+pub const DASHBOARD_GROUPS: usize = 10;
+
+/// How long the dashboard's directory counts are reused before they are counted again (in
+/// the background: nobody waits for a count over a million entries but the very first).
+pub const DIRECTORY_SNAPSHOT_MS: i64 = 60_000;
+
+/// The directory counts last made, and whether a recount is under way.
+#[derive(Default)]
+struct DirectorySnapshot {
+    latest: std::sync::Mutex<Option<(i64, usize, DirectoryStats)>>,
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Admin {
@@ -77,6 +92,7 @@ impl Admin {
             clock: parts.clock,
             allowlist: parts.allowlist,
             identity: parts.identity,
+            directory_snapshot: Arc::new(DirectorySnapshot::default()),
         })
     }
 
@@ -315,6 +331,57 @@ impl Admin {
     /// Directory sizes per organisation and homeserver.
     pub async fn directory_stats(&self, limit: usize) -> Result<DirectoryStats, AdminError> {
         self.run(move |conn| stats::directory(conn, limit)).await
+    }
+
+    /// Directory sizes as last counted (at most [`DIRECTORY_SNAPSHOT_MS`] old, or being
+    /// recounted in the background), and when they were counted.
+    pub async fn directory_stats_snapshot(
+        &self,
+        limit: usize,
+    ) -> Result<(DirectoryStats, i64), AdminError> {
+        use std::sync::atomic::Ordering;
+        let now_ms = self.clock.now_ms();
+        let latest = self
+            .directory_snapshot
+            .latest
+            .lock()
+            .ok()
+            .and_then(|guard| guard.clone());
+        if let Some((at, counted_limit, stats)) = latest
+            && counted_limit == limit
+        {
+            if now_ms.saturating_sub(at) > DIRECTORY_SNAPSHOT_MS
+                && !self
+                    .directory_snapshot
+                    .refreshing
+                    .swap(true, Ordering::SeqCst)
+            {
+                let (db, snapshot, clock) = (
+                    self.db.clone(),
+                    self.directory_snapshot.clone(),
+                    self.clock.clone(),
+                );
+                tokio::spawn(async move {
+                    let counted = db.run(move |conn| Ok(stats::directory(conn, limit))).await;
+                    match counted {
+                        Ok(Ok(stats)) => {
+                            if let Ok(mut guard) = snapshot.latest.lock() {
+                                *guard = Some((clock.now_ms(), limit, stats));
+                            }
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "directory recount failed"),
+                        Err(e) => tracing::warn!(error = %e, "directory recount failed"),
+                    }
+                    snapshot.refreshing.store(false, Ordering::SeqCst);
+                });
+            }
+            return Ok((stats, at));
+        }
+        let stats = self.directory_stats(limit).await?;
+        if let Ok(mut guard) = self.directory_snapshot.latest.lock() {
+            *guard = Some((now_ms, limit, stats.clone()));
+        }
+        Ok((stats, now_ms))
     }
 
     /// The outbox's health.

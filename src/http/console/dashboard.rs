@@ -10,7 +10,7 @@ use crate::web::chart::{BarChart, bars};
 /// Domains in the chart.
 const CHART_DOMAINS: usize = 10;
 /// Organisations and homeservers listed.
-const DIRECTORY_GROUPS: usize = 10;
+const DIRECTORY_GROUPS: usize = crate::admin::service::DASHBOARD_GROUPS;
 
 #[derive(Serialize)]
 struct KindCount {
@@ -47,7 +47,7 @@ pub(super) async fn dashboard(c: Console) -> HttpResponse {
     let (attempts, outbox, directory, pending) = futures_util::join!(
         app.admin.attempt_stats(Period::Week, CHART_DOMAINS),
         app.admin.outbox_stats(),
-        app.admin.directory_stats(DIRECTORY_GROUPS),
+        app.admin.directory_stats_snapshot(DIRECTORY_GROUPS),
         app.requests.pending_domains(),
     );
     let (attempts, outbox, directory) = match (attempts, outbox, directory) {
@@ -85,8 +85,8 @@ pub(super) async fn dashboard(c: Console) -> HttpResponse {
                 .collect(),
         },
         outbox,
-        directory,
-        directory_as_of: None,
+        directory: directory.0,
+        directory_as_of: Some(directory.1),
     };
     c.page("dashboard", "console_dashboard.html", &data)
 }
