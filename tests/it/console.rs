@@ -511,6 +511,84 @@ async fn the_rule_form_shows_the_importers_messages_beside_the_field_and_rules_a
 }
 
 #[tokio::test]
+async fn file_rules_are_converted_then_edited_and_deleted() {
+    let s = start(Builder::new()).await;
+    let mut b = Browser::new(&s);
+    assert_eq!(b.login("ed", EDITOR_PASSWORD).await.status, 303);
+    let csrf = b.session_csrf().await;
+    let file_rule = s
+        .app
+        .allowlist
+        .index()
+        .rules()
+        .iter()
+        .find(|r| r.source.is_file() && r.kind == annuaire::policy::RuleKind::Domain)
+        .unwrap()
+        .clone();
+    let path = format!("/_annuaire/console/rules/{}", file_rule.id);
+    // A file rule cannot be edited here: the edit form sends back to the rule.
+    let r = b.get(&format!("{path}/edit")).await;
+    assert_eq!(r.status, 303);
+    let r = b.post(&format!("{path}/convert"), &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, 303, "{}", r.text);
+    let page = b.get(r.header("location").unwrap()).await;
+    assert!(
+        page.text.contains("finances.toml:"),
+        "the note names the file line: {}",
+        page.text
+    );
+    let form = b.get(&format!("{path}/edit")).await;
+    assert_eq!(form.status, 200);
+    let r = b
+        .post(
+            &format!("{path}/edit"),
+            &[
+                ("csrf", &csrf),
+                ("kind", "domain"),
+                ("name", file_rule.target.value()),
+                ("subdomains", "true"),
+                ("label", "Finances publiques"),
+                ("homeserver", "agent.finances.example"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text);
+    let rule = s.app.admin.rule(&file_rule.id).await.unwrap().rule;
+    assert_eq!(rule.label.as_deref(), Some("Finances publiques"));
+    let r = b.post(&format!("{path}/delete"), &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, 303);
+    assert!(s.app.admin.rule(&file_rule.id).await.is_err());
+}
+
+#[tokio::test]
+async fn domain_requests_are_limited_per_client_address() {
+    let s = start(Builder::new().config(|c, _| {
+        c.web.domain_requests_per_ip = annuaire::config::RateLimit {
+            burst: 1,
+            every: annuaire::config::HumanDuration(Duration::from_secs(3600)),
+        };
+    }))
+    .await;
+    let mut agent = Browser::new(&s);
+    let csrf = Browser::csrf_of(&agent.get("/request").await);
+    let ask = |address: &'static str| {
+        [
+            ("csrf", csrf.clone()),
+            ("address", address.to_owned()),
+            ("name", "A".to_owned()),
+            ("organisation", "B".to_owned()),
+        ]
+    };
+    let form = ask("a@one.example");
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(agent.post("/request", &pairs).await.status, 200);
+    let form = ask("b@two.example");
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = agent.post("/request", &pairs).await;
+    assert_eq!(r.status, 429, "{}", r.text);
+}
+
+#[tokio::test]
 async fn accounts_and_directory_moderation_from_the_console() {
     let s = start(Builder::new()).await;
     let mut b = Browser::new(&s);
