@@ -2,7 +2,7 @@
 # Console benchmark (issue 12): the server time of every console page, and of the agents'
 # pages, with 10,000 rules and 1,000,000 directory entries, on SQLite.
 #
-# Usage: bench/console.sh [--entries N] [--rules N] [--requests N]
+# Usage: bench/console.sh [--entries N] [--rules N] [--requests N] [--binary PATH]
 #
 # It writes allowlist files with N rules (domains, addresses, a few denies and patterns),
 # imports the directory entries (`annuaire directory import-synthetic`), starts `annuaire serve`
@@ -19,11 +19,13 @@ source scripts/lib/common.sh
 entries=1000000
 rules=10000
 requests=30
+bin=""
 while (($# > 0)); do
     case "$1" in
     --entries) entries="$2"; shift ;;
     --rules) rules="$2"; shift ;;
     --requests) requests="$2"; shift ;;
+    --binary) bin="$2"; shift ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -31,10 +33,12 @@ while (($# > 0)); do
 done
 command -v curl >/dev/null || die "curl is not installed"
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-info "building the release binary"
-cargo build --release --quiet --bin annuaire
-bin="$CARGO_TARGET_DIR/release/annuaire"
+if [[ -z "$bin" ]]; then
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+    info "building the release binary"
+    cargo build --release --quiet --bin annuaire
+    bin="$CARGO_TARGET_DIR/release/annuaire"
+fi
 
 work="$(mktemp -d /tmp/annuaire-console-bench.XXXXXX)"
 serve_pid=""
@@ -157,13 +161,15 @@ done
 printf '%s\t%s\t%s\n' "agents' check (POST /)" "$before" "$(wc -l <"$work/serve.log")" >>"$work/order"
 sleep 1
 
-results="bench/results/console.md"
-python3 - "$work/serve.log" "$work/order" "$rules" "$entries" "$requests" >"$results" <<'PY'
+results="${BENCH_RESULTS:-bench/results/console.md}"
+build="release build"
+[[ "$bin" == */debug/* ]] && build="DEBUG build (not representative)"
+python3 - "$work/serve.log" "$work/order" "$rules" "$entries" "$requests" "$build" >"$results" <<'PY'
 import json, sys, statistics
-log, order, rules, entries, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+log, order, rules, entries, n, build = sys.argv[1:7]
 lines = open(log).read().splitlines()
 print("# Console pages: server time\n")
-print(f"{int(rules):,} rules, {int(entries):,} directory entries, SQLite, release build, "
+print(f"{int(rules):,} rules, {int(entries):,} directory entries, SQLite, {build}, "
       f"{n} requests per page one after the other (curl, a logged-in editor). Server time is the "
       "`latency_ms` annuaire logs for each request (arrival to response). Produced by "
       "`bench/console.sh`.\n")
@@ -178,7 +184,7 @@ for row in open(order).read().splitlines():
             v = json.loads(line)
         except ValueError:
             continue
-        f = v.get("fields", {})
+        f = v.get("fields", v)
         if f.get("message") == "request" and "latency_ms" in f and not f.get("route", "").endswith("{file}"):
             times.append(float(f["latency_ms"]))
             route = f.get("route", route)
