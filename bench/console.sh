@@ -40,7 +40,10 @@ if [[ -z "$bin" ]]; then
     bin="$CARGO_TARGET_DIR/release/annuaire"
 fi
 
-work="$(mktemp -d /tmp/annuaire-console-bench.XXXXXX)"
+# BENCH_WORK: a work folder of an earlier run, whose rules and entries are reused.
+work="${BENCH_WORK:-$(mktemp -d /tmp/annuaire-console-bench.XXXXXX)}"
+reuse=""
+[[ -f "$work/var/annuaire.db" ]] && reuse=1
 serve_pid=""
 cleanup() {
     if [[ -n "$serve_pid" ]]; then kill "$serve_pid" 2>/dev/null || true; fi
@@ -48,6 +51,7 @@ cleanup() {
 trap cleanup EXIT
 info "work folder: $work"
 
+if [[ -z "$reuse" ]]; then
 info "writing $rules rules"
 mkdir -p "$work/allowlists"
 python3 - "$work/allowlists" "$rules" <<'PY'
@@ -72,6 +76,7 @@ while n < total:
     n += per_file
     open(f"{folder}/org{f:03}.toml", "w").write("\n".join(lines))
 PY
+fi
 
 port="$(free_port)"
 cat >"$work/annuaire.toml" <<TOML
@@ -87,12 +92,14 @@ level = "info"
 allowlists_dir = "$work/allowlists"
 TOML
 
-info "importing $entries synthetic directory entries"
-started="$(now_s)"
-"$bin" --config "$work/annuaire.toml" directory import-synthetic "$entries" --seed 1 >"$work/import.out" 2>"$work/import.err"
-info "imported in $(($(now_s) - started)) s"
-printf 'bench password 1\n' >"$work/pw"
-"$bin" --config "$work/annuaire.toml" admin add bench --role editor --password-file "$work/pw" >/dev/null 2>&1
+if [[ -z "$reuse" ]]; then
+    info "importing $entries synthetic directory entries"
+    started="$(now_s)"
+    "$bin" --config "$work/annuaire.toml" directory import-synthetic "$entries" --seed 1 >"$work/import.out" 2>"$work/import.err"
+    info "imported in $(($(now_s) - started)) s"
+    printf 'bench password 1\n' >"$work/pw"
+    "$bin" --config "$work/annuaire.toml" admin add bench --role editor --password-file "$work/pw" >/dev/null 2>&1
+fi
 
 "$bin" --config "$work/annuaire.toml" serve 2>"$work/serve.log" &
 serve_pid=$!
@@ -102,14 +109,14 @@ base="http://127.0.0.1:$port"
 info "logging in to the console"
 jar="$work/cookies"
 page="$(curl -sf -c "$jar" "$base/_annuaire/console/login")"
-csrf="$(sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p' <<<"$page" | head -1)"
+csrf="$(sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p' <<<"$page" | sed -n 1p)"
 curl -sf -b "$jar" -c "$jar" -o /dev/null \
     --data-urlencode "csrf=$csrf" --data-urlencode "username=bench" \
     --data-urlencode "password=bench password 1" "$base/_annuaire/console/login"
 grep -q annuaire_console "$jar" || die "the console login failed"
 
-rule="$(curl -sf -b "$jar" "$base/_annuaire/console/rules" | sed -n 's/.*href="\/_annuaire\/console\/rules\/\(r[0-9a-f]*\)".*/\1/p' | head -1)"
-entry="$(curl -sf -b "$jar" "$base/_annuaire/console/directory" | sed -n 's/.*href="\(\/_annuaire\/console\/directory\/entry?user_id=[^"]*\)".*/\1/p' | head -1)"
+rule="$(curl -sf -b "$jar" "$base/_annuaire/console/rules" | sed -n 's/.*href="\/_annuaire\/console\/rules\/\(r[0-9a-f]*\)".*/\1/p' | sed -n 1p)"
+entry="$(curl -sf -b "$jar" "$base/_annuaire/console/directory" | sed -n 's/.*href="\(\/_annuaire\/console\/directory\/entry?user_id=[^"]*\)".*/\1/p' | sed -n 1p)"
 [[ -n "$rule" && -n "$entry" ]] || die "no rule or no directory entry found on the pages"
 
 # name|path (GET, as the logged-in editor)
@@ -152,7 +159,7 @@ done
 # The agents' check (POST /), with the form token.
 form_jar="$work/form-cookies"
 home="$(curl -sf -c "$form_jar" "$base/")"
-form_csrf="$(sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p' <<<"$home" | head -1)"
+form_csrf="$(sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p' <<<"$home" | sed -n 1p)"
 before="$(wc -l <"$work/serve.log")"
 for _ in $(seq 1 "$requests"); do
     curl -s -o /dev/null -b "$form_jar" --data-urlencode "csrf=$form_csrf" \
