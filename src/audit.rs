@@ -119,6 +119,10 @@ pub mod action {
     pub const DIRECTORY_OPT_OUT: &str = "directory.opt_out";
     /// A user came back to the directory.
     pub const DIRECTORY_OPT_IN: &str = "directory.opt_in";
+    /// Agents' requests for a domain accepted (a rule now lets it in; they were told by mail).
+    pub const DOMAIN_REQUEST_ACCEPT: &str = "domain_request.accept";
+    /// Agents' requests for a domain declined (they were told by mail, with the message).
+    pub const DOMAIN_REQUEST_DECLINE: &str = "domain_request.decline";
 }
 
 /// The audit target naming a rule.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod directory;
+pub mod domain_requests;
 pub mod federation;
 pub mod homeserver;
 pub mod http;

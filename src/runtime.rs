@@ -12,6 +12,7 @@ use crate::allowlist::{self, Allowlist, AllowlistError};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::directory::{DirectoryParts, DirectoryService};
+use crate::domain_requests::{DomainRequests, DomainRequestsParts};
 use crate::federation::FederationClient;
 use crate::homeserver::{HomeserverParts, HomeserverService};
 use crate::identity::{IdentityParts, IdentityService};
@@ -72,6 +73,8 @@ pub struct Annuaire {
     pub admin: Arc<Admin>,
     /// The homeserver API (homeservers reporting their accounts).
     pub homeserver: Arc<HomeserverService>,
+    /// Agents' requests for their administration ("my administration is not listed").
+    pub requests: Arc<DomainRequests>,
 }
 
 impl std::fmt::Debug for Annuaire {
@@ -165,6 +168,16 @@ impl Annuaire {
             .await
             .map_err(|e| StartError::Config(format!("administration: {e}")))?,
         );
+        let requests = Arc::new(DomainRequests::new(DomainRequestsParts {
+            config: config.clone(),
+            db: db.clone(),
+            clock: clock.clone(),
+            allowlist: allowlist.clone(),
+            mailer: mailer.clone(),
+            templates: crate::mail::domain_request::DomainRequestTemplates::load(
+                config.mail.templates_dir.as_deref(),
+            )?,
+        }));
         Ok(Arc::new(Annuaire {
             config,
             db,
@@ -177,6 +190,7 @@ impl Annuaire {
             directory,
             admin,
             homeserver,
+            requests,
         }))
     }
 }
@@ -346,6 +360,17 @@ pub fn start_background_jobs(app: &Arc<Annuaire>) {
     crate::admin::retention::start_job(&app.admin);
     crate::directory::start_gauges(&app.directory);
     start_key_refresh(app);
+    crate::domain_requests::start_purge_job(&app.requests);
+    // The dashboard's directory counts, made once now rather than by the first visitor.
+    let admin = app.admin.clone();
+    tokio::spawn(async move {
+        if let Err(e) = admin
+            .directory_stats_snapshot(crate::admin::service::DASHBOARD_GROUPS)
+            .await
+        {
+            tracing::warn!(error = %e, "directory count at start failed");
+        }
+    });
     let app = app.clone();
     tokio::spawn(async move {
         let interval = app.config.policy.reload_interval.0;
@@ -381,6 +406,9 @@ pub fn start_background_jobs(app: &Arc<Annuaire>) {
                 app.identity.housekeep();
                 app.directory.housekeep();
                 app.admin.housekeep();
+                if let Err(e) = app.admin.purge_console_sessions().await {
+                    tracing::warn!(error = %e, "console session purge failed");
+                }
                 last_housekeeping = std::time::Instant::now();
             }
         }

@@ -31,6 +31,8 @@ pub struct AdminConfig {
     /// Serve `/_annuaire/*` and `/metrics` on a public listener that is not on loopback when
     /// `http.admin_bind` is unset (off: they are not served there at all).
     pub public_listener: bool,
+    /// A console session (`/_annuaire/console/`) ends after this long without a request.
+    pub console_idle_timeout: HumanDuration,
 }
 
 impl Default for AdminConfig {
@@ -52,6 +54,7 @@ impl Default for AdminConfig {
             ldap_group: None,
             ldap_viewer_group: None,
             public_listener: false,
+            console_idle_timeout: HumanDuration(Duration::from_secs(15 * 60)),
         }
     }
 }
@@ -78,6 +81,12 @@ impl AdminConfig {
         if self.lockout_duration.0.is_zero() {
             return Err(ConfigError(
                 "admin.lockout_duration: must be longer than 0s".into(),
+            ));
+        }
+        let idle = self.console_idle_timeout.0;
+        if idle < Duration::from_secs(1) || idle > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError(
+                "admin.console_idle_timeout: must be between 1s and 24h".into(),
             ));
         }
         self.login_per_ip.validate("admin.login_per_ip")?;

@@ -281,6 +281,7 @@ impl Config {
         self.validation.validate()?;
         self.mail.validate()?;
         self.invites.validate()?;
+        self.web.validate()?;
         self.federation.validate()?;
         self.admin.validate(&self.ldap)?;
         self.directory.validate()?;

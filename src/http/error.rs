@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::admin::{self, AdminError};
 use crate::directory::DirectoryError;
 use crate::directory::search::QueryError;
+use crate::domain_requests::DomainRequestError;
 use crate::homeserver::HomeserverError;
 use crate::identity::IdentityError;
 use crate::identity::sessions::{self, SessionError};
@@ -404,6 +405,36 @@ impl From<HomeserverError> for ApiError {
             HomeserverError::Identity(e) => e.into(),
             HomeserverError::Directory(e) => e.into(),
             HomeserverError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<DomainRequestError> for ApiError {
+    fn from(e: DomainRequestError) -> Self {
+        match e {
+            DomainRequestError::Store(e) => ApiError::from(e),
+            DomainRequestError::Mail(e) => ApiError::internal(e),
+            DomainRequestError::InvalidAddress(message) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_EMAIL", message)
+            }
+            e @ DomainRequestError::InvalidField { .. } => ApiError::invalid_param(e.to_string()),
+            e @ DomainRequestError::Disabled => {
+                ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", e.to_string())
+            }
+            e @ DomainRequestError::NotNeeded => {
+                ApiError::new(StatusCode::CONFLICT, "ANNUAIRE_DOMAIN_KNOWN", e.to_string())
+            }
+            DomainRequestError::RateLimited { retry_after_ms } => {
+                ApiError::limit_exceeded(retry_after_ms)
+            }
+            e @ (DomainRequestError::InvalidLink | DomainRequestError::NotFound(_)) => {
+                ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", e.to_string())
+            }
+            e @ DomainRequestError::DomainNotAllowed(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "ANNUAIRE_DOMAIN_NOT_ALLOWED",
+                e.to_string(),
+            ),
         }
     }
 }

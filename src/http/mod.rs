@@ -8,6 +8,7 @@
 pub mod account;
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod directory;
 pub mod error;
 pub mod extract;
@@ -16,6 +17,7 @@ pub mod homeserver;
 pub mod identity;
 pub mod middleware;
 pub mod openapi;
+pub mod pages;
 pub mod policy;
 pub mod validation;
 
@@ -77,6 +79,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     admin::routes(cfg);
     account::routes(cfg);
     openapi::routes(cfg);
+    pages::routes(cfg);
+    console::routes(cfg);
 }
 
 /// Why the server could not start.

@@ -16,7 +16,9 @@
 pub mod account;
 pub mod admin;
 pub mod audit;
+pub mod console;
 pub mod directory;
+pub mod domain_requests;
 pub mod erasure;
 pub mod homeserver;
 pub mod identity;

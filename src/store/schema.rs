@@ -272,6 +272,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Sessions of the administrators' console (the cookie's token, hashed).
+    console_sessions (id_hash) {
+        id_hash -> Text,
+        username -> Text,
+        account_created_at -> BigInt,
+        csrf_token -> Text,
+        created_at -> BigInt,
+        last_seen_at -> BigInt,
+    }
+}
+
+diesel::table! {
     /// Signing keys retired by a rotation (public half only), still published.
     retired_signing_keys (key_id) {
         key_id -> Text,
@@ -307,5 +319,25 @@ diesel::table! {
     directory_opt_outs (mxid) {
         mxid -> Text,
         created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Agents' requests for their administration to be added.
+    domain_requests (id) {
+        id -> Text,
+        domain -> Text,
+        address -> Text,
+        name -> Text,
+        organisation -> Text,
+        message -> Nullable<Text>,
+        language -> Text,
+        status -> Text,
+        token_hash -> Nullable<Text>,
+        created_at -> BigInt,
+        confirmed_at -> Nullable<BigInt>,
+        decided_at -> Nullable<BigInt>,
+        decided_by -> Nullable<Text>,
+        decision_message -> Nullable<Text>,
     }
 }

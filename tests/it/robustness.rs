@@ -102,6 +102,16 @@ const ROUTES: &[(&str, &str, Auth)] = &[
         Auth::Homeserver,
     ),
     ("POST", "/_annuaire/account/v1/directory", Auth::Identity),
+    (
+        "POST",
+        "/_annuaire/admin/v1/domain-requests/mairie.example/decline",
+        Auth::Admin,
+    ),
+    (
+        "POST",
+        "/_annuaire/admin/v1/domain-requests/mairie.example/accept",
+        Auth::Admin,
+    ),
 ];
 
 const QUERIES: &[(&str, Auth)] = &[
@@ -128,6 +138,11 @@ const QUERIES: &[(&str, Auth)] = &[
     ),
     ("/_annuaire/homeserver/v1/display_name", Auth::Homeserver),
     ("/_annuaire/account/v1/data", Auth::Identity),
+    ("/_annuaire/admin/v1/domain-requests", Auth::Admin),
+    (
+        "/_annuaire/admin/v1/domain-requests/mairie.example",
+        Auth::Admin,
+    ),
 ];
 
 struct Fixture {
@@ -363,6 +378,9 @@ async fn malformed_queries_get_matrix_errors_everywhere() {
         "/_annuaire/admin/v1/rules/%FF",
         "/_annuaire/admin/v1/directory/%FF",
         "/_annuaire/admin/v1/directory/%00",
+        "/_annuaire/admin/v1/domain-requests/%FF",
+        "/_annuaire/admin/v1/domain-requests/%00",
+        "/_annuaire/admin/v1/domain-requests/..",
     ] {
         let r = Reply::from(
             f.s.client

@@ -1611,6 +1611,46 @@ async fn admin_directory_audit_statistics_and_erasure() {
         .bearer(&vi)
         .snap("admin_audit_invalid_since", &[])
         .await;
+
+    // Domain requests (the queue is empty: requests join it once confirmed by mail, which
+    // tests/it/console.rs follows).
+    snaps
+        .get(&format!("{ADMIN}/domain-requests"))
+        .bearer(&vi)
+        .snap("admin_domain_requests", &[])
+        .await;
+    snaps
+        .get(&format!(
+            "{ADMIN}/domain-requests/knocking.example?status=pending"
+        ))
+        .bearer(&vi)
+        .snap("admin_domain_requests_for_domain", &[])
+        .await;
+    snaps
+        .get(&format!(
+            "{ADMIN}/domain-requests/knocking.example?status=maybe"
+        ))
+        .bearer(&vi)
+        .snap("admin_domain_requests_invalid_status", &[])
+        .await;
+    snaps
+        .post(&format!("{ADMIN}/domain-requests/knocking.example/accept"))
+        .bearer(&vi)
+        .snap("admin_domain_requests_accept_as_viewer", &[])
+        .await;
+    snaps
+        .post(&format!("{ADMIN}/domain-requests/knocking.example/accept"))
+        .bearer(&ed)
+        .snap("admin_domain_requests_accept_unknown_domain", &[])
+        .await;
+    snaps
+        .post(&format!(
+            "{ADMIN}/domain-requests/finances.gouv.example/decline"
+        ))
+        .bearer(&ed)
+        .json(&json!({"message": "Non."}))
+        .snap("admin_domain_requests_decline_nothing_pending", &[])
+        .await;
 }
 
 // ---- the homeserver API ----
