@@ -228,6 +228,47 @@ impl HomeserverService {
     }
 }
 
+impl HomeserverService {
+    /// Every homeserver that has or had a token, by name (the console's list).
+    pub async fn list_tokens(&self) -> Result<Vec<HomeserverToken>, HomeserverError> {
+        Ok(self.db.run(list_homeservers).await?)
+    }
+
+    /// Makes the token of `server_name` (the console's "add"); it is shown once.
+    pub async fn add_token(
+        &self,
+        server_name: &str,
+        actor: &Actor,
+    ) -> Result<NewToken, HomeserverError> {
+        let now_ms = self.clock.now_ms();
+        let (server_name, actor) = (server_name.to_owned(), actor.clone());
+        self.db
+            .run(move |conn| {
+                Ok(add_homeserver(
+                    conn,
+                    &server_name,
+                    &actor,
+                    now_ms,
+                    &mut rand::rngs::OsRng,
+                ))
+            })
+            .await?
+    }
+
+    /// Revokes the token of `server_name` (the console's "revoke").
+    pub async fn revoke_token(
+        &self,
+        server_name: &str,
+        actor: &Actor,
+    ) -> Result<HomeserverToken, HomeserverError> {
+        let now_ms = self.clock.now_ms();
+        let (server_name, actor) = (server_name.to_owned(), actor.clone());
+        self.db
+            .run(move |conn| Ok(revoke_homeserver(conn, &server_name, &actor, now_ms)))
+            .await?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,6 +107,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../templates/web/console_accounts.html"),
     ),
     (
+        "console_homeservers.html",
+        include_str!("../../templates/web/console_homeservers.html"),
+    ),
+    (
         "console_requests.html",
         include_str!("../../templates/web/console_requests.html"),
     ),
@@ -165,6 +169,7 @@ pub const PAGES: &[&str] = &[
     "console_entry.html",
     "console_erase.html",
     "console_accounts.html",
+    "console_homeservers.html",
     "console_requests.html",
     "console_request_domain.html",
     "console_error.html",

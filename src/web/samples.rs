@@ -175,6 +175,13 @@ pub fn all() -> Vec<(&'static str, Value)> {
             "accounts": [{"username": "ed", "role": "editor", "source": "local", "created_at": 1, "last_login_at": 2, "locked_until": 3}]}),
         ),
         (
+            "console_homeservers.html",
+            json!({"done": "revoked", "done_name": "hs.example", "error": "oops", "server_name": "hs.example",
+            "new_token": {"server_name": "hs.example", "token": "t0k3n"},
+            "tokens": [{"server_name": "hs.example", "status": "active", "created_at": 1, "created_by": "cli:root", "revoked_at": null, "last_used_at": 2},
+                       {"server_name": "old.example", "status": "revoked", "created_at": 1, "created_by": "ed", "revoked_at": 3, "last_used_at": null}]}),
+        ),
+        (
             "console_requests.html",
             json!({"done": "declined", "done_domain": "m.example", "told": 2,
             "queue": [{"domain": "m.example", "requesters": 2, "organisations": ["Mairie"], "first_requested_at": 1, "last_requested_at": 2}]}),

@@ -327,6 +327,7 @@ def test_axe_on_every_page(page):
         "/_annuaire/console/directory?q=a",
         "/_annuaire/console/erase",
         "/_annuaire/console/accounts",
+        "/_annuaire/console/homeservers",
         "/_annuaire/console/requests",
         "/_annuaire/console/rules?lang=de",
         "/_annuaire/console/?lang=en",

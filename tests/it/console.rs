@@ -203,6 +203,7 @@ async fn login_sets_a_strict_httponly_cookie_and_every_page_renders() {
         "/_annuaire/console/directory?q=jean".into(),
         "/_annuaire/console/erase".into(),
         "/_annuaire/console/accounts".into(),
+        "/_annuaire/console/homeservers".into(),
         "/_annuaire/console/requests".into(),
     ] {
         let r = b.get(&path).await;
@@ -1132,4 +1133,123 @@ async fn malformed_page_requests_get_4xx_pages_never_5xx() {
             r.text
         );
     }
+}
+
+#[tokio::test]
+async fn homeserver_tokens_are_made_shown_once_used_and_revoked_from_the_console() {
+    let s = start(Builder::new()).await;
+    let mut b = Browser::new(&s);
+    assert_eq!(b.login("ed", EDITOR_PASSWORD).await.status, 303);
+    let page = b.get("/_annuaire/console/homeservers").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text
+            .contains("encore de jeton")
+    );
+    let csrf = Browser::csrf_of(&page);
+    // A name that is not a server name is refused beside the form.
+    let r = b
+        .post(
+            "/_annuaire/console/homeservers",
+            &[
+                ("csrf", &csrf),
+                ("action", "add"),
+                ("server_name", "not a name"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("is not a server name"), "{}", r.text);
+    // Made: the token is in this answer, once.
+    let r = b
+        .post(
+            "/_annuaire/console/homeservers",
+            &[
+                ("csrf", &csrf),
+                ("action", "add"),
+                ("server_name", "Agent.Finances.Example"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_page_headers(&r);
+    let marker = "id=\"new-token\" type=\"text\" readonly value=\"";
+    let start = r.text.find(marker).expect("the new token is shown") + marker.len();
+    let token: String = r.text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    assert_eq!(token.len(), 48, "{}", r.text);
+    let list = b.get("/_annuaire/console/homeservers").await;
+    assert!(list.text.contains("agent.finances.example"));
+    assert!(!list.text.contains(&token), "shown only once");
+    // The token works on the homeserver API.
+    let call = |token: String| {
+        let url = s.url(
+            "/_annuaire/homeserver/v1/display_name?medium=email&address=jean%40finances.gouv.example",
+        );
+        let client = s.client.clone();
+        async move { Reply::from(client.get(url).bearer_auth(token).send().await.unwrap()).await }
+    };
+    let r = call(token.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A second one is refused while the first is active.
+    let r = b
+        .post(
+            "/_annuaire/console/homeservers",
+            &[
+                ("csrf", &csrf),
+                ("action", "add"),
+                ("server_name", "agent.finances.example"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    // Revoked: its next call is refused.
+    let r = b
+        .post(
+            "/_annuaire/console/homeservers",
+            &[
+                ("csrf", &csrf),
+                ("action", "revoke"),
+                ("server_name", "agent.finances.example"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text);
+    assert_eq!(call(token).await.status, 401);
+    let audit = s
+        .app
+        .admin
+        .audit(
+            annuaire::admin::AuditFilter {
+                action: Some("homeserver.*".into()),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(audit.entries.len(), 2);
+    assert!(audit.entries.iter().all(|e| e.actor == "ed"));
+    // A viewer sees the list, no controls, and cannot change anything.
+    let mut v = Browser::new(&s);
+    assert_eq!(v.login("vi", VIEWER_PASSWORD).await.status, 303);
+    let page = v.get("/_annuaire/console/homeservers").await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("agent.finances.example"));
+    assert!(!page.text.contains("name=\"action\" value=\"add\""));
+    let csrf = Browser::csrf_of(&page);
+    let r = v
+        .post(
+            "/_annuaire/console/homeservers",
+            &[
+                ("csrf", &csrf),
+                ("action", "add"),
+                ("server_name", "x.example"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403);
 }

@@ -11,6 +11,7 @@ mod accounts;
 mod auth;
 mod dashboard;
 mod directory;
+mod homeservers;
 mod requests;
 mod rules;
 
@@ -87,17 +88,17 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(accounts::list))
                 .route(web::post().to(accounts::change)),
         )
+        .service(
+            page("/_annuaire/console/homeservers")
+                .route(web::get().to(homeservers::list))
+                .route(web::post().to(homeservers::change)),
+        )
         .service(page("/_annuaire/console/requests").route(web::get().to(requests::queue)))
         .service(
             page("/_annuaire/console/requests/domain")
                 .route(web::get().to(requests::domain))
                 .route(web::post().to(requests::decline)),
         );
-    // HOMESERVER TOKENS (issue 11): when the homeserver module lands, add here
-    //   page("/_annuaire/console/homeservers") GET (list) and POST (add: server name; revoke: id)
-    // calling its service (list, add → show the token once, revoke), a template
-    // `console_homeservers.html` with a sample in `web::samples`, a `homeservers` entry in the
-    // `_console.html` navigation and `[console.nav] homeservers` in every strings file.
 }
 
 async fn to_dashboard() -> HttpResponse {
