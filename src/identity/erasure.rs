@@ -2,9 +2,9 @@
 //! address (an administrator's `POST /_annuaire/admin/v1/threepids/erase`).
 //!
 //! In one transaction, audited: the association and its lookup hashes, every invitation to the
-//! address, its validation sessions, what the homeserver API remembered of its unbinding, and
-//! the mails still queued to it (a mail a worker is
-//! sending at that moment goes out, then is erased like every sent mail). Then the directory
+//! address, its validation sessions, its requests for its administration to be added, what the
+//! homeserver API remembered of its unbinding, and the mails still queued to it (a mail a worker
+//! is sending at that moment goes out, then is erased like every sent mail). Then the directory
 //! follows through the same path as an unbind ([`IdentityService::after_unbind`]): the user's
 //! entry goes, unless another of their addresses is still bound, in which case it is published
 //! from that one. Entries that still carry the address's lookup key are refreshed the same way.
@@ -93,6 +93,9 @@ impl IdentityService {
                     let sessions = erasure_store::delete_sessions_for(conn, "email", &normalised)?;
                     let queued_mails =
                         erasure_store::cancel_queued_mail_to(conn, &normalised, now_ms)?;
+                    // Its requests for its administration to be added, if it made any.
+                    let domain_requests =
+                        crate::store::domain_requests::delete_for_address(conn, &normalised)?;
                     // What the homeserver API remembered of it for a later erasure.
                     crate::store::homeserver::forget_unbinds_of_address(
                         conn,
@@ -120,6 +123,7 @@ impl IdentityService {
                             "invites": invites,
                             "sessions": sessions,
                             "queued_mails": queued_mails,
+                            "domain_requests": domain_requests,
                             "directory_entries": affected,
                         })),
                         None,

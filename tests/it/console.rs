@@ -1142,10 +1142,7 @@ async fn homeserver_tokens_are_made_shown_once_used_and_revoked_from_the_console
     assert_eq!(b.login("ed", EDITOR_PASSWORD).await.status, 303);
     let page = b.get("/_annuaire/console/homeservers").await;
     assert_eq!(page.status, 200);
-    assert!(
-        page.text
-            .contains("encore de jeton")
-    );
+    assert!(page.text.contains("encore de jeton"));
     let csrf = Browser::csrf_of(&page);
     // A name that is not a server name is refused beside the form.
     let r = b
