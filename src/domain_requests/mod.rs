@@ -29,7 +29,7 @@ use crate::config::{Config, Language};
 use crate::mail::MailError;
 use crate::mail::domain_request::{DomainRequestMail, DomainRequestStage, DomainRequestTemplates};
 use crate::mail::outbox::{self, Mailer};
-use crate::policy::{Outcome, ReasonCode, normalize_domain, normalize_email};
+use crate::policy::{Outcome, ReasonCode, normalize_domain, normalize_email, public_provider};
 use crate::ratelimit::KeyedLimit;
 use crate::store::domain_requests::{self as store, DomainRequestRow};
 use crate::store::{Db, DbConn, StoreError};
@@ -373,6 +373,13 @@ impl DomainRequests {
         let verdict = match decision.outcome {
             Outcome::Allowed => ReasonCode::Allowed,
             Outcome::InviteRequired => ReasonCode::InviteRequired,
+            // A deny rule on a public provider's domain (gmail.com) is told as what it is.
+            Outcome::Denied
+                if decision.reason_code == ReasonCode::DeniedDomain
+                    && public_provider(address.ascii_domain()).is_some() =>
+            {
+                ReasonCode::PublicMailProvider
+            }
             Outcome::Denied => decision.reason_code,
         };
         let may_request =
