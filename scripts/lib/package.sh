@@ -134,7 +134,11 @@ _pkg_smoke_start() {
     local code
     code="$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/metrics")"
     [[ "$code" == 404 ]] || die "the public listener answers $code for /metrics (http.admin_bind should keep it off)"
-    curl -fsS "http://127.0.0.1:$admin/metrics" | grep -q '^annuaire_http_requests_total' ||
+    # Read whole, then searched: `curl | grep -q` fails under pipefail when grep stops reading
+    # at its first match before curl has written everything (curl: (23) Failed writing body).
+    local metrics
+    metrics="$(curl -fsS "http://127.0.0.1:$admin/metrics")" || die "the admin listener's /metrics failed"
+    grep -q '^annuaire_http_requests_total' <<<"$metrics" ||
         die "no annuaire_http_requests_total on the admin listener's /metrics"
     # What `systemctl reload annuaire` sends (ExecReload): a reload, not the end of the process.
     kill -HUP "$_pkg_server_pgid"
