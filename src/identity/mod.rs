@@ -17,6 +17,7 @@ pub mod associations;
 pub mod bindings;
 pub mod delivery;
 pub mod hashing;
+pub mod import_sydent;
 pub mod invites;
 pub mod keys;
 pub mod lookup;
