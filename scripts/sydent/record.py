@@ -12,8 +12,9 @@ What it does, in order (each step through Sydent's HTTP API, as clients and home
 4. the user invites another address into a real room (/v2/store-invite); the invitation mail
    carries the ephemeral private key;
 5. the answers a migration must preserve are recorded: /v2/hash_details, /v2/lookup (sha256 and
-   none), /v2/pubkey/ed25519:0, /v2/pubkey/isvalid, /v2/pubkey/ephemeral/isvalid, /v2/account,
-   /v2/terms, and the signed association of /api/v1/lookup.
+   none), /v2/pubkey/ed25519:0, /v2/pubkey/isvalid, /v2/pubkey/ephemeral/isvalid,
+   /v2/sign-ed25519 (with the ephemeral private key of the mail), /v2/account, /v2/terms, and
+   the signed association of /api/v1/lookup.
 
 The result is a JSON file (stdlib only, so any Python runs this).
 """
@@ -190,15 +191,29 @@ def main():
     quoted = urllib.parse.quote
     answers = {
         "hash_details": hash_details,
-        "lookup_sha256": {"request": hashed, "response": call("POST", f"{v2}/lookup", hashed, token=token)},
-        "lookup_none": {"request": plain, "response": call("POST", f"{v2}/lookup", plain, token=token)},
+        "lookup_sha256": {
+            "request": hashed,
+            "response": call("POST", f"{v2}/lookup", hashed, token=token),
+        },
+        "lookup_none": {
+            "request": plain,
+            "response": call("POST", f"{v2}/lookup", plain, token=token),
+        },
         "pubkey": pubkey,
-        "pubkey_isvalid": call("GET", f"{v2}/pubkey/isvalid?public_key={quoted(pubkey['public_key'])}"),
+        "pubkey_isvalid": call(
+            "GET", f"{v2}/pubkey/isvalid?public_key={quoted(pubkey['public_key'])}"
+        ),
         "ephemeral_isvalid": call(
             "GET", f"{v2}/pubkey/ephemeral/isvalid?public_key={quoted(ephemeral_key)}"
         ),
         "ephemeral_isvalid_unknown": call(
             "GET", f"{v2}/pubkey/ephemeral/isvalid?public_key={quoted(pubkey['public_key'])}"
+        ),
+        "sign_ed25519": call(
+            "POST",
+            f"{v2}/sign-ed25519",
+            {"mxid": user_id, "token": invite["token"], "private_key": ephemeral_private_key},
+            token=token,
         ),
         "account": call("GET", f"{v2}/account", token=token),
         "terms": terms,

@@ -817,6 +817,7 @@ fn import_associations(
     counts.addresses = sorted.iter().filter(|(_, s)| s.best.is_some()).count() as u64;
     let total = sorted.len() as u64;
     let mut done = 0u64;
+    let mut statistics = Statistics::default();
     for page in sorted.chunks(options.batch_size.max(1)) {
         let wanted: Vec<String> = page.iter().map(|(a, _)| a.clone()).collect();
         let existing: HashMap<String, AssociationRow> =
@@ -880,6 +881,7 @@ fn import_associations(
                 }
                 Ok::<_, StoreError>(())
             })?;
+            statistics.wrote(conn)?;
         }
         done += page.len() as u64;
         progress(ImportProgress {
@@ -889,6 +891,25 @@ fn import_associations(
         });
     }
     Ok(())
+}
+
+/// Keeps the database's statistics of the growing tables fresh (see
+/// [`source::refresh_statistics`]).
+#[derive(Default)]
+struct Statistics {
+    batches: u32,
+}
+
+impl Statistics {
+    /// After a written batch.
+    fn wrote(&mut self, conn: &mut DbConn) -> Result<(), StoreError> {
+        self.batches += 1;
+        // After the first batches, then every 16: the planner's view follows the growth.
+        if self.batches.is_power_of_two() || self.batches.is_multiple_of(16) {
+            source::refresh_statistics(conn)?;
+        }
+        Ok(())
+    }
 }
 
 fn row_of(address: &str, c: &Candidate) -> AssociationRow {
@@ -915,6 +936,7 @@ fn import_accounts(
     let total = u64::try_from(db.count("accounts")?).unwrap_or(0);
     let counts = &mut summary.accounts;
     let mut known = HashSet::new();
+    let mut statistics = Statistics::default();
     let mut after = String::new();
     loop {
         let page = db.accounts(&after, options.batch_size.max(1) as i64)?;
@@ -941,6 +963,7 @@ fn import_accounts(
         }
         if !options.dry_run && !rows.is_empty() {
             crate::store::transaction(conn, |conn| source::insert_accounts(conn, &rows))?;
+            statistics.wrote(conn)?;
         }
         progress(ImportProgress {
             phase: "accounts",
@@ -963,6 +986,7 @@ fn import_tokens(
     let total = u64::try_from(db.count("tokens")?).unwrap_or(0);
     let counts = &mut summary.tokens;
     let expires_at = now_ms.saturating_add(options.token_lifetime_ms);
+    let mut statistics = Statistics::default();
     let mut after = String::new();
     loop {
         let page = db.tokens(&after, options.batch_size.max(1) as i64)?;
@@ -995,6 +1019,7 @@ fn import_tokens(
         }
         if !options.dry_run && !rows.is_empty() {
             crate::store::transaction(conn, |conn| source::insert_tokens(conn, &rows))?;
+            statistics.wrote(conn)?;
         }
         progress(ImportProgress {
             phase: "tokens",
@@ -1016,6 +1041,7 @@ fn import_accepted_terms(
 ) -> Result<(), ImportError> {
     let total = u64::try_from(db.count("accepted_terms_urls")?).unwrap_or(0);
     let counts = &mut summary.accepted_terms;
+    let mut statistics = Statistics::default();
     let mut after = 0;
     loop {
         let page = db.accepted_terms(after, options.batch_size.max(1) as i64)?;
@@ -1047,6 +1073,7 @@ fn import_accepted_terms(
         }
         if !options.dry_run && !rows.is_empty() {
             crate::store::transaction(conn, |conn| source::insert_accepted_terms(conn, &rows))?;
+            statistics.wrote(conn)?;
         }
         progress(ImportProgress {
             phase: "accepted terms",

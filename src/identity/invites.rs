@@ -316,9 +316,13 @@ pub async fn sign_ed25519(
             "mxid must be the user whose token is used".into(),
         ));
     }
-    let key = SigningKey::from_seed_base64(DEFAULT_KEY_ID, private_key).map_err(|_| {
-        IdentityError::InvalidParam("private_key must be an unpadded base64 ed25519 seed".into())
-    })?;
+    // Sydent mailed its ephemeral private keys in URL-safe base64: invitations it sent
+    // (imported by `annuaire import sydent`) come back in that form.
+    let key = canonical_public_key(private_key)
+        .and_then(|seed| SigningKey::from_seed_base64(DEFAULT_KEY_ID, &seed).ok())
+        .ok_or_else(|| {
+            IdentityError::InvalidParam("private_key must be a base64 ed25519 seed".into())
+        })?;
     let lookup = token.to_string();
     let invite = app
         .db

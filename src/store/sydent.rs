@@ -560,6 +560,19 @@ fn has_column(
 
 // ---- writing into annuaire ----
 
+/// Refreshes PostgreSQL's statistics of the tables an import fills (a no-op on SQLite). Without
+/// it the planner, which saw them empty, scans whole tables for each batch's lookups until
+/// autovacuum catches up: a 300,000-row import took three times as long.
+pub fn refresh_statistics(conn: &mut DbConn) -> Result<(), StoreError> {
+    if let DbConn::Pg(pg) = conn {
+        pg.batch_execute(
+            "ANALYZE associations, association_hashes, identity_accounts, identity_tokens, \
+             identity_accepted_terms, invites, imported_ephemeral_keys",
+        )?;
+    }
+    Ok(())
+}
+
 /// The associations stored for these addresses of `medium`.
 pub fn associations_of_addresses(
     conn: &mut DbConn,

@@ -13,4 +13,5 @@ mod mail_smtp;
 mod outbox;
 mod policy;
 mod robustness;
+mod sydent_import;
 mod validation;
