@@ -15,11 +15,12 @@ pub enum ImportCommand {
     /// sydent.conf (so that signatures Sydent made, on associations and on invitations already
     /// in rooms, verify with annuaire's published key), the lookup pepper (so that clients'
     /// cached hash_details stay valid), the associations (Sydent's own, and those replicated
-    /// from peers whose signature verifies with the peer's key in the database), the accounts
-    /// with their access tokens (hashed on the way in: logged-in clients stay logged in, for
-    /// identity.token_lifetime from the import) and accepted terms, and the pending
-    /// invitations with their ephemeral keys (invitations older than invites.validity are
-    /// left out: raise it first to keep them).
+    /// from peers whose signature verifies with the peer's key in the database) with their
+    /// users' directory entries (organisations come from the allowlist rules in the database:
+    /// import the allowlists first), the accounts with their access tokens (hashed on the way
+    /// in: logged-in clients stay logged in, for identity.token_lifetime from the import) and
+    /// accepted terms, and the pending invitations with their ephemeral keys (invitations older
+    /// than invites.validity are left out: raise it first to keep them).
     ///
     /// Stop Sydent first (or import a copy of its database). Running the import again changes
     /// nothing, or only what changed in Sydent since. Running annuaire instances read the
@@ -66,7 +67,7 @@ pub(super) fn import_command(config: &Config, command: ImportCommand) -> Result<
             let started = std::time::Instant::now();
             // The Sydent side first: a file that is not Sydent's is refused before annuaire's
             // database is touched.
-            let mut source = crate::store::sydent::SydentDb::open(&db).map_err(CliError::config)?;
+            let source = crate::store::sydent::SydentDb::open(&db).map_err(CliError::config)?;
             let conf = match &sydent_config {
                 None => SydentConf::default(),
                 Some(path) => {
@@ -104,14 +105,29 @@ pub(super) fn import_command(config: &Config, command: ImportCommand) -> Result<
                 token_lifetime_ms: config.identity.token_lifetime.as_millis_i64(),
                 invite_validity_ms: config.invites.validity.as_millis_i64(),
                 batch_size,
+                policy_rules: 0,
             };
             let annuaire_db = open_db(config)?;
             let mut conn = annuaire_db.get().map_err(CliError::runtime)?;
+            // Directory entries take the organisation of the live allowlist rules, as binds do.
+            let rules: Vec<crate::policy::Rule> = crate::store::policy::load_rules(&mut conn)
+                .map_err(CliError::runtime)?
+                .into_iter()
+                .map(|s| s.rule)
+                .collect();
+            let options = ImportOptions {
+                policy_rules: rules.len(),
+                ..options
+            };
+            let policy =
+                crate::policy::PolicyIndex::build(rules, config.policy.default_policy())
+                    .map_err(|e| CliError::config(crate::allowlist::AllowlistError::Rules(e)))?;
             let mut bar = super::directory::Progress::new("import sydent");
+            let mut sydent = import_sydent::SydentDeployment { db: source, conf };
             let summary = import_sydent::import(
                 &mut conn,
-                &mut source,
-                &conf,
+                &mut sydent,
+                &policy,
                 &options,
                 &mut rand::rngs::OsRng,
                 now_ms(),
@@ -184,6 +200,12 @@ fn print_summary(db: &std::path::Path, s: &ImportSummary, took: std::time::Durat
         a.own_unverified,
         a.invalid_address,
         a.other_medium
+    );
+    let d = &s.directory;
+    println!(
+        "  directory       {} users given an entry, {} had one; none for {} denied by the \
+         allowlists, {} invalid user IDs",
+        d.new, d.unchanged, d.denied, d.invalid_user_id
     );
     for (label, c) in [
         ("accounts", &s.accounts),

@@ -69,6 +69,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use base64::Engine as _;
 use rand::{CryptoRng, RngCore};
 use serde::Serialize;
 use serde_json::Value;
@@ -77,8 +78,8 @@ use super::accounts::token_hash;
 use super::hashing::lookup_hash;
 use super::keys::{SIGNING_KEY_STATE, canonical_public_key};
 use super::lookup::{self, PepperAdoption};
-use super::signing::{SigningKey, verify_json};
-use crate::policy::normalize_email;
+use super::signing::{LENIENT_BASE64, SigningKey, canonical_json};
+use crate::policy::{Outcome, PolicyIndex, normalize_email};
 use crate::store::identity::{self as store, AssociationRow, InviteRow};
 use crate::store::sydent::{
     self as source, SydentDb, SydentDbError, SydentEphemeralKey, SydentGlobalAssociation,
@@ -200,7 +201,6 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 }
 
 fn std_b64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
     base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
 }
 
@@ -230,6 +230,9 @@ pub struct ImportOptions {
     pub invite_validity_ms: i64,
     /// Rows per batch (one transaction each).
     pub batch_size: usize,
+    /// How many allowlist rules the policy given to [`import`] holds (none: a warning, since
+    /// directory entries then get the default policy's decision).
+    pub policy_rules: usize,
 }
 
 /// Where an import is.
@@ -309,6 +312,19 @@ pub struct InviteCounts {
     pub with_ephemeral_key: u64,
 }
 
+/// What became of the directory entries of imported binds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DirectoryCounts {
+    /// Users given an entry, as a bind in annuaire gives them one.
+    pub new: u64,
+    /// Users who already had one (kept as it is).
+    pub unchanged: u64,
+    /// Users whose address the allowlists deny: no entry.
+    pub denied: u64,
+    /// Matrix IDs that are not valid user IDs: no entry.
+    pub invalid_user_id: u64,
+}
+
 /// What happened to the signing key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -367,6 +383,8 @@ pub struct ImportSummary {
     pub tokens: Counts,
     /// Accepted terms URLs.
     pub accepted_terms: Counts,
+    /// Directory entries of the imported binds' users.
+    pub directory: DirectoryCounts,
     /// Pending invitations.
     pub invites: InviteCounts,
     /// Ephemeral invitation keys.
@@ -424,8 +442,53 @@ enum Verdict {
     Unverified,
 }
 
-/// The keys global rows are checked with: origin server → (key id, public key).
-type OriginKeys = HashMap<String, (String, String)>;
+/// A key global rows are checked with: its key id and the decoded public key (decoded once:
+/// with 300,000 rows, decoding it for each would cost seconds).
+struct OriginKey {
+    key_id: String,
+    key: ed25519_dalek::VerifyingKey,
+}
+
+impl OriginKey {
+    /// From a key id and an unpadded base64 public key; `None` if it is not a valid key.
+    fn new(key_id: &str, public_key: &str) -> Option<OriginKey> {
+        let bytes: [u8; 32] = LENIENT_BASE64.decode(public_key).ok()?.try_into().ok()?;
+        Some(OriginKey {
+            key_id: key_id.to_string(),
+            key: ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()?,
+        })
+    }
+
+    /// Whether `signed` carries a valid signature of `server` by this key (the spec's
+    /// "Checking for a signature": canonical JSON without `signatures` and `unsigned`).
+    fn verifies(&self, mut signed: serde_json::Map<String, Value>, server: &str) -> bool {
+        use ed25519_dalek::Verifier as _;
+        let Some(signature) = signed
+            .remove("signatures")
+            .as_ref()
+            .and_then(|s| s.get(server))
+            .and_then(|s| s.get(&self.key_id))
+            .and_then(Value::as_str)
+            .and_then(|s| LENIENT_BASE64.decode(s).ok())
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        else {
+            return false;
+        };
+        signed.remove("unsigned");
+        let Ok(canonical) = canonical_json(&Value::Object(signed)) else {
+            return false;
+        };
+        self.key
+            .verify(
+                canonical.as_bytes(),
+                &ed25519_dalek::Signature::from_bytes(&signature),
+            )
+            .is_ok()
+    }
+}
+
+/// The keys global rows are checked with, by origin server.
+type OriginKeys = HashMap<String, OriginKey>;
 
 fn verify_global(row: &SydentGlobalAssociation, keys: &OriginKeys, own: Option<&str>) -> Verdict {
     let failed = if own == Some(row.origin_server.as_str()) {
@@ -433,10 +496,10 @@ fn verify_global(row: &SydentGlobalAssociation, keys: &OriginKeys, own: Option<&
     } else {
         Verdict::Unverified
     };
-    let Some((key_id, public_key)) = keys.get(&row.origin_server) else {
+    let Some(key) = keys.get(&row.origin_server) else {
         return failed;
     };
-    let Ok(signed) = serde_json::from_str::<Value>(&row.sg_assoc) else {
+    let Ok(Value::Object(signed)) = serde_json::from_str::<Value>(&row.sg_assoc) else {
         return failed;
     };
     // The signed JSON must say what the row says, or the row is not what was signed.
@@ -446,7 +509,7 @@ fn verify_global(row: &SydentGlobalAssociation, keys: &OriginKeys, own: Option<&
         && signed["ts"].as_i64() == Some(row.ts)
         && signed["not_before"].as_i64() == Some(row.not_before)
         && signed["not_after"].as_i64() == Some(row.not_after);
-    if same && verify_json(&signed, &row.origin_server, key_id, public_key).is_ok() {
+    if same && key.verifies(signed, &row.origin_server) {
         Verdict::Verified
     } else {
         failed
@@ -492,16 +555,28 @@ fn verify_page(
     })
 }
 
-/// Imports the Sydent database `db` (and its `conf`) into annuaire's database (blocking).
+/// A Sydent deployment to import: its database and what its `sydent.conf` says.
+#[derive(Debug)]
+pub struct SydentDeployment {
+    /// The database, opened read-only.
+    pub db: SydentDb,
+    /// The configuration ([`SydentConf::default`] when not given).
+    pub conf: SydentConf,
+}
+
+/// Imports a Sydent deployment into annuaire's database (blocking). `policy` (the live
+/// allowlist rules) decides the directory entries of the imported binds, as it does for binds.
 pub fn import(
     conn: &mut DbConn,
-    db: &mut SydentDb,
-    conf: &SydentConf,
+    sydent: &mut SydentDeployment,
+    policy: &PolicyIndex,
     options: &ImportOptions,
     rng: &mut (impl RngCore + CryptoRng),
     now_ms: i64,
     progress: &mut dyn FnMut(ImportProgress),
 ) -> Result<ImportSummary, ImportError> {
+    let SydentDeployment { db, conf } = sydent;
+    let conf = &*conf;
     let schema = db.schema().clone();
     let batch = options.batch_size.max(1);
     let mut summary = ImportSummary {
@@ -513,6 +588,7 @@ pub fn import(
         public_key: conf.signing_key.as_ref().map(SigningKey::public_key_base64),
         pepper: PepperOutcome::Absent,
         associations: AssociationCounts::default(),
+        directory: DirectoryCounts::default(),
         accounts: Counts::default(),
         tokens: Counts::default(),
         accepted_terms: Counts::default(),
@@ -585,7 +661,24 @@ pub fn import(
         }
     };
 
-    import_associations(conn, db, conf, options, now_ms, &mut summary, progress)?;
+    if options.policy_rules == 0 {
+        summary.warnings.push(
+            "the database holds no allowlist rules: directory entries got the default policy's \
+             decision (no organisation); import the allowlists first (annuaire allowlist import, \
+             or start annuaire once) and run the import again for the users still missing"
+                .into(),
+        );
+    }
+    import_associations(
+        conn,
+        db,
+        conf,
+        policy,
+        options,
+        now_ms,
+        &mut summary,
+        progress,
+    )?;
     let known_users = import_accounts(conn, db, options, now_ms, &mut summary, progress)?;
     import_tokens(
         conn,
@@ -686,31 +779,34 @@ fn plan_signing_key(
 /// The page size for reading Sydent's tables.
 const READ_PAGE: i64 = 5000;
 
+#[allow(clippy::too_many_arguments)]
 fn import_associations(
     conn: &mut DbConn,
     db: &mut SydentDb,
     conf: &SydentConf,
+    policy: &PolicyIndex,
     options: &ImportOptions,
     now_ms: i64,
     summary: &mut ImportSummary,
     progress: &mut dyn FnMut(ImportProgress),
 ) -> Result<(), ImportError> {
+    let directory = &mut summary.directory;
     let counts = &mut summary.associations;
     let mut keys: OriginKeys = HashMap::new();
     for peer in db.peer_keys()? {
         if peer.alg != "ed25519" {
             continue;
         }
-        if let Some(key) = peer_public_key(&peer.key) {
-            keys.insert(peer.peer, ("ed25519:0".to_string(), key));
+        if let Some(key) = peer_public_key(&peer.key).and_then(|k| OriginKey::new("ed25519:0", &k))
+        {
+            keys.insert(peer.peer, key);
         }
     }
     let own = conf.server_name.as_deref();
-    if let (Some(name), Some(key)) = (own, &conf.signing_key) {
-        keys.insert(
-            name.to_string(),
-            (key.key_id().to_string(), key.public_key_base64()),
-        );
+    if let (Some(name), Some(key)) = (own, &conf.signing_key)
+        && let Some(key) = OriginKey::new(key.key_id(), &key.public_key_base64())
+    {
+        keys.insert(name.to_string(), key);
     }
 
     let total = u64::try_from(
@@ -815,6 +911,18 @@ fn import_associations(
         .collect();
     sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     counts.addresses = sorted.iter().filter(|(_, s)| s.best.is_some()).count() as u64;
+    // A user's directory entry follows their latest bind, as binds in annuaire make it.
+    let mut latest: HashMap<&str, (i64, &str)> = HashMap::new();
+    for (address, state) in &sorted {
+        if let Some(c) = &state.best {
+            let slot = latest
+                .entry(c.mxid.as_str())
+                .or_insert((c.ts, address.as_str()));
+            if c.ts > slot.0 {
+                *slot = (c.ts, address.as_str());
+            }
+        }
+    }
     let total = sorted.len() as u64;
     let mut done = 0u64;
     let mut statistics = Statistics::default();
@@ -827,8 +935,17 @@ fn import_associations(
                 .collect();
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
+        let mut entries = Vec::new();
         for (address, state) in page {
             let held = existing.get(address);
+            if let Some(c) = &state.best
+                && latest
+                    .get(c.mxid.as_str())
+                    .is_some_and(|(_, a)| *a == address.as_str())
+                && !held.is_some_and(|h| h.created_at > c.ts && *h != row_of(address, c))
+            {
+                entries.push((address.as_str(), c.mxid.as_str()));
+            }
             match (&state.best, held) {
                 (Some(c), None) => {
                     counts.new += 1;
@@ -857,7 +974,8 @@ fn import_associations(
                 (None, None) => {}
             }
         }
-        if !options.dry_run && (!upserts.is_empty() || !removals.is_empty()) {
+        let binds = directory_binds(conn, policy, &entries, now_ms, directory)?;
+        if !options.dry_run && (!upserts.is_empty() || !removals.is_empty() || !binds.is_empty()) {
             crate::store::transaction(conn, |conn| {
                 // The write first, as annuaire's own binds (see `store::identity`).
                 source::upsert_associations(conn, &upserts)?;
@@ -879,6 +997,7 @@ fn import_associations(
                 for address in &removals {
                     store::delete_association(conn, "email", address)?;
                 }
+                crate::directory::entries::add_imported_binds(conn, &binds, now_ms)?;
                 Ok::<_, StoreError>(())
             })?;
             statistics.wrote(conn)?;
@@ -910,6 +1029,44 @@ impl Statistics {
         }
         Ok(())
     }
+}
+
+/// The binds `(address, mxid)` of a batch whose users get a directory entry: those without
+/// one yet, whose address the allowlists do not deny, with a valid user ID.
+fn directory_binds(
+    conn: &mut DbConn,
+    policy: &PolicyIndex,
+    binds: &[(&str, &str)],
+    now_ms: i64,
+    counts: &mut DirectoryCounts,
+) -> Result<Vec<(String, crate::policy::Address, crate::policy::Decision)>, StoreError> {
+    let mxids: Vec<String> = binds.iter().map(|(_, m)| (*m).to_string()).collect();
+    let existing: HashSet<String> = crate::store::directory::existing_mxids(conn, &mxids)?
+        .into_iter()
+        .collect();
+    let mut out = Vec::new();
+    for (address, mxid) in binds {
+        if existing.contains(*mxid) {
+            counts.unchanged += 1;
+            continue;
+        }
+        if crate::directory::entries::split_user_id(mxid).is_err() {
+            counts.invalid_user_id += 1;
+            continue;
+        }
+        let Ok(address) = normalize_email(address) else {
+            counts.invalid_user_id += 1;
+            continue;
+        };
+        let decision = policy.decide(&address, now_ms);
+        if decision.outcome == Outcome::Denied {
+            counts.denied += 1;
+            continue;
+        }
+        counts.new += 1;
+        out.push(((*mxid).to_string(), address, decision));
+    }
+    Ok(out)
 }
 
 fn row_of(address: &str, c: &Candidate) -> AssociationRow {
@@ -1183,6 +1340,8 @@ fn import_invites(
 
     let counts = &mut summary.invites;
     counts.read = invites.len() as u64;
+    // A token met twice (dinsic replication) is one invitation.
+    let mut taken: HashSet<String> = HashSet::new();
     let total = counts.read;
     for page in invites.chunks(options.batch_size.max(1)) {
         let tokens: Vec<String> = page.iter().map(|i| i.token.clone()).collect();
@@ -1218,7 +1377,7 @@ fn import_invites(
                 counts.expired += 1;
                 continue;
             }
-            if existing.contains(&invite.token) {
+            if existing.contains(&invite.token) || !taken.insert(invite.token.clone()) {
                 counts.unchanged += 1;
                 continue;
             }
@@ -1358,11 +1517,11 @@ mod tests {
         let mut keys = OriginKeys::new();
         keys.insert(
             "own.example".into(),
-            ("ed25519:0".into(), own.public_key_base64()),
+            OriginKey::new("ed25519:0", &own.public_key_base64()).unwrap(),
         );
         keys.insert(
             "peer.example".into(),
-            ("ed25519:0".into(), peer.public_key_base64()),
+            OriginKey::new("ed25519:0", &peer.public_key_base64()).unwrap(),
         );
         let mine = global("own.example", &own, "@a:hs");
         assert_eq!(

@@ -97,6 +97,27 @@ fn import_json(dir: &Path, url: &str, server_name: &str, args: &[&str]) -> Value
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("summary is not JSON ({e}): {out}"))
 }
 
+/// Puts an allowlist giving `domain` (and its subdomains) to the organisation `label` in the
+/// database at `url`, as `annuaire allowlist import` does.
+fn allow_domain(dir: &Path, url: &str, domain: &str, label: &str) {
+    let folder = dir.join("allowlists");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("agencies.toml"),
+        format!(
+            "[organisation]\nlabel = \"{label}\"\nhomeserver = \"hs.example\"\n\n\
+             [[domain]]\nname = \"{domain}\"\nsubdomains = true\n"
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        dir,
+        &["allowlist", "import", folder.to_str().unwrap()],
+        &[("ANNUAIRE_DATABASE__URL", url)],
+    );
+    assert_eq!(code, 0, "allowlist import failed:\n{out}\n{err}");
+}
+
 /// A terms file for annuaire with the policies Sydent published (same URLs).
 fn terms_toml(terms: &Value) -> String {
     let mut text = String::from("version = \"from-sydent\"\n");
@@ -137,6 +158,7 @@ async fn answers_match_the_real_sydent_after_import() {
         c.terms.file = Some(terms);
         url = c.database.url.clone().unwrap();
     });
+    allow_domain(builder.dir(), &url, "sydent-import.example", "Import");
     // Sydent's database is only read: import the recorded one directly.
     let db = fixture.join("sydent.db");
     let conf = fixture.join("sydent.conf");
@@ -162,6 +184,7 @@ async fn answers_match_the_real_sydent_after_import() {
     assert_eq!(summary["accepted_terms"]["new"], 1, "{summary}");
     assert_eq!(summary["invites"]["new"], 1, "{summary}");
     assert_eq!(summary["invites"]["with_ephemeral_key"], 1, "{summary}");
+    assert_eq!(summary["directory"]["new"], 1, "{summary}");
     assert_eq!(summary["warnings"], json!([]), "{summary}");
 
     let server = builder.start().await;
@@ -304,6 +327,14 @@ async fn answers_match_the_real_sydent_after_import() {
         .to_signed_json(&server_name, server.app.identity.signing_key())
         .unwrap();
     assert_eq!(resigned, answers["bind"]);
+
+    // The user is in the directory, as a bind in annuaire puts them there.
+    let user_id = expected["user_id"].as_str().unwrap();
+    let entry = annuaire::directory::entries::get(&server.app, user_id)
+        .await
+        .unwrap()
+        .expect("a directory entry");
+    assert_eq!(entry.organisation.as_deref(), Some("Import"));
 }
 
 // ---- Sydent databases filled here ----
@@ -616,6 +647,8 @@ fn snapshot(url: &str) -> Vec<String> {
         "SELECT 'k|' || public_key || '|' || CAST(created_at AS TEXT) AS row \
          FROM imported_ephemeral_keys",
         "SELECT 's|' || key || '|' || value AS row FROM instance_state WHERE key <> 'database_id'",
+        "SELECT 'd|' || mxid || '|' || name || '|' || COALESCE(organisation, '-') || '|' || \
+         email_key || '|' || CAST(created_at AS TEXT) AS row FROM directory_entries",
     ];
     #[derive(QueryableByName)]
     struct Row {
@@ -680,6 +713,7 @@ async fn imports_a_filled_database(schema: Schema) {
         "--sydent-config",
         conf.to_str().unwrap(),
     ];
+    allow_domain(&dir, &url, "example.org", "Exemple");
     // annuaire already knows two addresses: one Sydent unbound since, one bound anew here.
     {
         let (_db, mut conn) = conn_for(&url);
@@ -704,6 +738,7 @@ async fn imports_a_filled_database(schema: Schema) {
     assert_eq!(first["dry_run"], false);
     for part in [
         "associations",
+        "directory",
         "accounts",
         "tokens",
         "accepted_terms",
@@ -742,6 +777,13 @@ async fn imports_a_filled_database(schema: Schema) {
     assert_eq!(a["new"], 5, "{a}");
     assert_eq!(a["kept_newer"], 1, "henri's bind in annuaire is newer: {a}");
     assert_eq!(a["removed"], 1, "gone@ was unbound in Sydent: {a}");
+    // alice, bob, carol, dave, and frank's newer bind; henri's address is annuaire's newer
+    // bind's, whose user has their entry from it.
+    assert_eq!(
+        first["directory"],
+        json!({"new": 5, "unchanged": 0, "denied": 0, "invalid_user_id": 0})
+    );
+    assert_eq!(first["warnings"], json!([]), "{first}");
     assert_eq!(first["accounts"]["new"], 1);
     assert_eq!(first["tokens"]["new"], 1);
     assert_eq!(first["tokens"]["skipped"], 1, "the token of no account");
@@ -778,12 +820,26 @@ async fn imports_a_filled_database(schema: Schema) {
         assert_eq!(second[part]["unchanged"], first[part]["new"], "{part}");
     }
     assert_eq!(second["invites"]["new"], 0);
+    assert_eq!(second["directory"]["new"], 0);
+    assert_eq!(second["directory"]["unchanged"], 5);
 
     // What the imported data answers.
     let server = builder.start().await;
     assert_eq!(
         server.app.identity.signing_key().public_key_base64(),
         own.public_key_base64()
+    );
+    let frank = annuaire::directory::entries::get(&server.app, "@frank:hs2.example")
+        .await
+        .unwrap()
+        .expect("frank's latest bind gives him an entry");
+    assert_eq!(frank.organisation.as_deref(), Some("Exemple"));
+    assert!(
+        annuaire::directory::entries::get(&server.app, "@frank:hs.example")
+            .await
+            .unwrap()
+            .is_none(),
+        "frank's earlier bind was replaced"
     );
     let token = "alice-sydent-token";
     let r = server
