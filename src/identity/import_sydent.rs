@@ -598,6 +598,7 @@ pub fn import(
         warnings: Vec::new(),
     };
 
+    source::prepare_bulk_import(conn)?;
     // Checks that may refuse the import come before any write.
     let key_plan = plan_signing_key(conn, conf, options)?;
     let pepper = db.pepper()?;

@@ -560,6 +560,16 @@ fn has_column(
 
 // ---- writing into annuaire ----
 
+/// Prepares a connection for a bulk import: on SQLite, a page cache large enough for the
+/// indexes being filled (random lookup hashes, the directory's full-text index) to stay in
+/// memory, instead of the default 2 MB; the connection is the import's own, closed after it.
+pub fn prepare_bulk_import(conn: &mut DbConn) -> Result<(), StoreError> {
+    if let DbConn::Sqlite(c) = conn {
+        c.batch_execute("PRAGMA cache_size = -262144")?; // 256 MiB
+    }
+    Ok(())
+}
+
 /// Refreshes PostgreSQL's statistics of the tables an import fills (a no-op on SQLite). Without
 /// it the planner, which saw them empty, scans whole tables for each batch's lookups until
 /// autovacuum catches up: a 300,000-row import took three times as long.
