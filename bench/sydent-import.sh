@@ -64,19 +64,23 @@ info "work folder: $work"
 
 _ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
 
-# run_import NAME URL ARGS...: times one import; its summary goes to $work/NAME.txt.
-declare -A took
+# run_import NAME URL ARGS...: times one import (wall clock, and the CPU time of the process:
+# on a shared machine the second says more); its summary goes to $work/NAME.txt.
+declare -A took cpu load
 run_import() {
     local name="$1" url="$2"
     shift 2
     local t0 t1
+    load[$name]="$(cut -d' ' -f1 /proc/loadavg)"
     t0="$(_ms)"
     ANNUAIRE_DATABASE__URL="$url" ANNUAIRE_SERVER__NAME=sydent.synthetic.example \
+        /usr/bin/time -f '%U %S' -o "$work/$name.time" \
         "$binary" import sydent --db "$source_db" --sydent-config "$source_conf" "$@" \
         >"$work/$name.txt" 2>"$work/$name.progress"
     t1="$(_ms)"
     took[$name]=$((t1 - t0))
-    printf '%-22s %7d ms\n' "$name" "${took[$name]}"
+    cpu[$name]="$(awk '{printf "%.1f", $1 + $2}' "$work/$name.time")"
+    printf '%-22s %7d ms (CPU %s s, load %s)\n' "$name" "${took[$name]}" "${cpu[$name]}" "${load[$name]}"
 }
 
 # The synthetic users' agencies are allowed, so that every one of them gets a directory entry.
@@ -131,15 +135,18 @@ directory_line="$(grep -m1 '^  directory' "$work/sqlite-import.txt" | sed 's/^ *
     echo
     echo "| run | SQLite | PostgreSQL |"
     echo "|---|---:|---:|"
+    cell() { awk "BEGIN {printf \"%.1f s (CPU %s s, load %s)\", ${took[$1]} / 1000, ${cpu[$1]}, ${load[$1]}}"; }
     for run in dry-run import again; do
         pg_cell="-"
-        if [[ -n "$with_postgres" ]]; then pg_cell="$(awk "BEGIN {printf \"%.1f s\", ${took[postgres-$run]} / 1000}")"; fi
-        echo "| $run | $(awk "BEGIN {printf \"%.1f s\", ${took[sqlite-$run]} / 1000}") | $pg_cell |"
+        if [[ -n "$with_postgres" ]]; then pg_cell="$(cell "postgres-$run")"; fi
+        echo "| $run | $(cell "sqlite-$run") | $pg_cell |"
     done
     echo
     echo "\`dry-run\`: reading, checking and comparing only, into an empty database. \`import\`: the"
     echo "first import. \`again\`: the same import a second time (nothing to write). Each is the"
-    echo "whole process (\`annuaire import sydent ...\`), migrations included. The throwaway"
+    echo "whole process (\`annuaire import sydent ...\`), migrations included: wall-clock time,"
+    echo "the process's CPU time (user + system; signature checks use every core), and the load"
+    echo "average when it started (other work on the machine slows the wall clock). The throwaway"
     echo "PostgreSQL server runs with fsync off."
     echo
     echo "The import said: \`$summary_line\`, \`$directory_line\`"

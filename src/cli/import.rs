@@ -42,8 +42,10 @@ pub enum ImportCommand {
         /// with it stop verifying).
         #[arg(long)]
         replace_signing_key: bool,
-        /// Rows written per transaction.
-        #[arg(long, default_value_t = 2000, value_name = "N")]
+        /// Rows written per transaction. Larger batches are faster (on SQLite the directory's
+        /// full-text index is merged once per transaction) but hold the database's write lock
+        /// longer while annuaire serves.
+        #[arg(long, default_value_t = 10_000, value_name = "N")]
         batch_size: usize,
         /// Print the summary as JSON.
         #[arg(long)]
