@@ -577,7 +577,7 @@ pub fn refresh_statistics(conn: &mut DbConn) -> Result<(), StoreError> {
     if let DbConn::Pg(pg) = conn {
         pg.batch_execute(
             "ANALYZE associations, association_hashes, identity_accounts, identity_tokens, \
-             identity_accepted_terms, invites, imported_ephemeral_keys",
+             identity_accepted_terms, invites, imported_ephemeral_keys, directory_entries",
         )?;
     }
     Ok(())
