@@ -12,11 +12,14 @@
 //! Markdown table per class and a summary line per class (p50, p99, max over every call).
 //! `bench/directory-search.sh` runs it on SQLite and PostgreSQL; CI does not.
 
+// A benchmark stops at its first failure: unwrapping is its error handling.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use annuaire::Annuaire;
 use annuaire::config::Config;
-use annuaire::directory::{self, Viewer};
+use annuaire::directory::Viewer;
 
 /// Queries as people type them, from a first letter to full names, over the synthetic
 /// population (French and German names, 20 organisations); the HTTP benchmark's wrk script
@@ -75,7 +78,8 @@ fn main() {
             let queries: Vec<&str> = list.lines().filter(|l| !l.trim().is_empty()).collect();
             // Warm-up: page cache, prepared statements.
             for q in &queries {
-                directory::search(&app, q, None, None, Viewer::Operator)
+                app.directory
+                    .search(q, None, None, Viewer::Operator)
                     .await
                     .unwrap();
             }
@@ -87,7 +91,9 @@ fn main() {
                 let mut last = None;
                 for _ in 0..rounds {
                     let started = Instant::now();
-                    let r = directory::search(&app, q, None, None, Viewer::Operator)
+                    let r = app
+                        .directory
+                        .search(q, None, None, Viewer::Operator)
                         .await
                         .unwrap();
                     times.push(started.elapsed());

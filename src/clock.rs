@@ -50,3 +50,17 @@ impl Clock for ManualClock {
 
 /// The shared clock handle passed around the application.
 pub type SharedClock = Arc<dyn Clock>;
+
+/// Wait before retry number `attempts` (1 = after the first failure): `initial`, doubled each
+/// time, capped at `max`.
+pub fn backoff(
+    initial: std::time::Duration,
+    max: std::time::Duration,
+    attempts: u32,
+) -> std::time::Duration {
+    let exponent = attempts.saturating_sub(1).min(31);
+    initial
+        .checked_mul(1u32 << exponent)
+        .unwrap_or(max)
+        .min(max)
+}

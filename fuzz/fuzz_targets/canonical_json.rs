@@ -2,7 +2,7 @@
 //! itself.
 #![no_main]
 
-use annuaire::identity::signing::canonical_json;
+use annuaire::matrix::signing::canonical_json;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

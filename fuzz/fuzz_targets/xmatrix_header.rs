@@ -2,7 +2,7 @@
 //! header that parses to the same thing.
 #![no_main]
 
-use annuaire::identity::xmatrix::XMatrixAuth;
+use annuaire::matrix::xmatrix::XMatrixAuth;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &str| {

@@ -1,19 +1,26 @@
-//! Administration: admin accounts and their tokens (JWT; local passwords or an LDAP bind),
-//! allowlist rules managed through the admin API, the decision explainer, directory moderation,
-//! the erasure of an address, the audit log and the statistics.
+//! Administration: admin accounts ([`accounts`]) and their tokens ([`tokens`]: JWT; a login
+//! with a local password or an LDAP bind, [`login`], [`ldap_login`]), allowlist rules managed
+//! through the admin API and the decision explainer ([`rules`]), directory moderation
+//! ([`moderation`]), the erasure of an address (done by the identity service), the audit log
+//! and the statistics ([`stats`]).
 //!
-//! Most of it is blocking code over a `&mut DbConn` (the HTTP layer runs it with `Db::run`);
-//! what must wait on the network (the LDAP login, the directory refresh after an erasure) is
-//! async over the [`crate::app::Annuaire`]. No actix. `http::admin` maps [`AdminError`] to
-//! responses once.
+//! The blocking parts take a `&mut DbConn` (the command line calls them directly); the
+//! [`Admin`] service ([`service`]) runs them on the database pool and is what the HTTP layer
+//! calls. No actix. `http::admin` maps [`AdminError`] to responses once.
 
-pub mod audit;
-pub mod auth;
+// Input from strangers passes through here: no index may panic.
+#![deny(clippy::indexing_slicing)]
+
+pub mod accounts;
+pub mod console;
 pub mod ldap_login;
+pub mod login;
 pub mod moderation;
+pub mod retention;
 pub mod rules;
+pub mod service;
 pub mod stats;
-pub mod threepids;
+pub mod tokens;
 
 use std::fmt;
 
@@ -22,13 +29,17 @@ use serde::{Deserialize, Serialize};
 use crate::policy::RuleError;
 use crate::store::StoreError;
 
-pub use audit::{AuditEntry, AuditFilter, AuditPage};
-pub use auth::{AccountSummary, Admin, IssuedToken, LoginStep, Session, log_in};
+pub use crate::audit::{Actor, AuditEntry, AuditFilter, AuditPage};
+pub use crate::identity::erasure::Erasure;
+pub use accounts::AccountSummary;
+pub use console::{ConsoleSession, OpenedSession};
 pub use ldap_login::{LdapLogin, LdapVerdict};
+pub use login::{LoginStep, Logins};
 pub use moderation::{EntryFilter, EntryPage, ModeratedEntry};
 pub use rules::{RuleFilter, RulePage};
+pub use service::{Admin, AdminParts};
 pub use stats::{AttemptStats, DirectoryStats, DomainAttempts, OutboxStats, Period};
-pub use threepids::Erasure;
+pub use tokens::{IssuedToken, Session, Tokens};
 
 /// What an administrator may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -135,45 +146,6 @@ pub fn join_rule_errors(errors: &[RuleError]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Who made a change, as written in the audit log: an admin's username, `cli:<unix user>` for
-/// the command line, `startup` for the import `serve` runs at start, `system` for automatic
-/// changes (an account locked after failed logins).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor(pub String);
-
-impl Actor {
-    /// An administrator acting through the API.
-    pub fn admin(username: &str) -> Actor {
-        Actor(username.to_owned())
-    }
-
-    /// An operator on the command line.
-    pub fn cli(unix_user: &str) -> Actor {
-        Actor(format!("cli:{unix_user}"))
-    }
-
-    /// The instance itself.
-    pub fn system() -> Actor {
-        Actor("system".to_owned())
-    }
-
-    /// The allowlist import that `serve` runs at start.
-    pub fn startup() -> Actor {
-        Actor("startup".to_owned())
-    }
-
-    /// As written in the audit log.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Actor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// Page sizes of the list endpoints: the default and the largest accepted.

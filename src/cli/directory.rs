@@ -64,18 +64,19 @@ pub(super) async fn directory_command(
             limit,
             json,
         } => {
-            let results = crate::directory::search(
-                &app,
-                &term,
-                organisation.as_deref(),
-                Some(limit),
-                crate::directory::Viewer::Operator,
-            )
-            .await
-            .map_err(|e| match e {
-                crate::directory::DirectoryError::Query(_) => CliError::config(e),
-                other => CliError::runtime(other),
-            })?;
+            let results = app
+                .directory
+                .search(
+                    &term,
+                    organisation.as_deref(),
+                    Some(limit),
+                    crate::directory::Viewer::Operator,
+                )
+                .await
+                .map_err(|e| match e {
+                    crate::directory::DirectoryError::Query(_) => CliError::config(e),
+                    other => CliError::runtime(other),
+                })?;
             if json {
                 let text = serde_json::to_string_pretty(&results).map_err(CliError::runtime)?;
                 println!("{text}");
@@ -95,11 +96,13 @@ pub(super) async fn directory_command(
         DirectoryCommand::ImportSynthetic { n, seed } => {
             let started = std::time::Instant::now();
             let mut bar = Progress::new("import");
-            let summary = crate::directory::import_synthetic(&app, n, seed, move |done, total| {
-                bar.show(&format!("{done}/{total} people"), done == total);
-            })
-            .await
-            .map_err(CliError::runtime)?;
+            let summary = app
+                .directory
+                .import_synthetic(n, seed, move |done, total| {
+                    bar.show(&format!("{done}/{total} people"), done == total);
+                })
+                .await
+                .map_err(CliError::runtime)?;
             println!(
                 "imported {} synthetic entries ({} already present) in {:.1}s",
                 summary.inserted,
@@ -119,20 +122,22 @@ pub(super) async fn ldap_command(config: Config, command: LdapCommand) -> Result
         LdapCommand::Sync { dry_run, json } => {
             let app = Annuaire::open(config).await.map_err(CliError::runtime)?;
             let mut bar = Progress::new("ldap sync");
-            let summary = crate::directory::ldap_sync::sync(&app, &settings, dry_run, |s| {
-                bar.show(
-                    &format!(
-                        "{} read · {} matched · {} updated · {} skipped",
-                        s.read,
-                        s.matched,
-                        s.updated,
-                        s.skipped()
-                    ),
-                    false,
-                );
-            })
-            .await
-            .map_err(CliError::runtime)?;
+            let summary = app
+                .directory
+                .sync_ldap(&settings, dry_run, |s| {
+                    bar.show(
+                        &format!(
+                            "{} read · {} matched · {} updated · {} skipped",
+                            s.read,
+                            s.matched,
+                            s.updated,
+                            s.skipped()
+                        ),
+                        false,
+                    );
+                })
+                .await
+                .map_err(CliError::runtime)?;
             bar.done();
             if json {
                 let text = serde_json::to_string_pretty(&summary).map_err(CliError::runtime)?;

@@ -5,25 +5,28 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::app::Annuaire;
 use crate::config::Config;
+use crate::runtime::Annuaire;
 use crate::{http, telemetry};
 
 mod admin;
 mod allowlist;
 mod directory;
+mod homeserver;
 mod import;
 mod keys;
 
 pub use admin::AdminCommand;
 pub use allowlist::AllowlistCommand;
 pub use directory::{DirectoryCommand, LdapCommand};
+pub use homeserver::HomeserverCommand;
 pub use import::ImportCommand;
 pub use keys::KeysCommand;
 
 use admin::{admin_command, unix_user};
 use allowlist::allowlist_command;
 use directory::{directory_command, ldap_command};
+use homeserver::homeserver_command;
 use import::import_command;
 use keys::keys_command;
 
@@ -53,7 +56,8 @@ pub enum Command {
     /// then serves the Identity Service API, the policy endpoints (/info, /internal-info), the
     /// directory search, the administration API (/_annuaire, or on http.admin_bind) and the
     /// health and metrics endpoints, with the mail outbox and the periodic jobs, until SIGTERM
-    /// or Ctrl-C.
+    /// or Ctrl-C. SIGHUP reimports the allowlists folder and rereads the terms file, the mail
+    /// templates and rotated keys (the configuration file is read at start only).
     Serve,
     /// Apply pending database migrations and exit (serve also does it at start).
     Migrate,
@@ -64,7 +68,7 @@ pub enum Command {
     /// Manage and test the domain allowlists.
     #[command(subcommand)]
     Allowlist(AllowlistCommand),
-    /// The identity server's signing key and lookup pepper.
+    /// The identity server's signing keys and lookup pepper: generate, rotate, list.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Manage the accounts of the administration API (/_annuaire/admin/v1). Changes are written
@@ -80,6 +84,11 @@ pub enum Command {
     /// Bring in the data of another identity server (Sydent).
     #[command(subcommand)]
     Import(ImportCommand),
+    /// The tokens of the homeserver API (/_annuaire/homeserver/v1), one per homeserver, which
+    /// the Synapse module of contrib/synapse uses. Changes are written to the audit log as
+    /// `cli:<unix user>`.
+    #[command(subcommand)]
+    Homeserver(HomeserverCommand),
 }
 
 /// A failed command: its message, and the process exit code.
@@ -132,6 +141,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Directory(command) => block_on(directory_command(config, command)),
         Command::Ldap(command) => block_on(ldap_command(config, command)),
         Command::Import(command) => import_command(&config, command),
+        Command::Homeserver(cmd) => homeserver_command(&config, cmd),
     }
 }
 
@@ -160,13 +170,16 @@ async fn serve(config: Config) -> Result<(), CliError> {
         .transpose()
         .map_err(|e| CliError::runtime(format!("cannot listen on the admin address: {e}")))?;
     let app = Annuaire::open(config).await.map_err(CliError::runtime)?;
+    crate::runtime::reload_on_sighup(&app)
+        .map_err(|e| CliError::runtime(format!("cannot handle SIGHUP: {e}")))?;
     let server = http::server_with_admin(app.clone(), listener, admin_listener)
         .map_err(CliError::runtime)?;
-    crate::app::start_background_jobs(&app);
+    crate::runtime::start_background_jobs(&app);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %local,
         admin_listen = admin_local.map(|a| a.to_string()),
+        admin_api = http::AdminExposure::of(&app.config, admin_local.is_some()).describe(),
         public_base_url = %app.config.public_base_url(),
         database = app.db.backend().name(),
         data_dir = %app.config.server.data_dir.display(),
@@ -214,7 +227,9 @@ fn check_config(config: &Config) -> Result<(), CliError> {
         Some(rules.len())
     };
     // A broken override template would stop `serve`: say so now.
-    crate::mail::Templates::load(config.mail.templates_dir.as_deref()).map_err(CliError::config)?;
+    crate::mail::Templates::load(config.mail.templates_dir.as_deref())
+        .and_then(|t| t.check_default_language(config.mail.default_language))
+        .map_err(CliError::config)?;
     crate::web::WebTemplates::load(config.web.templates_dir.as_deref())
         .map_err(CliError::config)?;
     if config.mail.transport == crate::config::MailTransportKind::Smtp {
@@ -231,7 +246,7 @@ fn check_config(config: &Config) -> Result<(), CliError> {
                 path.display()
             ))
         })?;
-        crate::identity::signing::SigningKey::parse_sydent(&text).map_err(|e| {
+        crate::matrix::signing::SigningKey::parse_sydent(&text).map_err(|e| {
             CliError::config(format!("server.signing_key_file ({}): {e}", path.display()))
         })?;
     }
@@ -242,6 +257,25 @@ fn check_config(config: &Config) -> Result<(), CliError> {
         config.server.data_dir.display()
     );
     println!("  http.bind          = {}", config.http.bind);
+    println!(
+        "  http.admin_bind    = {}",
+        config
+            .http
+            .admin_bind
+            .map_or_else(|| "unset".to_string(), |a| a.to_string())
+    );
+    println!(
+        "  admin API, metrics = {}",
+        http::AdminExposure::of(config, config.http.admin_bind.is_some()).describe()
+    );
+    println!(
+        "  internal networks  = {}",
+        list_or_none(&config.http.internal_networks)
+    );
+    println!(
+        "  trusted proxies    = {}",
+        list_or_none(&config.http.trusted_proxies)
+    );
     println!("  public base URL    = {}", config.public_base_url());
     println!(
         "  TLS                = {}",
@@ -267,10 +301,16 @@ fn check_config(config: &Config) -> Result<(), CliError> {
             config.mail_file_dir().display()
         ),
         crate::config::MailTransportKind::Smtp => println!(
-            "  mail.transport     = smtp ({}:{}, {:?})",
+            "  mail.transport     = smtp ({}:{}, security {})",
             config.mail.smtp.host, config.mail.smtp.port, config.mail.smtp.security
         ),
     }
+    println!(
+        "  retention          = audit {}, attempts {}, purge every {}",
+        days(config.retention.audit.0),
+        days(config.retention.attempts.0),
+        config.retention.interval
+    );
     println!(
         "  signing key        = {}",
         match &config.server.signing_key_file {
@@ -301,6 +341,28 @@ fn check_config(config: &Config) -> Result<(), CliError> {
         ),
     }
     Ok(())
+}
+
+/// `a, b, c`, or `none`.
+fn list_or_none<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "none".to_string();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A retention period in whole days when it is one (`365days`), else humantime's form.
+fn days(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs.is_multiple_of(86_400) && d.subsec_nanos() == 0 {
+        format!("{}days", secs / 86_400)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
 }
 
 /// Opens the database for a command (applying pending migrations under the start-up lock).

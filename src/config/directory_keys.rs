@@ -30,6 +30,9 @@ pub struct DirectoryConfig {
     pub whoami_cache_ttl: HumanDuration,
     /// Homeservers allowed to use the Tchap-compatible search and profile replication.
     pub allowed_homeservers: Vec<String>,
+    /// Servers that may search the directory over federation (MSC4258), by server name; `"*"`
+    /// admits any server whose signature verifies. Empty: nobody.
+    pub federated_search_servers: Vec<String>,
     /// Candidates fetched from the index per search tier before exact ranking (see
     /// `directory::service`): more is closer to a perfect ordering, slower on common prefixes.
     pub search_candidates: u32,
@@ -38,12 +41,13 @@ pub struct DirectoryConfig {
 impl Default for DirectoryConfig {
     fn default() -> Self {
         Self {
-            display_name_format: crate::directory::names::DEFAULT_DISPLAY_NAME_FORMAT.into(),
+            display_name_format: DEFAULT_DISPLAY_NAME_FORMAT.into(),
             show_externals: false,
             externals_may_search: false,
             client_hosts: std::collections::BTreeMap::new(),
             whoami_cache_ttl: HumanDuration(Duration::from_secs(60)),
             allowed_homeservers: Vec::new(),
+            federated_search_servers: Vec::new(),
             search_candidates: 200,
         }
     }
@@ -64,7 +68,7 @@ pub const SEARCH_CANDIDATES_RANGE: std::ops::RangeInclusive<u32> = 50..=10_000;
 
 impl DirectoryConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        crate::directory::names::validate_display_name_format(&self.display_name_format)
+        validate_display_name_format(&self.display_name_format)
             .map_err(|e| ConfigError(format!("directory.display_name_format: {e}")))?;
         for (host, target) in &self.client_hosts {
             validate_server_name(host)
@@ -82,6 +86,15 @@ impl DirectoryConfig {
             validate_server_name(name).map_err(|e| {
                 ConfigError(format!("directory.allowed_homeservers: `{name}`: {e}"))
             })?;
+        }
+        for name in &self.federated_search_servers {
+            if name != "*" {
+                validate_server_name(name).map_err(|e| {
+                    ConfigError(format!(
+                        "directory.federated_search_servers: `{name}`: {e} (or \"*\" for any server)"
+                    ))
+                })?;
+            }
         }
         if !SEARCH_CANDIDATES_RANGE.contains(&self.search_candidates) {
             return Err(ConfigError(format!(
@@ -368,4 +381,65 @@ client_url = "https://matrix.agent-a.example"
             assert!(e.0.contains(key), "{toml}: {e}");
         }
     }
+}
+
+/// The published form of a verified name unless configured otherwise.
+pub const DEFAULT_DISPLAY_NAME_FORMAT: &str = "{name} [{organisation}]";
+
+/// A parsed piece of a display-name format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamePiece<'a> {
+    /// Text kept as written.
+    Literal(&'a str),
+    /// `{name}`.
+    Name,
+    /// `{organisation}`.
+    Organisation,
+}
+
+/// The pieces of a `directory.display_name_format`, or what is wrong with it.
+pub fn parse_display_name_format(format: &str) -> Result<Vec<NamePiece<'_>>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = format;
+    while !rest.is_empty() {
+        let next = rest.find(['{', '}']).unwrap_or(rest.len());
+        if next > 0 {
+            pieces.push(NamePiece::Literal(&rest[..next]));
+            rest = &rest[next..];
+            continue;
+        }
+        if rest.starts_with('}') {
+            return Err(format!(
+                "display_name_format {format:?}: '}}' without a matching '{{'"
+            ));
+        }
+        let Some(close) = rest.find('}') else {
+            return Err(format!(
+                "display_name_format {format:?}: '{{' without a matching '}}'"
+            ));
+        };
+        pieces.push(match &rest[1..close] {
+            "name" => NamePiece::Name,
+            "organisation" => NamePiece::Organisation,
+            other => {
+                return Err(format!(
+                    "display_name_format {format:?}: unknown placeholder {{{other}}} \
+                     (known: {{name}}, {{organisation}})"
+                ));
+            }
+        });
+        rest = &rest[close + 1..];
+    }
+    if !pieces.contains(&NamePiece::Name) {
+        return Err(format!(
+            "display_name_format {format:?} must contain {{name}}"
+        ));
+    }
+    Ok(pieces)
+}
+
+/// Checks a `directory.display_name_format`: it must contain `{name}`, and the only placeholders
+/// are `{name}` and `{organisation}` (braces are not allowed otherwise).
+pub fn validate_display_name_format(format: &str) -> Result<(), String> {
+    parse_display_name_format(format).map(|_| ())
 }

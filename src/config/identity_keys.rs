@@ -1,5 +1,7 @@
 //! `[identity]`, `[validation]`, `[mail]`, `[web]`, `[terms]`, `[invites]`, `[federation]`: the Identity Service, email confirmation and outbound calls.
 
+use std::collections::HashMap;
+
 use super::*;
 
 /// `[identity]`: the Matrix Identity Service API.
@@ -126,7 +128,7 @@ pub struct MailConfig {
     /// The sender: `noreply@example.org` or `Name <noreply@example.org>`.
     pub from: String,
     /// The language of mails when the request's `Accept-Language` does not choose one.
-    pub default_language: crate::mail::Language,
+    pub default_language: Language,
     /// A folder whose files override the embedded mail templates (`templates/email/`).
     pub templates_dir: Option<PathBuf>,
     pub smtp: SmtpConfig,
@@ -139,7 +141,7 @@ impl Default for MailConfig {
         Self {
             transport: MailTransportKind::File,
             from: "noreply@localhost".into(),
-            default_language: crate::mail::Language::Fr,
+            default_language: Language::FR,
             templates_dir: None,
             smtp: SmtpConfig::default(),
             file: FileMailConfig::default(),
@@ -155,7 +157,7 @@ pub struct SmtpConfig {
     pub host: String,
     pub port: u16,
     /// `none` (a local relay), `starttls` (required, never opportunistic) or `tls`.
-    pub security: crate::mail::SmtpSecurity,
+    pub security: SmtpSecurity,
     pub username: Option<String>,
     pub password: Option<String>,
     /// A file holding the password (its first line), instead of `password`.
@@ -173,7 +175,7 @@ impl Default for SmtpConfig {
         Self {
             host: "localhost".into(),
             port: 587,
-            security: crate::mail::SmtpSecurity::StartTls,
+            security: SmtpSecurity::StartTls,
             username: None,
             password: None,
             password_file: None,
@@ -339,12 +341,88 @@ impl Config {
     }
 }
 
-/// `[web]`: the pages served to browsers (the link in the confirmation mail).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `[web]`: the pages served to browsers: the agents' pages (`/`, the domain request form,
+/// the confirmation link's page) and the administrators' console.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     /// A folder whose files override the embedded page templates (`templates/web/`).
     pub templates_dir: Option<PathBuf>,
+    /// The service's name as agents know it, shown on every page.
+    pub service_name: String,
+    /// Who runs the service, shown on the agents' home page; absent: not shown.
+    pub operator: Option<String>,
+    /// The Matrix web client agents register with (`https://…`); `{homeserver}` in it is
+    /// replaced by the homeserver the address belongs to. Absent: no link.
+    pub client_url: Option<String>,
+    /// Whether agents of an unknown administration may ask for it to be added.
+    pub domain_requests: bool,
+    /// How long domain requests are kept, whatever became of them.
+    pub domain_requests_retention: HumanDuration,
+    /// Domain requests per client IP (in each instance).
+    pub domain_requests_per_ip: RateLimit,
+    /// Domain requests per requested domain (in the database: it holds across instances).
+    pub domain_requests_per_domain: RateLimit,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            templates_dir: None,
+            service_name: "annuaire".into(),
+            operator: None,
+            client_url: None,
+            domain_requests: true,
+            domain_requests_retention: HumanDuration(Duration::from_secs(90 * 24 * 3600)),
+            domain_requests_per_ip: RateLimit {
+                burst: 5,
+                every: HumanDuration(Duration::from_secs(600)),
+            },
+            domain_requests_per_domain: RateLimit {
+                burst: 20,
+                every: HumanDuration(Duration::from_secs(600)),
+            },
+        }
+    }
+}
+
+impl WebConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let name = self.service_name.trim();
+        if name.is_empty() || name.chars().any(char::is_control) || name.chars().count() > 80 {
+            return Err(ConfigError(
+                "web.service_name: 1 to 80 characters, no control characters".into(),
+            ));
+        }
+        if let Some(operator) = &self.operator
+            && (operator.trim().is_empty()
+                || operator.chars().any(char::is_control)
+                || operator.chars().count() > 200)
+        {
+            return Err(ConfigError(
+                "web.operator: 1 to 200 characters, no control characters".into(),
+            ));
+        }
+        if let Some(url) = &self.client_url {
+            let probe = url.replace("{homeserver}", "hs.example");
+            let parsed = reqwest::Url::parse(&probe)
+                .map_err(|e| ConfigError(format!("web.client_url: `{url}`: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(ConfigError(
+                    "web.client_url: expected an https:// URL with a host".into(),
+                ));
+            }
+        }
+        if self.domain_requests_retention.0 < Duration::from_secs(24 * 3600) {
+            return Err(ConfigError(
+                "web.domain_requests_retention: must be at least 1day".into(),
+            ));
+        }
+        self.domain_requests_per_ip
+            .validate("web.domain_requests_per_ip")?;
+        self.domain_requests_per_domain
+            .validate("web.domain_requests_per_domain")
+    }
 }
 
 /// `[terms]`: the policies users accept before using the identity service.
@@ -387,10 +465,13 @@ pub struct InvitesConfig {
     pub per_sender: WindowLimit,
     /// Invitations one address may receive (each one sends a mail).
     pub per_address: WindowLimit,
-    /// The web client invitation mails link to (`https://…`); absent: no link. The
-    /// `org.matrix.web_client_location` of a request is not used: any token holder could put
-    /// any link in our mail.
+    /// The web client invitation mails link to (`https://…`) by default; absent: no link
+    /// unless the request names an allowed one.
     pub web_client_url: Option<String>,
+    /// Web clients a request's `org.matrix.web_client_location` may choose (exact URLs, a
+    /// trailing `/` ignored). Any other value is ignored: a caller cannot put an arbitrary
+    /// link in our mail.
+    pub allowed_web_clients: Vec<String>,
     /// Wait before the first retry of an `onbind` delivery; doubled after each further
     /// failure, up to `delivery_max_backoff`.
     pub delivery_initial_backoff: HumanDuration,
@@ -413,6 +494,7 @@ impl Default for InvitesConfig {
                 within: HumanDuration(Duration::from_secs(24 * 3600)),
             },
             web_client_url: None,
+            allowed_web_clients: Vec::new(),
             delivery_initial_backoff: HumanDuration(Duration::from_secs(30)),
             delivery_max_backoff: HumanDuration(Duration::from_secs(2 * 3600)),
             delivery_max_attempts: 12,
@@ -427,14 +509,26 @@ impl InvitesConfig {
         }
         self.per_sender.validate("invites.per_sender")?;
         self.per_address.validate("invites.per_address")?;
-        if let Some(url) = &self.web_client_url {
+        let check_client = |key: &str, url: &str| {
             let parsed = reqwest::Url::parse(url)
-                .map_err(|e| ConfigError(format!("invites.web_client_url: `{url}`: {e}")))?;
+                .map_err(|e| ConfigError(format!("{key}: `{url}`: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                return Err(ConfigError(
-                    "invites.web_client_url: expected an https:// URL with a host".into(),
-                ));
+                return Err(ConfigError(format!(
+                    "{key}: `{url}`: expected an https:// URL with a host"
+                )));
             }
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(ConfigError(format!(
+                    "{key}: `{url}`: a web client URL has no query or fragment (the room link is added to it)"
+                )));
+            }
+            Ok(())
+        };
+        if let Some(url) = &self.web_client_url {
+            check_client("invites.web_client_url", url)?;
+        }
+        for url in &self.allowed_web_clients {
+            check_client("invites.allowed_web_clients", url)?;
         }
         if self.delivery_initial_backoff.0.is_zero() {
             return Err(ConfigError(
@@ -487,12 +581,12 @@ impl Default for FederationConfig {
 
 impl FederationConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        self.settings().map(|_| ())
+        self.homeserver_urls().map(|_| ())
     }
 
-    /// The federation client's settings (overrides parsed as URLs).
-    pub fn settings(&self) -> Result<crate::federation::FederationSettings, ConfigError> {
-        let mut homeservers = std::collections::HashMap::new();
+    /// The overrides parsed as URLs (and the limits checked).
+    pub fn homeserver_urls(&self) -> Result<HashMap<String, reqwest::Url>, ConfigError> {
+        let mut homeservers = HashMap::new();
         for (name, url) in &self.homeservers {
             validate_server_name(name)
                 .map_err(|e| ConfigError(format!("federation.homeservers: {name:?}: {e}")))?;
@@ -516,13 +610,6 @@ impl FederationConfig {
                 "federation.max_response_size: must be at least 1KiB".into(),
             ));
         }
-        Ok(crate::federation::FederationSettings {
-            homeservers,
-            allowed_networks: self.allowed_networks.clone(),
-            ca_file: self.ca_file.clone(),
-            timeout: self.timeout.0,
-            max_response_bytes: self.max_response_size.0,
-            ..crate::federation::FederationSettings::default()
-        })
+        Ok(homeservers)
     }
 }

@@ -4,6 +4,9 @@
 //! `annuaire.example.toml` documents every key with its default; keep the two in step (a test
 //! checks that the example parses and equals the defaults where it says so).
 
+// Input from strangers passes through here: no index may panic.
+#![deny(clippy::indexing_slicing)]
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +17,8 @@ use figment::Figment;
 use figment::providers::{Format, Toml};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::matrix::server_name::validate_server_name;
 
 mod admin_keys;
 mod directory_keys;
@@ -50,6 +55,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub directory: DirectoryConfig,
     pub ldap: LdapConfig,
+    pub retention: RetentionConfig,
 }
 
 /// `[server]`: who this identity server is and where it keeps its files.
@@ -275,10 +281,12 @@ impl Config {
         self.validation.validate()?;
         self.mail.validate()?;
         self.invites.validate()?;
+        self.web.validate()?;
         self.federation.validate()?;
         self.admin.validate(&self.ldap)?;
         self.directory.validate()?;
         self.ldap.validate()?;
+        self.retention.validate()?;
         if self
             .http
             .admin_bind
@@ -392,47 +400,4 @@ fn describe_figment_error(error: figment::Error) -> ConfigError {
         }
     }
     ConfigError(lines.join("\n"))
-}
-
-/// Checks a `host[:port]` server name as the Matrix spec defines it.
-pub fn validate_server_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 255 {
-        return Err("expected `host[:port]`, 1 to 255 characters".into());
-    }
-    let (host, port) = if let Some(rest) = name.strip_prefix('[') {
-        let Some((v6, after)) = rest.split_once(']') else {
-            return Err("unclosed `[` in an IPv6 literal".into());
-        };
-        if v6.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("`{v6}` is not an IPv6 address"));
-        }
-        match after {
-            "" => (v6, None),
-            p if p.starts_with(':') => (v6, Some(&p[1..])),
-            _ => return Err("unexpected text after `]`".into()),
-        }
-    } else {
-        match name.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (name, None),
-        }
-    };
-    if let Some(port) = port
-        && port.parse::<u16>().map_or(true, |p| p == 0)
-    {
-        return Err(format!("`{port}` is not a port number"));
-    }
-    if !name.starts_with('[')
-        && !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-    {
-        return Err(format!(
-            "`{host}` is not a host name (letters, digits, `-` and `.` only)"
-        ));
-    }
-    if host.is_empty() {
-        return Err("the host part is empty".into());
-    }
-    Ok(())
 }

@@ -1,4 +1,5 @@
-//! The value types written the same way in every section: durations and sizes.
+//! The value types written the same way in every section: durations, sizes, languages, SMTP
+//! security.
 
 use super::*;
 
@@ -103,5 +104,123 @@ impl<'de> Deserialize<'de> for ByteSize {
                 .map_err(|_| serde::de::Error::custom("size too large")),
             Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
+    }
+}
+
+/// A language, named by its ISO 639 code (`fr`, `en`, `de`): the code in template file names
+/// (`invite.de.txt`) and in `Content-Language`. Which languages exist is decided by the template
+/// folders, not here: a language is available when its templates are.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Language {
+    code: [u8; 3],
+    len: u8,
+}
+
+impl Language {
+    /// French.
+    pub const FR: Language = Language::of(*b"fr\0", 2);
+    /// English.
+    pub const EN: Language = Language::of(*b"en\0", 2);
+    /// German.
+    pub const DE: Language = Language::of(*b"de\0", 2);
+
+    const fn of(code: [u8; 3], len: u8) -> Language {
+        Language { code, len }
+    }
+
+    /// The language of a code of 2 or 3 ASCII letters (any case).
+    pub fn new(code: &str) -> Result<Language, String> {
+        let bytes = code.trim().as_bytes();
+        if !(2..=3).contains(&bytes.len()) || !bytes.iter().all(u8::is_ascii_alphabetic) {
+            return Err(format!(
+                "{code:?} is not a language code (2 or 3 letters, ISO 639: \"fr\", \"en\", \"de\")"
+            ));
+        }
+        let mut out = [0u8; 3];
+        for (slot, b) in out.iter_mut().zip(bytes) {
+            *slot = b.to_ascii_lowercase();
+        }
+        Ok(Language::of(out, u8::try_from(bytes.len()).unwrap_or(2)))
+    }
+
+    /// The ISO 639 code, lower case.
+    pub fn code(&self) -> &str {
+        self.code
+            .get(..usize::from(self.len))
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+
+    /// The language of the primary subtag of `tag` (`fr-FR`, `en_GB`, `FR`), if it is one.
+    pub fn from_tag(tag: &str) -> Option<Language> {
+        let primary = tag.split(['-', '_']).next().unwrap_or(tag);
+        Language::new(primary).ok()
+    }
+}
+
+impl fmt::Debug for Language {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Language({})", self.code())
+    }
+}
+
+impl fmt::Display for Language {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl FromStr for Language {
+    type Err = String;
+
+    /// A code, or a tag whose primary subtag is one (`fr-FR`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Language::from_tag(s.trim()).ok_or_else(|| {
+            format!(
+                "{s:?} is not a language code (2 or 3 letters, ISO 639: \"fr\", \"en\", \"de\")"
+            )
+        })
+    }
+}
+
+impl Serialize for Language {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.code())
+    }
+}
+
+impl<'de> Deserialize<'de> for Language {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain text (a local relay); credentials only go to a loopback host.
+    None,
+    /// Plain connection upgraded with STARTTLS, which is required (never opportunistic).
+    StartTls,
+    /// TLS from the first byte (submissions, usually port 465).
+    Tls,
+}
+
+impl SmtpSecurity {
+    /// As written in the configuration: `none`, `starttls`, `tls`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmtpSecurity::None => "none",
+            SmtpSecurity::StartTls => "starttls",
+            SmtpSecurity::Tls => "tls",
+        }
+    }
+}
+
+impl fmt::Display for SmtpSecurity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }

@@ -12,13 +12,9 @@ use sha2::{Digest, Sha256};
 
 use super::entries::split_user_id;
 use super::error::DirectoryError;
-use super::service::{CachedUser, Viewer};
-use crate::app::Annuaire;
+use super::service::{DirectoryService, Viewer};
 use crate::federation::FederationError;
-use crate::identity::xmatrix::XMatrixAuth;
-
-/// Cached whoami answers kept at most (a bound against memory growth from many tokens).
-const MAX_CACHED_TOKENS: usize = 100_000;
+use crate::matrix::xmatrix::XMatrixAuth;
 
 fn cache_key(server_name: &str, token: &str) -> [u8; 32] {
     let mut hasher = Sha256::new();
@@ -28,85 +24,138 @@ fn cache_key(server_name: &str, token: &str) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// The user calling the client API: `host` is the request's `Host` header (a port is ignored
-/// when only the bare host is configured), `token` its access token.
-pub async fn authenticate_client(
-    app: &Annuaire,
-    host: Option<&str>,
-    token: Option<&str>,
-) -> Result<Viewer, DirectoryError> {
-    let host = host.unwrap_or_default().trim();
-    let directory = &app.config.directory;
-    let target = directory
-        .client_host(host)
-        .or_else(|| {
-            host.rsplit_once(':')
-                .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
-                .and_then(|(bare, _)| directory.client_host(bare))
-        })
-        .ok_or_else(|| DirectoryError::UnknownHost(host.to_owned()))?;
-    let token = token
-        .filter(|t| !t.is_empty())
-        .ok_or(DirectoryError::MissingToken)?;
+impl DirectoryService {
+    /// The user calling the client API: `host` is the request's `Host` header (a port is ignored
+    /// when only the bare host is configured), `token` its access token.
+    pub async fn authenticate_client(
+        &self,
+        host: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Viewer, DirectoryError> {
+        let host = host.unwrap_or_default().trim();
+        let directory = &self.config.directory;
+        let target = directory
+            .client_host(host)
+            .or_else(|| {
+                host.rsplit_once(':')
+                    .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+                    .and_then(|(bare, _)| directory.client_host(bare))
+            })
+            .ok_or_else(|| DirectoryError::UnknownHost(host.to_owned()))?;
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or(DirectoryError::MissingToken)?;
 
-    let key = cache_key(&target.server_name, token);
-    let now = app.clock.now_ms();
-    let cached = app
-        .directory
-        .whoami
-        .lock()
-        .map_err(|_| DirectoryError::HomeserverUnavailable("whoami cache poisoned".into()))?
-        .get(&key)
-        .filter(|c| c.expires_at_ms > now)
-        .map(|c| c.user_id.clone());
-    let user_id = match cached {
-        Some(user_id) => user_id,
-        None => {
-            let url = reqwest::Url::parse(&target.client_url)
-                .map_err(|e| DirectoryError::HomeserverUnavailable(e.to_string()))?;
-            let user_id = app
-                .federation
-                .whoami(&url, token)
-                .await
-                .map_err(|e| match e {
-                    FederationError::InvalidToken { .. } => DirectoryError::UnknownToken,
-                    other => {
-                        tracing::warn!(server = %target.server_name, error = %other, "whoami failed");
-                        DirectoryError::HomeserverUnavailable(format!(
-                            "{} could not check the access token",
-                            target.server_name
-                        ))
-                    }
-                })?;
-            let ttl = app.config.directory.whoami_cache_ttl.as_millis_i64();
-            if ttl > 0 {
-                let mut cache = app.directory.whoami.lock().map_err(|_| {
-                    DirectoryError::HomeserverUnavailable("whoami cache poisoned".into())
-                })?;
-                if cache.len() >= MAX_CACHED_TOKENS {
-                    cache.retain(|_, c| c.expires_at_ms > now);
-                    if cache.len() >= MAX_CACHED_TOKENS {
-                        cache.clear();
-                    }
-                }
-                cache.insert(
-                    key,
-                    CachedUser {
-                        user_id: user_id.clone(),
-                        expires_at_ms: now.saturating_add(ttl),
-                    },
-                );
+        let key = cache_key(&target.server_name, token);
+        let cached = self.whoami.get(&key);
+        let user_id = match cached {
+            Some(user_id) => user_id,
+            None => {
+                let url = reqwest::Url::parse(&target.client_url)
+                    .map_err(|e| DirectoryError::HomeserverUnavailable(e.to_string()))?;
+                let user_id = self
+                    .federation
+                    .whoami(&url, token)
+                    .await
+                    .map_err(|e| match e {
+                        FederationError::InvalidToken { .. } => DirectoryError::UnknownToken,
+                        other => {
+                            tracing::warn!(server = %target.server_name, error = %other, "whoami failed");
+                            DirectoryError::HomeserverUnavailable(format!(
+                                "{} could not check the access token",
+                                target.server_name
+                            ))
+                        }
+                    })?;
+                let ttl = self.config.directory.whoami_cache_ttl.as_millis_i64();
+                self.whoami.insert_for(key, user_id.clone(), ttl);
+                user_id
             }
-            user_id
+        };
+        let on_server =
+            split_user_id(&user_id).is_ok_and(|(_, server)| server == target.server_name);
+        if !on_server {
+            return Err(DirectoryError::WrongServer {
+                server_name: target.server_name.clone(),
+            });
         }
-    };
-    let on_server = split_user_id(&user_id).is_ok_and(|(_, server)| server == target.server_name);
-    if !on_server {
-        return Err(DirectoryError::WrongServer {
-            server_name: target.server_name.clone(),
-        });
+        Ok(Viewer::User { user_id })
     }
-    Ok(Viewer::User { user_id })
+
+    /// The allowed homeserver that signed `request`. With `expected_origin`, the signer must be
+    /// that server. The origin is checked against `directory.allowed_homeservers` before any key
+    /// is fetched, so strangers cannot make us contact arbitrary servers.
+    pub async fn authenticate_homeserver(
+        &self,
+        request: SignedRequest<'_>,
+        expected_origin: Option<&str>,
+    ) -> Result<String, DirectoryError> {
+        let allowed = &self.config.directory.allowed_homeservers;
+        let check_origin = |origin: &str| -> Result<(), DirectoryError> {
+            if let Some(expected) = expected_origin
+                && expected != origin
+            {
+                return Err(DirectoryError::BadSignature(format!(
+                    "signed by {origin}, not by {expected}"
+                )));
+            }
+            if !allowed.iter().any(|a| a == origin) {
+                return Err(DirectoryError::HomeserverNotAllowed(origin.to_owned()));
+            }
+            Ok(())
+        };
+
+        if let Some(header) = request
+            .authorization
+            .filter(|h| h.trim_start().to_ascii_lowercase().starts_with("x-matrix"))
+        {
+            let auth = XMatrixAuth::parse(header)
+                .map_err(|e| DirectoryError::BadSignature(e.to_string()))?;
+            check_origin(&auth.origin)?;
+            let origin = self
+                .federation
+                .verify_xmatrix(
+                    header,
+                    request.method,
+                    request.uri,
+                    &self.config.server.name,
+                    Some(request.body),
+                )
+                .await
+                .map_err(federation_failure)?;
+            return Ok(origin);
+        }
+
+        let signers: Vec<&str> = request
+            .body
+            .get("signatures")
+            .and_then(Value::as_object)
+            .map(|s| s.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        if signers.is_empty() {
+            return Err(DirectoryError::Unauthenticated);
+        }
+        let origin = match expected_origin {
+            Some(expected) => signers
+                .iter()
+                .find(|s| **s == expected)
+                .copied()
+                .ok_or_else(|| {
+                    DirectoryError::BadSignature(format!("the body is not signed by {expected}"))
+                })?,
+            None => signers
+                .iter()
+                .find(|s| allowed.iter().any(|a| a == *s))
+                .copied()
+                .ok_or_else(|| DirectoryError::HomeserverNotAllowed(signers.join(", ")))?,
+        };
+        check_origin(origin)?;
+        self.federation
+            .verify_signed_json(request.body, origin)
+            .await
+            .map_err(federation_failure)?;
+        Ok(origin.to_owned())
+    }
 }
 
 /// What a homeserver-signed request carries for authentication.
@@ -122,86 +171,11 @@ pub struct SignedRequest<'a> {
     pub body: &'a Value,
 }
 
-fn federation_failure(e: FederationError) -> DirectoryError {
+pub(super) fn federation_failure(e: FederationError) -> DirectoryError {
     if e.is_authentication_failure() {
         DirectoryError::BadSignature(e.to_string())
     } else {
         tracing::warn!(error = %e, "could not verify a homeserver's signature");
         DirectoryError::HomeserverUnavailable(e.to_string())
     }
-}
-
-/// The allowed homeserver that signed `request`. With `expected_origin`, the signer must be
-/// that server. The origin is checked against `directory.allowed_homeservers` before any key
-/// is fetched, so strangers cannot make us contact arbitrary servers.
-pub async fn authenticate_homeserver(
-    app: &Annuaire,
-    request: SignedRequest<'_>,
-    expected_origin: Option<&str>,
-) -> Result<String, DirectoryError> {
-    let allowed = &app.config.directory.allowed_homeservers;
-    let check_origin = |origin: &str| -> Result<(), DirectoryError> {
-        if let Some(expected) = expected_origin
-            && expected != origin
-        {
-            return Err(DirectoryError::BadSignature(format!(
-                "signed by {origin}, not by {expected}"
-            )));
-        }
-        if !allowed.iter().any(|a| a == origin) {
-            return Err(DirectoryError::HomeserverNotAllowed(origin.to_owned()));
-        }
-        Ok(())
-    };
-
-    if let Some(header) = request
-        .authorization
-        .filter(|h| h.trim_start().to_ascii_lowercase().starts_with("x-matrix"))
-    {
-        let auth =
-            XMatrixAuth::parse(header).map_err(|e| DirectoryError::BadSignature(e.to_string()))?;
-        check_origin(&auth.origin)?;
-        let origin = app
-            .federation
-            .verify_xmatrix(
-                header,
-                request.method,
-                request.uri,
-                &app.config.server.name,
-                Some(request.body),
-            )
-            .await
-            .map_err(federation_failure)?;
-        return Ok(origin);
-    }
-
-    let signers: Vec<&str> = request
-        .body
-        .get("signatures")
-        .and_then(Value::as_object)
-        .map(|s| s.keys().map(String::as_str).collect())
-        .unwrap_or_default();
-    if signers.is_empty() {
-        return Err(DirectoryError::Unauthenticated);
-    }
-    let origin = match expected_origin {
-        Some(expected) => signers
-            .iter()
-            .find(|s| **s == expected)
-            .copied()
-            .ok_or_else(|| {
-                DirectoryError::BadSignature(format!("the body is not signed by {expected}"))
-            })?,
-        None => signers
-            .iter()
-            .find(|s| allowed.iter().any(|a| a == *s))
-            .copied()
-            .ok_or_else(|| DirectoryError::HomeserverNotAllowed(signers.join(", ")))?,
-    };
-    check_origin(origin)?;
-    app.federation
-        .verify_signed_json(request.body, origin)
-        .await
-        .map_err(federation_failure)?;
-    Ok(origin.to_owned())
 }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::error::DirectoryError;
 use super::names::{format_display_name, name_from_ldap, name_from_local_part};
 use super::search::{fold, search_key};
-use crate::app::Annuaire;
+use super::service::DirectoryService;
 use crate::policy::{Address, Decision, Outcome};
 use crate::store::directory::{self as store, EntryRow, LdapNameRow};
 use crate::store::{DbConn, StoreError};
@@ -150,22 +150,39 @@ pub fn split_user_id(user_id: &str) -> Result<(&str, &str), DirectoryError> {
     if local.is_empty() || local.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid());
     }
-    crate::config::validate_server_name(server).map_err(|_| invalid())?;
+    crate::matrix::server_name::validate_server_name(server).map_err(|_| invalid())?;
     Ok((local, server))
+}
+
+/// The verified name, where it comes from and the organisation label, from an entry's sources:
+/// an admin override, else the LDAP record, else the name the address gives (`fallback`); the
+/// allowlist rule's label, else the LDAP record's organisation.
+pub(crate) fn resolve_name(
+    admin_name: Option<&str>,
+    ldap: Option<&LdapNameRow>,
+    fallback: &str,
+    policy_organisation: Option<&str>,
+) -> (String, NameSource, Option<String>) {
+    let (name, source) = match (admin_name, ldap) {
+        (Some(admin), _) => (admin.to_owned(), NameSource::Admin),
+        (None, Some(record)) => (record.name.clone(), NameSource::Ldap),
+        (None, None) => (fallback.to_owned(), NameSource::Email),
+    };
+    let organisation = policy_organisation
+        .map(str::to_owned)
+        .or_else(|| ldap.and_then(|record| record.organisation.clone()));
+    (name, source, organisation)
 }
 
 /// Recomputes the name, its source, the organisation and the search key from the entry's
 /// sources; returns whether any of them changed.
 pub(crate) fn refresh(row: &mut EntryRow, ldap: Option<&LdapNameRow>) -> bool {
-    let (name, source) = match (&row.admin_name, ldap) {
-        (Some(admin), _) => (admin.clone(), NameSource::Admin),
-        (None, Some(record)) => (record.name.clone(), NameSource::Ldap),
-        (None, None) => (row.fallback_name.clone(), NameSource::Email),
-    };
-    let organisation = row
-        .policy_organisation
-        .clone()
-        .or_else(|| ldap.and_then(|record| record.organisation.clone()));
+    let (name, source, organisation) = resolve_name(
+        row.admin_name.as_deref(),
+        ldap,
+        &row.fallback_name,
+        row.policy_organisation.as_deref(),
+    );
     let localpart = split_user_id(&row.mxid).map_or(row.mxid.as_str(), |(local, _)| local);
     let key = search_key(&name, organisation.as_deref(), localpart);
     let organisation_key = organisation.as_deref().map(fold).unwrap_or_default();
@@ -189,7 +206,7 @@ pub(crate) fn refresh(row: &mut EntryRow, ldap: Option<&LdapNameRow>) -> bool {
 }
 
 /// A trimmed, non-empty organisation label.
-fn label(organisation: Option<&str>) -> Option<String> {
+pub(crate) fn label(organisation: Option<&str>) -> Option<String> {
     organisation
         .map(str::trim)
         .filter(|o| !o.is_empty())
@@ -227,13 +244,14 @@ fn bound_row(
         organisation_key: String::new(),
         created_at: now_ms,
         updated_at: now_ms,
+        user_displayname: None,
     })
 }
 
 /// Creates the entries of binds brought in from another identity server (`annuaire import
-/// sydent`) as [`on_bind`] makes them, for users who have none yet (blocking; the caller holds
-/// the transaction): `(mxid, address, decision)`, the user IDs already checked with
-/// [`split_user_id`]. Returns how many were created.
+/// sydent`) as [`DirectoryService::on_bind`] makes them, for users who have none yet
+/// (blocking; the caller holds the transaction): `(mxid, address, decision)`, the user IDs
+/// already checked with [`split_user_id`]. Returns how many were created.
 pub fn add_imported_binds(
     conn: &mut DbConn,
     binds: &[(String, Address, Decision)],
@@ -255,128 +273,172 @@ pub fn add_imported_binds(
     store::insert_new(conn, &rows)
 }
 
-/// Creates or refreshes the entry of `mxid`, which just bound `address` (whose policy decision
-/// is `decision`). An admin override and the moderation state of an existing entry are kept;
-/// an address that is not plainly allowed (invite required) makes the entry external.
-pub async fn on_bind(
-    app: &Annuaire,
-    mxid: &str,
-    address: &Address,
-    decision: &Decision,
-) -> Result<DirectoryEntry, DirectoryError> {
-    let mut fresh = bound_row(mxid, address, decision, app.clock.now_ms())?;
-    let row = app
-        .db
-        .run(move |conn| {
-            crate::store::transaction(conn, |conn| {
-                if let Some(existing) = store::get(conn, &fresh.mxid)? {
-                    fresh.admin_name = existing.admin_name;
-                    fresh.visibility = existing.visibility;
-                    fresh.avatar_url = existing.avatar_url;
-                    fresh.created_at = existing.created_at;
-                }
-                let ldap = store::ldap_name(conn, &fresh.email_key)?;
-                refresh(&mut fresh, ldap.as_ref());
-                store::upsert(conn, &fresh)?;
-                Ok(fresh)
+impl DirectoryService {
+    /// Creates or refreshes the entry of `mxid`, which just bound `address` (whose policy decision
+    /// is `decision`). An admin override and the moderation state of an existing entry are kept;
+    /// an address that is not plainly allowed (invite required) makes the entry external.
+    pub async fn on_bind(
+        &self,
+        mxid: &str,
+        address: &Address,
+        decision: &Decision,
+    ) -> Result<DirectoryEntry, DirectoryError> {
+        let mut fresh = bound_row(mxid, address, decision, self.clock.now_ms())?;
+        let row = self
+            .db
+            .run(move |conn| {
+                crate::store::transaction(conn, |conn| {
+                    if let Some(existing) = store::get(conn, &fresh.mxid)? {
+                        fresh.admin_name = existing.admin_name;
+                        fresh.visibility = existing.visibility;
+                        fresh.avatar_url = existing.avatar_url;
+                        fresh.user_displayname = existing.user_displayname;
+                        fresh.created_at = existing.created_at;
+                    }
+                    let ldap = store::ldap_name(conn, &fresh.email_key)?;
+                    refresh(&mut fresh, ldap.as_ref());
+                    store::upsert(conn, &fresh)?;
+                    Ok(fresh)
+                })
             })
-        })
-        .await?;
-    tracing::debug!(user_id = %row.mxid, source = %row.name_source, external = row.external, "directory entry bound");
-    Ok(DirectoryEntry::from_row(&row))
-}
-
-/// Removes the entry of `mxid` (its address was unbound). Removing nothing is not an error. A
-/// user with another address still bound gets their entry back from that address's next bind.
-pub async fn on_unbind(app: &Annuaire, mxid: &str) -> Result<(), DirectoryError> {
-    let owned = mxid.to_owned();
-    let removed = app.db.run(move |conn| store::delete(conn, &owned)).await?;
-    if removed {
-        tracing::debug!(user_id = %mxid, "directory entry removed on unbind");
+            .await?;
+        tracing::debug!(user_id = %row.mxid, source = %row.name_source, external = row.external, "directory entry bound");
+        Ok(DirectoryEntry::from_row(&row))
     }
-    Ok(())
-}
 
-/// The entry of `mxid`, whatever its visibility.
-pub async fn get(app: &Annuaire, mxid: &str) -> Result<Option<DirectoryEntry>, DirectoryError> {
-    let owned = mxid.to_owned();
-    let row = app.db.run(move |conn| store::get(conn, &owned)).await?;
-    Ok(row.as_ref().map(DirectoryEntry::from_row))
-}
-
-/// Loads the entry of `mxid`, lets `change` alter it, and stores it, in one transaction.
-async fn modify(
-    app: &Annuaire,
-    mxid: &str,
-    change: impl FnOnce(&mut DbConn, &mut EntryRow) -> Result<(), StoreError> + Send + 'static,
-) -> Result<DirectoryEntry, DirectoryError> {
-    let owned = mxid.to_owned();
-    let now = app.clock.now_ms();
-    let row = app
-        .db
-        .run(move |conn| {
-            crate::store::transaction(conn, |conn| {
-                let Some(mut row) = store::get(conn, &owned)? else {
-                    return Ok(None);
-                };
-                change(conn, &mut row)?;
-                row.updated_at = now;
-                store::update(conn, &row)?;
-                Ok(Some(row))
-            })
-        })
-        .await?;
-    row.map(|r| DirectoryEntry::from_row(&r))
-        .ok_or_else(|| DirectoryError::NotFound(mxid.to_owned()))
-}
-
-/// Hides an entry from every search, or shows it again (moderation).
-pub async fn set_visibility(
-    app: &Annuaire,
-    mxid: &str,
-    visibility: Visibility,
-) -> Result<DirectoryEntry, DirectoryError> {
-    let entry = modify(app, mxid, move |_, row| {
-        row.visibility = visibility.as_str().to_owned();
-        Ok(())
-    })
-    .await?;
-    tracing::info!(user_id = %mxid, visibility = visibility.as_str(), "directory entry visibility changed");
-    Ok(entry)
-}
-
-/// Sets an administrator's override of the verified name (source `admin`), or with `None`
-/// removes it, the name falling back to LDAP or the local part.
-pub async fn set_admin_name(
-    app: &Annuaire,
-    mxid: &str,
-    name: Option<&str>,
-) -> Result<DirectoryEntry, DirectoryError> {
-    let admin_name = match name {
-        Some(text) => {
-            Some(name_from_ldap(Some(text), None, None).ok_or(DirectoryError::InvalidName)?)
+    /// Removes the entry of `mxid` (its address was unbound). Removing nothing is not an error. A
+    /// user with another address still bound gets their entry back from that address's next bind.
+    pub async fn on_unbind(&self, mxid: &str) -> Result<(), DirectoryError> {
+        let owned = mxid.to_owned();
+        let removed = self.db.run(move |conn| store::delete(conn, &owned)).await?;
+        if removed {
+            tracing::debug!(user_id = %mxid, "directory entry removed on unbind");
         }
-        None => None,
-    };
-    let entry = modify(app, mxid, move |conn, row| {
-        row.admin_name = admin_name;
-        let ldap = store::ldap_name(conn, &row.email_key)?;
-        refresh(row, ldap.as_ref());
         Ok(())
-    })
-    .await?;
-    tracing::info!(user_id = %mxid, source = entry.name_source.as_str(), "directory entry renamed");
-    Ok(entry)
-}
-
-/// Removes an entry (moderation); false when there was none. A later bind creates it again.
-pub async fn remove(app: &Annuaire, mxid: &str) -> Result<bool, DirectoryError> {
-    let owned = mxid.to_owned();
-    let removed = app.db.run(move |conn| store::delete(conn, &owned)).await?;
-    if removed {
-        tracing::info!(user_id = %mxid, "directory entry removed");
     }
-    Ok(removed)
+
+    /// The entry of `mxid`, whatever its visibility.
+    pub async fn entry(&self, mxid: &str) -> Result<Option<DirectoryEntry>, DirectoryError> {
+        let owned = mxid.to_owned();
+        let row = self.db.run(move |conn| store::get(conn, &owned)).await?;
+        Ok(row.as_ref().map(DirectoryEntry::from_row))
+    }
+
+    /// Loads the entry of `mxid`, lets `change` alter it, and stores it, in one transaction.
+    async fn modify(
+        &self,
+        mxid: &str,
+        change: impl FnOnce(&mut DbConn, &mut EntryRow) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<DirectoryEntry, DirectoryError> {
+        let owned = mxid.to_owned();
+        let now = self.clock.now_ms();
+        let row = self
+            .db
+            .run(move |conn| {
+                crate::store::transaction(conn, |conn| {
+                    let Some(mut row) = store::get(conn, &owned)? else {
+                        return Ok(None);
+                    };
+                    change(conn, &mut row)?;
+                    row.updated_at = now;
+                    store::update(conn, &row)?;
+                    Ok(Some(row))
+                })
+            })
+            .await?;
+        row.map(|r| DirectoryEntry::from_row(&r))
+            .ok_or_else(|| DirectoryError::NotFound(mxid.to_owned()))
+    }
+
+    /// Hides an entry from every search, or shows it again (moderation).
+    pub async fn set_visibility(
+        &self,
+        mxid: &str,
+        visibility: Visibility,
+    ) -> Result<DirectoryEntry, DirectoryError> {
+        let entry = self
+            .modify(mxid, move |_, row| {
+                row.visibility = visibility.as_str().to_owned();
+                Ok(())
+            })
+            .await?;
+        tracing::info!(user_id = %mxid, visibility = visibility.as_str(), "directory entry visibility changed");
+        Ok(entry)
+    }
+
+    /// Sets an administrator's override of the verified name (source `admin`), or with `None`
+    /// removes it, the name falling back to LDAP or the local part.
+    pub async fn set_admin_name(
+        &self,
+        mxid: &str,
+        name: Option<&str>,
+    ) -> Result<DirectoryEntry, DirectoryError> {
+        let admin_name = match name {
+            Some(text) => {
+                Some(name_from_ldap(Some(text), None, None).ok_or(DirectoryError::InvalidName)?)
+            }
+            None => None,
+        };
+        let entry = self
+            .modify(mxid, move |conn, row| {
+                row.admin_name = admin_name;
+                let ldap = store::ldap_name(conn, &row.email_key)?;
+                refresh(row, ldap.as_ref());
+                Ok(())
+            })
+            .await?;
+        tracing::info!(user_id = %mxid, source = entry.name_source.as_str(), "directory entry renamed");
+        Ok(entry)
+    }
+
+    /// Removes an entry (moderation); false when there was none. A later bind creates it again.
+    pub async fn remove(&self, mxid: &str) -> Result<bool, DirectoryError> {
+        let owned = mxid.to_owned();
+        let removed = self.db.run(move |conn| store::delete(conn, &owned)).await?;
+        if removed {
+            tracing::info!(user_id = %mxid, "directory entry removed");
+        }
+        Ok(removed)
+    }
+
+    /// Imports `n` synthetic people (`directory::synthetic`) as visible, active, internal entries,
+    /// in transactions of 10,000 with multi-row inserts; `progress(done, n)` is called after each.
+    /// Their generated name is recorded as what their address gives (source `email`): it is demo
+    /// data, not an authority.
+    pub async fn import_synthetic(
+        &self,
+        n: usize,
+        seed: u64,
+        mut progress: impl FnMut(usize, usize) + Send + 'static,
+    ) -> Result<ImportSummary, DirectoryError> {
+        let now = self.clock.now_ms();
+        let summary = self
+            .db
+            .run(move |conn| {
+                let mut summary = ImportSummary::default();
+                let mut people = super::synthetic::synthetic_people(n, seed);
+                let mut done = 0;
+                loop {
+                    let rows: Vec<EntryRow> = people
+                        .by_ref()
+                        .take(IMPORT_TRANSACTION)
+                        .map(|p| synthetic_row(&p, now))
+                        .collect();
+                    if rows.is_empty() {
+                        break;
+                    }
+                    let inserted =
+                        crate::store::transaction(conn, |conn| store::insert_new(conn, &rows))?;
+                    summary.inserted += inserted;
+                    summary.existing += rows.len() - inserted;
+                    done += rows.len();
+                    progress(done, n);
+                }
+                Ok(summary)
+            })
+            .await?;
+        Ok(summary)
+    }
 }
 
 /// What `import_synthetic` did.
@@ -390,45 +452,6 @@ pub struct ImportSummary {
 
 /// People per transaction of a synthetic import.
 const IMPORT_TRANSACTION: usize = 10_000;
-
-/// Imports `n` synthetic people (`directory::synthetic`) as visible, active, internal entries,
-/// in transactions of 10,000 with multi-row inserts; `progress(done, n)` is called after each.
-/// Their generated name is recorded as what their address gives (source `email`): it is demo
-/// data, not an authority.
-pub async fn import_synthetic(
-    app: &Annuaire,
-    n: usize,
-    seed: u64,
-    mut progress: impl FnMut(usize, usize) + Send + 'static,
-) -> Result<ImportSummary, DirectoryError> {
-    let now = app.clock.now_ms();
-    let summary = app
-        .db
-        .run(move |conn| {
-            let mut summary = ImportSummary::default();
-            let mut people = super::synthetic::synthetic_people(n, seed);
-            let mut done = 0;
-            loop {
-                let rows: Vec<EntryRow> = people
-                    .by_ref()
-                    .take(IMPORT_TRANSACTION)
-                    .map(|p| synthetic_row(&p, now))
-                    .collect();
-                if rows.is_empty() {
-                    break;
-                }
-                let inserted =
-                    crate::store::transaction(conn, |conn| store::insert_new(conn, &rows))?;
-                summary.inserted += inserted;
-                summary.existing += rows.len() - inserted;
-                done += rows.len();
-                progress(done, n);
-            }
-            Ok(summary)
-        })
-        .await?;
-    Ok(summary)
-}
 
 fn synthetic_row(person: &super::synthetic::SyntheticPerson, now: i64) -> EntryRow {
     let email = crate::policy::normalize_email(&person.email)
@@ -455,6 +478,7 @@ fn synthetic_row(person: &super::synthetic::SyntheticPerson, now: i64) -> EntryR
         organisation_key: String::new(),
         created_at: now,
         updated_at: now,
+        user_displayname: None,
     };
     refresh(&mut row, None);
     row
@@ -486,6 +510,7 @@ mod tests {
             organisation_key: String::new(),
             created_at: 0,
             updated_at: 0,
+            user_displayname: None,
         }
     }
 

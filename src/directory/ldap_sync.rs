@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use super::entries::{email_lookup_key, refresh};
 use super::error::DirectoryError;
 use super::names::name_from_ldap;
-use crate::app::Annuaire;
+use super::service::DirectoryService;
 use crate::ldap::{self, LdapPerson, LdapSettings};
 use crate::policy::normalize_email;
 use crate::store::directory::{self as store, LdapNameRow};
@@ -69,80 +69,175 @@ impl SyncSummary {
     }
 }
 
-/// Reads the agency directory and updates name records and entries (see the module
-/// documentation); `progress` is called after each batch. A sync that writes holds the job
-/// lock: on PostgreSQL, a second one (another instance, or the command line while `serve`
-/// syncs) fails with [`DirectoryError::SyncInProgress`] instead of interleaving with it.
-pub async fn sync(
-    app: &Annuaire,
-    settings: &LdapSettings,
-    dry_run: bool,
-    progress: impl FnMut(&SyncSummary),
-) -> Result<SyncSummary, DirectoryError> {
-    if dry_run {
-        return sync_unlocked(app, settings, true, progress).await;
-    }
-    let db = app.db.clone();
-    let lock = tokio::task::spawn_blocking(move || store::try_job_lock(&db, SYNC_LOCK_KEY))
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("lock task failed: {e}")))??
-        .ok_or(DirectoryError::SyncInProgress)?;
-    let result = sync_unlocked(app, settings, false, progress).await;
-    // Unlocking is a database call: not on the async thread.
-    let _ = tokio::task::spawn_blocking(move || drop(lock)).await;
-    result
-}
-
-async fn sync_unlocked(
-    app: &Annuaire,
-    settings: &LdapSettings,
-    dry_run: bool,
-    mut progress: impl FnMut(&SyncSummary),
-) -> Result<SyncSummary, DirectoryError> {
-    let run = crate::app::random_id();
-    let now = app.clock.now_ms();
-    let mut summary = SyncSummary {
-        dry_run,
-        ..SyncSummary::default()
-    };
-    let mut connection = ldap::connect(settings).await?;
-    let mut people = ldap::people(&mut connection, settings).await?;
-    let mut seen: HashSet<[u8; 32]> = HashSet::new();
-    let mut pending: Vec<LdapNameRow> = Vec::with_capacity(BATCH);
-    while let Some(person) = people.next().await? {
-        summary.read += 1;
-        records_of(&person, &run, now, &mut seen, &mut pending, &mut summary);
-        if pending.len() >= BATCH {
-            flush(
-                app,
-                std::mem::take(&mut pending),
-                dry_run,
-                now,
-                &mut summary,
-            )
-            .await?;
-            progress(&summary);
+impl DirectoryService {
+    /// Reads the agency directory and updates name records and entries (see the module
+    /// documentation); `progress` is called after each batch. A sync that writes holds the job
+    /// lock: on PostgreSQL, a second one (another instance, or the command line while `serve`
+    /// syncs) fails with [`DirectoryError::SyncInProgress`] instead of interleaving with it.
+    pub async fn sync_ldap(
+        &self,
+        settings: &LdapSettings,
+        dry_run: bool,
+        progress: impl FnMut(&SyncSummary),
+    ) -> Result<SyncSummary, DirectoryError> {
+        if dry_run {
+            return self.sync_ldap_unlocked(settings, true, progress).await;
         }
+        let db = self.db.clone();
+        let lock = tokio::task::spawn_blocking(move || store::try_job_lock(&db, SYNC_LOCK_KEY))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("lock task failed: {e}")))??
+            .ok_or(DirectoryError::SyncInProgress)?;
+        let result = self.sync_ldap_unlocked(settings, false, progress).await;
+        // Unlocking is a database call: not on the async thread.
+        let _ = tokio::task::spawn_blocking(move || drop(lock)).await;
+        match &result {
+            Ok(summary) => {
+                let now = self.clock.now_ms();
+                let record = LastSync {
+                    at: now,
+                    records: summary.records,
+                };
+                record.set_gauges();
+                metrics::counter!("annuaire_ldap_sync_runs_total").increment(1);
+                // Kept in the database so that every instance reports it, whoever synced
+                // (an instance, or `annuaire ldap sync` from a timer).
+                let text = serde_json::to_string(&record).unwrap_or_default();
+                if let Err(e) = self
+                    .db
+                    .run(move |conn| crate::store::state::set(conn, LAST_SYNC_STATE, &text, now))
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not record the LDAP sync's time");
+                }
+            }
+            Err(_) => metrics::counter!("annuaire_ldap_sync_failures_total").increment(1),
+        }
+        result
     }
-    people.finish().await?;
-    if let Err(e) = connection.unbind().await {
-        tracing::debug!(error = %e, "LDAP unbind failed");
+
+    async fn sync_ldap_unlocked(
+        &self,
+        settings: &LdapSettings,
+        dry_run: bool,
+        mut progress: impl FnMut(&SyncSummary),
+    ) -> Result<SyncSummary, DirectoryError> {
+        let run = crate::secret::random_id();
+        let now = self.clock.now_ms();
+        let mut summary = SyncSummary {
+            dry_run,
+            ..SyncSummary::default()
+        };
+        let mut connection = ldap::connect(settings).await?;
+        let mut people = ldap::people(&mut connection, settings).await?;
+        let mut seen: HashSet<[u8; 32]> = HashSet::new();
+        let mut pending: Vec<LdapNameRow> = Vec::with_capacity(BATCH);
+        while let Some(person) = people.next().await? {
+            summary.read += 1;
+            records_of(&person, &run, now, &mut seen, &mut pending, &mut summary);
+            if pending.len() >= BATCH {
+                self.flush_ldap_batch(std::mem::take(&mut pending), dry_run, now, &mut summary)
+                    .await?;
+                progress(&summary);
+            }
+        }
+        people.finish().await?;
+        if let Err(e) = connection.unbind().await {
+            tracing::debug!(error = %e, "LDAP unbind failed");
+        }
+        self.flush_ldap_batch(pending, dry_run, now, &mut summary)
+            .await?;
+        self.finish_ldap_sync(run, seen, dry_run, now, &mut summary)
+            .await?;
+        progress(&summary);
+        tracing::info!(
+            dry_run,
+            read = summary.read,
+            records = summary.records,
+            matched = summary.matched,
+            updated = summary.updated,
+            removed = summary.removed,
+            reverted = summary.reverted,
+            skipped = summary.skipped(),
+            "LDAP sync finished"
+        );
+        Ok(summary)
     }
-    flush(app, pending, dry_run, now, &mut summary).await?;
-    finish(app, run, seen, dry_run, now, &mut summary).await?;
-    progress(&summary);
-    tracing::info!(
-        dry_run,
-        read = summary.read,
-        records = summary.records,
-        matched = summary.matched,
-        updated = summary.updated,
-        removed = summary.removed,
-        reverted = summary.reverted,
-        skipped = summary.skipped(),
-        "LDAP sync finished"
-    );
-    Ok(summary)
+
+    /// Stores a batch of records and refreshes the entries they match, in one transaction.
+    async fn flush_ldap_batch(
+        &self,
+        records: Vec<LdapNameRow>,
+        dry_run: bool,
+        now: i64,
+        summary: &mut SyncSummary,
+    ) -> Result<(), DirectoryError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (matched, updated) = self
+            .db
+            .run(move |conn| {
+                crate::store::transaction(conn, |conn| apply(conn, &records, dry_run, now))
+            })
+            .await?;
+        summary.matched += matched;
+        summary.updated += updated;
+        Ok(())
+    }
+
+    /// After a complete search: drops the records of people who left and reverts the entries that
+    /// used them (or, in a dry run, counts what that would do).
+    async fn finish_ldap_sync(
+        &self,
+        run: String,
+        seen: HashSet<[u8; 32]>,
+        dry_run: bool,
+        now: i64,
+        summary: &mut SyncSummary,
+    ) -> Result<(), DirectoryError> {
+        let (removed, reverted) = self
+            .db
+            .run(move |conn| {
+                let unseen = |key: &String| decode_key(key).is_none_or(|k| !seen.contains(&k));
+                if dry_run {
+                    let removed = store::ldap_name_keys(conn)?
+                        .iter()
+                        .filter(|k| unseen(k))
+                        .count();
+                    let reverted = store::ldap_sourced_email_keys(conn)?
+                        .iter()
+                        .filter(|k| unseen(k))
+                        .count();
+                    return Ok((removed, reverted));
+                }
+                let removed = store::delete_ldap_names_not_in_run(conn, &run)?;
+                let mut reverted = 0;
+                loop {
+                    let changed = crate::store::transaction(conn, |conn| {
+                        let orphans = store::orphaned_ldap_entries(conn, BATCH as i64)?;
+                        let mut changed = 0;
+                        for mut entry in orphans {
+                            if refresh(&mut entry, None) {
+                                entry.updated_at = now;
+                                store::update(conn, &entry)?;
+                                changed += 1;
+                            }
+                        }
+                        Ok::<_, crate::store::StoreError>(changed)
+                    })?;
+                    reverted += changed;
+                    if changed < BATCH {
+                        break;
+                    }
+                }
+                Ok((removed, reverted))
+            })
+            .await?;
+        summary.removed = removed;
+        summary.reverted = reverted;
+        Ok(())
+    }
 }
 
 /// Turns one person into name records (appended to `pending`), or counts why not.
@@ -202,28 +297,6 @@ fn records_of(
     }
 }
 
-/// Stores a batch of records and refreshes the entries they match, in one transaction.
-async fn flush(
-    app: &Annuaire,
-    records: Vec<LdapNameRow>,
-    dry_run: bool,
-    now: i64,
-    summary: &mut SyncSummary,
-) -> Result<(), DirectoryError> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let (matched, updated) = app
-        .db
-        .run(move |conn| {
-            crate::store::transaction(conn, |conn| apply(conn, &records, dry_run, now))
-        })
-        .await?;
-    summary.matched += matched;
-    summary.updated += updated;
-    Ok(())
-}
-
 fn apply(
     conn: &mut DbConn,
     records: &[LdapNameRow],
@@ -265,57 +338,32 @@ fn decode_key(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// After a complete search: drops the records of people who left and reverts the entries that
-/// used them (or, in a dry run, counts what that would do).
-async fn finish(
-    app: &Annuaire,
-    run: String,
-    seen: HashSet<[u8; 32]>,
-    dry_run: bool,
-    now: i64,
-    summary: &mut SyncSummary,
-) -> Result<(), DirectoryError> {
-    let (removed, reverted) = app
-        .db
-        .run(move |conn| {
-            let unseen = |key: &String| decode_key(key).is_none_or(|k| !seen.contains(&k));
-            if dry_run {
-                let removed = store::ldap_name_keys(conn)?
-                    .iter()
-                    .filter(|k| unseen(k))
-                    .count();
-                let reverted = store::ldap_sourced_email_keys(conn)?
-                    .iter()
-                    .filter(|k| unseen(k))
-                    .count();
-                return Ok((removed, reverted));
-            }
-            let removed = store::delete_ldap_names_not_in_run(conn, &run)?;
-            let mut reverted = 0;
-            loop {
-                let changed = crate::store::transaction(conn, |conn| {
-                    let orphans = store::orphaned_ldap_entries(conn, BATCH as i64)?;
-                    let mut changed = 0;
-                    for mut entry in orphans {
-                        if refresh(&mut entry, None) {
-                            entry.updated_at = now;
-                            store::update(conn, &entry)?;
-                            changed += 1;
-                        }
-                    }
-                    Ok::<_, crate::store::StoreError>(changed)
-                })?;
-                reverted += changed;
-                if changed < BATCH {
-                    break;
-                }
-            }
-            Ok((removed, reverted))
-        })
-        .await?;
-    summary.removed = removed;
-    summary.reverted = reverted;
-    Ok(())
+/// Where the last successful sync is recorded (`instance_state`, JSON [`LastSync`]).
+pub const LAST_SYNC_STATE: &str = "ldap_last_sync";
+
+/// The last successful (writing) LDAP sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastSync {
+    /// When it finished (ms).
+    pub at: i64,
+    /// The name records it read.
+    pub records: usize,
+}
+
+impl LastSync {
+    /// Reads the record (none before the first sync).
+    pub fn read(conn: &mut DbConn) -> Result<Option<LastSync>, StoreError> {
+        Ok(crate::store::state::get(conn, LAST_SYNC_STATE)?
+            .and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
+    /// `annuaire_ldap_sync_last_success_timestamp_seconds` and `annuaire_ldap_sync_entries`.
+    pub fn set_gauges(&self) {
+        #[allow(clippy::cast_precision_loss)]
+        let (at, records) = (self.at as f64 / 1000.0, self.records as f64);
+        metrics::gauge!("annuaire_ldap_sync_last_success_timestamp_seconds").set(at);
+        metrics::gauge!("annuaire_ldap_sync_entries").set(records);
+    }
 }
 
 /// Key of the PostgreSQL advisory lock a writing sync holds.
@@ -324,11 +372,12 @@ pub const SYNC_LOCK_KEY: i64 = 0x616e_6e75_6c64_6170; // "annuldap"
 /// Runs `ldap sync` every `ldap.sync_interval` (first at start) on the current runtime, when
 /// LDAP and the interval are configured. On PostgreSQL only one instance syncs at a time (an
 /// advisory lock; the others skip that round). The task ends with the runtime.
-pub fn start_periodic_sync(app: Arc<Annuaire>) {
-    let Some(interval) = app.config.ldap.sync_interval.map(|i| i.0) else {
+pub fn start_periodic_sync(directory: &Arc<DirectoryService>) {
+    let directory = directory.clone();
+    let Some(interval) = directory.config.ldap.sync_interval.map(|i| i.0) else {
         return;
     };
-    let settings = match LdapSettings::from_config(&app.config.ldap) {
+    let settings = match LdapSettings::from_config(&directory.config.ldap) {
         Ok(Some(settings)) => settings,
         Ok(None) => {
             tracing::warn!("ldap.sync_interval is set but ldap.url is not: no periodic sync");
@@ -344,7 +393,7 @@ pub fn start_periodic_sync(app: Arc<Annuaire>) {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            match sync(&app, &settings, false, |_| {}).await {
+            match directory.sync_ldap(&settings, false, |_| {}).await {
                 Ok(_) => {}
                 Err(DirectoryError::SyncInProgress) => {
                     tracing::debug!("another instance is syncing LDAP; skipped");

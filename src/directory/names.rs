@@ -31,14 +31,13 @@
 //!
 //! Every name is at most [`MAX_NAME_CHARS`] characters.
 
+use crate::config::{DEFAULT_DISPLAY_NAME_FORMAT, NamePiece, parse_display_name_format};
+
 /// The longest verified name kept, in characters (longer inputs are cut).
 pub const MAX_NAME_CHARS: usize = 256;
 
 /// The name given when nothing usable is left, not even the local part itself.
 pub const UNNAMED: &str = "Agent";
-
-/// The default of `directory.display_name_format`.
-pub const DEFAULT_DISPLAY_NAME_FORMAT: &str = "{name} [{organisation}]";
 
 /// Particles kept lower-case between two words (see the module documentation).
 const PARTICLES: &[&str] = &[
@@ -249,60 +248,6 @@ pub fn name_from_ldap(
     }
 }
 
-/// A parsed piece of a display-name format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Piece<'a> {
-    Literal(&'a str),
-    Name,
-    Organisation,
-}
-
-fn parse_format(format: &str) -> Result<Vec<Piece<'_>>, String> {
-    let mut pieces = Vec::new();
-    let mut rest = format;
-    while !rest.is_empty() {
-        let next = rest.find(['{', '}']).unwrap_or(rest.len());
-        if next > 0 {
-            pieces.push(Piece::Literal(&rest[..next]));
-            rest = &rest[next..];
-            continue;
-        }
-        if rest.starts_with('}') {
-            return Err(format!(
-                "display_name_format {format:?}: '}}' without a matching '{{'"
-            ));
-        }
-        let Some(close) = rest.find('}') else {
-            return Err(format!(
-                "display_name_format {format:?}: '{{' without a matching '}}'"
-            ));
-        };
-        pieces.push(match &rest[1..close] {
-            "name" => Piece::Name,
-            "organisation" => Piece::Organisation,
-            other => {
-                return Err(format!(
-                    "display_name_format {format:?}: unknown placeholder {{{other}}} \
-                     (known: {{name}}, {{organisation}})"
-                ));
-            }
-        });
-        rest = &rest[close + 1..];
-    }
-    if !pieces.contains(&Piece::Name) {
-        return Err(format!(
-            "display_name_format {format:?} must contain {{name}}"
-        ));
-    }
-    Ok(pieces)
-}
-
-/// Checks a `directory.display_name_format`: it must contain `{name}`, and the only placeholders
-/// are `{name}` and `{organisation}` (braces are not allowed otherwise).
-pub fn validate_display_name_format(format: &str) -> Result<(), String> {
-    parse_format(format).map(|_| ())
-}
-
 fn closing_bracket(open: char) -> Option<char> {
     match open {
         '[' => Some(']'),
@@ -366,9 +311,9 @@ fn join_around_hole(before: &str, after: &str, at_start: bool, at_end: bool) -> 
 /// `Jean Dupont []`. An invalid format (which configuration validation rejects) falls back to
 /// [`DEFAULT_DISPLAY_NAME_FORMAT`].
 pub fn format_display_name(format: &str, name: &str, organisation: Option<&str>) -> String {
-    let pieces = parse_format(format)
-        .or_else(|_| parse_format(DEFAULT_DISPLAY_NAME_FORMAT))
-        .unwrap_or_else(|_| vec![Piece::Name]);
+    let pieces = parse_display_name_format(format)
+        .or_else(|_| parse_display_name_format(DEFAULT_DISPLAY_NAME_FORMAT))
+        .unwrap_or_else(|_| vec![NamePiece::Name]);
     let name = name.trim();
     let organisation = organisation.map(str::trim).filter(|o| !o.is_empty());
 
@@ -377,9 +322,9 @@ pub fn format_display_name(format: &str, name: &str, organisation: Option<&str>)
         Some(org) => {
             for piece in &pieces {
                 out.push_str(match piece {
-                    Piece::Literal(text) => text,
-                    Piece::Name => name,
-                    Piece::Organisation => org,
+                    NamePiece::Literal(text) => text,
+                    NamePiece::Name => name,
+                    NamePiece::Organisation => org,
                 });
             }
         }
@@ -391,22 +336,22 @@ pub fn format_display_name(format: &str, name: &str, organisation: Option<&str>)
             let mut i = 0;
             while i < pieces.len() {
                 match pieces[i] {
-                    Piece::Name => {
+                    NamePiece::Name => {
                         out.push_str(&run);
                         run.clear();
                         out.push_str(name);
                         seen_name = true;
                     }
-                    Piece::Literal(text) => run.push_str(text),
-                    Piece::Organisation => {
+                    NamePiece::Literal(text) => run.push_str(text),
+                    NamePiece::Organisation => {
                         let after = match pieces.get(i + 1) {
-                            Some(Piece::Literal(text)) => {
+                            Some(NamePiece::Literal(text)) => {
                                 i += 1;
                                 *text
                             }
                             _ => "",
                         };
-                        let name_follows = pieces[i + 1..].contains(&Piece::Name);
+                        let name_follows = pieces[i + 1..].contains(&NamePiece::Name);
                         run = join_around_hole(&run, after, !seen_name, !name_follows);
                     }
                 }
@@ -421,6 +366,7 @@ pub fn format_display_name(format: &str, name: &str, organisation: Option<&str>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::validate_display_name_format;
     use proptest::prelude::*;
 
     #[test]

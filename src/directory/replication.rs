@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::entries::split_user_id;
 use super::error::DirectoryError;
-use crate::app::Annuaire;
+use super::service::DirectoryService;
 use crate::store::directory as store;
 
 /// The most profiles one batch may carry.
@@ -57,93 +57,95 @@ pub struct ReplicationOutcome {
 }
 
 /// A usable avatar URL: `mxc://` only (clients fetch it from their homeserver), length capped.
-fn avatar(url: Option<&str>) -> Option<String> {
+pub(crate) fn avatar(url: Option<&str>) -> Option<String> {
     url.map(str::trim)
         .filter(|u| u.starts_with("mxc://") && u.len() <= MAX_AVATAR_URL)
         .map(str::to_owned)
 }
 
-/// Applies a batch sent (and signed) by `origin`.
-pub async fn replicate_profiles(
-    app: &Annuaire,
-    origin: &str,
-    batch: ReplicationBatch,
-) -> Result<ReplicationOutcome, DirectoryError> {
-    if batch.origin_server != origin {
-        return Err(DirectoryError::BadSignature(format!(
-            "origin_server {} is not the signing server {origin}",
-            batch.origin_server
-        )));
-    }
-    if batch.batch.len() > MAX_BATCH {
-        return Err(DirectoryError::InvalidBatch(format!(
-            "{} profiles; at most {MAX_BATCH} per batch",
-            batch.batch.len()
-        )));
-    }
-    if batch.batchnum < 0 {
-        return Err(DirectoryError::InvalidBatch(
-            "batchnum must not be negative".into(),
-        ));
-    }
-    let mut updates = Vec::with_capacity(batch.batch.len());
-    for (user_id, profile) in batch.batch {
-        let (_, server) = split_user_id(&user_id)?;
-        if server != origin {
-            return Err(DirectoryError::ForeignUser {
-                user_id,
-                origin: origin.to_owned(),
-            });
+impl DirectoryService {
+    /// Applies a batch sent (and signed) by `origin`.
+    pub async fn replicate_profiles(
+        &self,
+        origin: &str,
+        batch: ReplicationBatch,
+    ) -> Result<ReplicationOutcome, DirectoryError> {
+        if batch.origin_server != origin {
+            return Err(DirectoryError::BadSignature(format!(
+                "origin_server {} is not the signing server {origin}",
+                batch.origin_server
+            )));
         }
-        let (active, avatar_url) = match profile {
-            Some(p) => (true, avatar(p.avatar_url.as_deref())),
-            None => (false, None),
-        };
-        updates.push((user_id, active, avatar_url));
-    }
+        if batch.batch.len() > MAX_BATCH {
+            return Err(DirectoryError::InvalidBatch(format!(
+                "{} profiles; at most {MAX_BATCH} per batch",
+                batch.batch.len()
+            )));
+        }
+        if batch.batchnum < 0 {
+            return Err(DirectoryError::InvalidBatch(
+                "batchnum must not be negative".into(),
+            ));
+        }
+        let mut updates = Vec::with_capacity(batch.batch.len());
+        for (user_id, profile) in batch.batch {
+            let (_, server) = split_user_id(&user_id)?;
+            if server != origin {
+                return Err(DirectoryError::ForeignUser {
+                    user_id,
+                    origin: origin.to_owned(),
+                });
+            }
+            let (active, avatar_url) = match profile {
+                Some(p) => (true, avatar(p.avatar_url.as_deref())),
+                None => (false, None),
+            };
+            updates.push((user_id, active, avatar_url));
+        }
 
-    let now = app.clock.now_ms();
-    let origin_owned = origin.to_owned();
-    let batchnum = batch.batchnum;
-    let outcome = app
-        .db
-        .run(move |conn| {
-            crate::store::transaction(conn, |conn| {
-                let mut outcome = ReplicationOutcome::default();
-                if !store::accept_replication_batch(conn, &origin_owned, batchnum, now)? {
-                    return Ok(outcome);
-                }
-                outcome.accepted = true;
-                for (user_id, active, avatar_url) in &updates {
-                    if store::apply_replicated_profile(
-                        conn,
-                        user_id,
-                        &origin_owned,
-                        avatar_url.as_deref(),
-                        *active,
-                        now,
-                    )? {
-                        outcome.updated += 1;
-                    } else {
-                        outcome.unknown += 1;
+        let now = self.clock.now_ms();
+        let origin_owned = origin.to_owned();
+        let batchnum = batch.batchnum;
+        let outcome = self
+            .db
+            .run(move |conn| {
+                crate::store::transaction(conn, |conn| {
+                    let mut outcome = ReplicationOutcome::default();
+                    if !store::accept_replication_batch(conn, &origin_owned, batchnum, now)? {
+                        return Ok(outcome);
                     }
-                }
-                Ok(outcome)
+                    outcome.accepted = true;
+                    for (user_id, active, avatar_url) in &updates {
+                        if store::apply_replicated_profile(
+                            conn,
+                            user_id,
+                            &origin_owned,
+                            avatar_url.as_deref(),
+                            *active,
+                            now,
+                        )? {
+                            outcome.updated += 1;
+                        } else {
+                            outcome.unknown += 1;
+                        }
+                    }
+                    Ok(outcome)
+                })
             })
-        })
-        .await?;
-    if outcome.accepted {
-        tracing::info!(
-            origin,
-            batch = batchnum,
-            updated = outcome.updated,
-            unknown = outcome.unknown,
-            "profile batch replicated"
-        );
-    } else {
-        tracing::info!(origin, batch = batchnum, "stale profile batch ignored");
+            .await?;
+        if outcome.accepted {
+            tracing::info!(
+                origin,
+                batch = batchnum,
+                updated = outcome.updated,
+                unknown = outcome.unknown,
+                "profile batch replicated"
+            );
+        } else {
+            tracing::info!(origin, batch = batchnum, "stale profile batch ignored");
+        }
+        Ok(outcome)
     }
-    Ok(outcome)
 }
 
 #[cfg(test)]

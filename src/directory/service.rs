@@ -26,15 +26,20 @@
 //! `limited` is true: people type another letter. Whole-word matches are still found before
 //! mere prefixes because they have their own tier.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::error::DirectoryError;
 use super::names::format_display_name;
 use super::search::{SearchKey, SearchQuery, fold, parse_query, rank};
-use crate::app::Annuaire;
+use crate::cache::TtlCache;
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::federation::FederationClient;
+use crate::ratelimit::KeyedLimit;
+use crate::store::Db;
 use crate::store::directory::{self as store, Candidate, IndexQuery, SearchFilter};
 
 /// Results returned when the caller does not say.
@@ -66,7 +71,7 @@ pub enum Viewer {
 }
 
 /// One result, in the Matrix client API's shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SearchResult {
     /// The user id.
     pub user_id: String,
@@ -77,7 +82,7 @@ pub struct SearchResult {
 }
 
 /// A page of results, in the Matrix client API's shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SearchResults {
     /// True when more entries match than were returned.
     pub limited: bool,
@@ -85,59 +90,167 @@ pub struct SearchResults {
     pub results: Vec<SearchResult>,
 }
 
-/// The directory's in-memory state: the whoami cache. Nothing in it is needed by another
-/// instance (each one asks the homeserver itself).
-#[derive(Debug, Default)]
-pub struct Directory {
-    pub(crate) whoami: Mutex<HashMap<[u8; 32], CachedUser>>,
+/// What the directory service is built from.
+pub struct DirectoryParts {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub db: Db,
+    /// The clock every expiry decision reads.
+    pub clock: SharedClock,
+    /// Calls to homeservers (whoami, signed requests' keys).
+    pub federation: FederationClient,
 }
 
-/// A whoami answer, reused until `expires_at_ms`.
-#[derive(Debug, Clone)]
-pub(crate) struct CachedUser {
-    pub(crate) user_id: String,
-    pub(crate) expires_at_ms: i64,
+/// The cross-shard directory: entries, verified names, search and who may search. Its only
+/// in-memory state is the whoami cache, which no other instance needs (each one asks the
+/// homeserver itself).
+pub struct DirectoryService {
+    pub(crate) config: Arc<Config>,
+    pub(crate) db: Db,
+    pub(crate) clock: SharedClock,
+    pub(crate) federation: FederationClient,
+    /// Hash of a client's access token → its user id, for `directory.whoami_cache_ttl`.
+    pub(crate) whoami: TtlCache<[u8; 32], String>,
+    /// MSC4258 searches per calling server (`rate_limits.federated_search_per_server`).
+    pub(crate) federated_search_limit: KeyedLimit<String>,
 }
 
-impl Directory {
-    /// An empty state.
-    pub fn new() -> Directory {
-        Directory::default()
+impl std::fmt::Debug for DirectoryService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectoryService")
+            .field("whoami", &self.whoami)
+            .finish_non_exhaustive()
     }
 }
 
-/// The externals' homeserver: its users are external.
-pub(crate) fn external_homeserver(app: &Annuaire) -> Option<&str> {
-    app.config.policy.external_homeserver.as_deref()
+/// The most whoami answers kept: a bound on memory that strangers' tokens cannot push.
+const MAX_CACHED_TOKENS: usize = 100_000;
+
+impl DirectoryService {
+    /// A directory over the given parts.
+    pub fn new(parts: DirectoryParts) -> DirectoryService {
+        DirectoryService {
+            whoami: TtlCache::new(MAX_CACHED_TOKENS, parts.clock.clone()),
+            federated_search_limit: KeyedLimit::new(
+                &parts.config.rate_limits.federated_search_per_server,
+            ),
+            config: parts.config,
+            db: parts.db,
+            clock: parts.clock,
+            federation: parts.federation,
+        }
+    }
 }
 
-/// Refuses external viewers unless `directory.externals_may_search`.
-async fn check_viewer(app: &Annuaire, viewer: &Viewer) -> Result<(), DirectoryError> {
-    if app.config.directory.externals_may_search {
-        return Ok(());
+impl DirectoryService {
+    /// Forgets idle rate-limit buckets (called periodically).
+    pub fn housekeep(&self) {
+        self.federated_search_limit.housekeep();
     }
-    let external_hs = external_homeserver(app);
-    match viewer {
-        Viewer::Operator => Ok(()),
-        Viewer::Homeserver { server_name } => {
-            if external_hs == Some(server_name.as_str()) {
-                Err(DirectoryError::ExternalsMayNotSearch)
-            } else {
+
+    /// The externals' homeserver: its users are external.
+    pub(crate) fn external_homeserver(&self) -> Option<&str> {
+        self.config.policy.external_homeserver.as_deref()
+    }
+
+    /// Refuses external viewers unless `directory.externals_may_search`.
+    async fn check_viewer(&self, viewer: &Viewer) -> Result<(), DirectoryError> {
+        if self.config.directory.externals_may_search {
+            return Ok(());
+        }
+        let external_hs = self.external_homeserver();
+        match viewer {
+            Viewer::Operator => Ok(()),
+            Viewer::Homeserver { server_name } => {
+                if external_hs == Some(server_name.as_str()) {
+                    Err(DirectoryError::ExternalsMayNotSearch)
+                } else {
+                    Ok(())
+                }
+            }
+            Viewer::User { user_id } => {
+                let (_, server) = super::entries::split_user_id(user_id)?;
+                if external_hs == Some(server) {
+                    return Err(DirectoryError::ExternalsMayNotSearch);
+                }
+                let owned = user_id.clone();
+                let own = self.db.run(move |conn| store::get(conn, &owned)).await?;
+                if own.is_some_and(|entry| entry.external) {
+                    return Err(DirectoryError::ExternalsMayNotSearch);
+                }
                 Ok(())
             }
         }
-        Viewer::User { user_id } => {
-            let (_, server) = super::entries::split_user_id(user_id)?;
-            if external_hs == Some(server) {
-                return Err(DirectoryError::ExternalsMayNotSearch);
-            }
-            let owned = user_id.clone();
-            let own = app.db.run(move |conn| store::get(conn, &owned)).await?;
-            if own.is_some_and(|entry| entry.external) {
-                return Err(DirectoryError::ExternalsMayNotSearch);
-            }
-            Ok(())
-        }
+    }
+
+    /// Searches the directory for `query` (every term a word prefix), optionally within one
+    /// organisation (compared folded), as `viewer`. `limit` defaults to [`DEFAULT_LIMIT`] and is
+    /// capped at [`MAX_LIMIT`].
+    pub async fn search(
+        &self,
+        query: &str,
+        organisation: Option<&str>,
+        limit: Option<u32>,
+        viewer: Viewer,
+    ) -> Result<SearchResults, DirectoryError> {
+        self.check_viewer(&viewer).await?;
+        let parsed = parse_query(query)?;
+        let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as usize;
+        let filter = SearchFilter {
+            show_externals: self.config.directory.show_externals,
+            organisation_key: organisation.map(fold).filter(|o| !o.is_empty()),
+        };
+        let candidates_per_tier = i64::from(self.config.directory.search_candidates);
+        let tiers = tiers(&parsed);
+        let candidates = self
+            .db
+            .run(move |conn| {
+                let mut seen = HashSet::new();
+                let mut candidates: Vec<Candidate> = Vec::new();
+                for (i, tier) in tiers.iter().enumerate() {
+                    for candidate in store::search(conn, tier, &filter, candidates_per_tier)? {
+                        if seen.insert(candidate.mxid.clone()) {
+                            candidates.push(candidate);
+                        }
+                    }
+                    if i == 0 && candidates.len() > limit {
+                        break;
+                    }
+                }
+                Ok(candidates)
+            })
+            .await?;
+
+        let mut ranked: Vec<_> = candidates
+            .into_iter()
+            .filter_map(|c| {
+                let key = SearchKey {
+                    name: c.search_name.clone(),
+                    organisation: c.search_organisation.clone(),
+                    localpart: c.search_localpart.clone(),
+                    all: String::new(),
+                };
+                rank(&parsed, &key).map(|r| (r, c))
+            })
+            .collect();
+        ranked.sort_by(|(ra, a), (rb, b)| {
+            ra.cmp(rb)
+                .then_with(|| a.search_name.cmp(&b.search_name))
+                .then_with(|| a.mxid.cmp(&b.mxid))
+        });
+        let limited = ranked.len() > limit;
+        let format = &self.config.directory.display_name_format;
+        let results = ranked
+            .into_iter()
+            .take(limit)
+            .map(|(_, c)| SearchResult {
+                display_name: format_display_name(format, &c.name, c.organisation.as_deref()),
+                user_id: c.mxid,
+                avatar_url: c.avatar_url,
+            })
+            .collect();
+        Ok(SearchResults { limited, results })
     }
 }
 
@@ -200,75 +313,6 @@ fn index_query(query: &SearchQuery, first_prefix: usize) -> IndexQuery {
         tsquery: indexed.join(" & "),
         tsquery_filter: (!short.is_empty()).then(|| short.join(" & ")),
     }
-}
-
-/// Searches the directory for `query` (every term a word prefix), optionally within one
-/// organisation (compared folded), as `viewer`. `limit` defaults to [`DEFAULT_LIMIT`] and is
-/// capped at [`MAX_LIMIT`].
-pub async fn search(
-    app: &Annuaire,
-    query: &str,
-    organisation: Option<&str>,
-    limit: Option<u32>,
-    viewer: Viewer,
-) -> Result<SearchResults, DirectoryError> {
-    check_viewer(app, &viewer).await?;
-    let parsed = parse_query(query)?;
-    let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as usize;
-    let filter = SearchFilter {
-        show_externals: app.config.directory.show_externals,
-        organisation_key: organisation.map(fold).filter(|o| !o.is_empty()),
-    };
-    let candidates_per_tier = i64::from(app.config.directory.search_candidates);
-    let tiers = tiers(&parsed);
-    let candidates = app
-        .db
-        .run(move |conn| {
-            let mut seen = HashSet::new();
-            let mut candidates: Vec<Candidate> = Vec::new();
-            for (i, tier) in tiers.iter().enumerate() {
-                for candidate in store::search(conn, tier, &filter, candidates_per_tier)? {
-                    if seen.insert(candidate.mxid.clone()) {
-                        candidates.push(candidate);
-                    }
-                }
-                if i == 0 && candidates.len() > limit {
-                    break;
-                }
-            }
-            Ok(candidates)
-        })
-        .await?;
-
-    let mut ranked: Vec<_> = candidates
-        .into_iter()
-        .filter_map(|c| {
-            let key = SearchKey {
-                name: c.search_name.clone(),
-                organisation: c.search_organisation.clone(),
-                localpart: c.search_localpart.clone(),
-                all: String::new(),
-            };
-            rank(&parsed, &key).map(|r| (r, c))
-        })
-        .collect();
-    ranked.sort_by(|(ra, a), (rb, b)| {
-        ra.cmp(rb)
-            .then_with(|| a.search_name.cmp(&b.search_name))
-            .then_with(|| a.mxid.cmp(&b.mxid))
-    });
-    let limited = ranked.len() > limit;
-    let format = &app.config.directory.display_name_format;
-    let results = ranked
-        .into_iter()
-        .take(limit)
-        .map(|(_, c)| SearchResult {
-            display_name: format_display_name(format, &c.name, c.organisation.as_deref()),
-            user_id: c.mxid,
-            avatar_url: c.avatar_url,
-        })
-        .collect();
-    Ok(SearchResults { limited, results })
 }
 
 #[cfg(test)]

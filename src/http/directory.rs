@@ -2,19 +2,17 @@
 //! that keeps the `Host` header), and the Tchap-compatible homeserver search and profile
 //! replication (signed by an allowed homeserver).
 
-use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::extract::{RawBody, parse_json_object, parse_query};
-use super::{AppData, resource};
-use crate::directory::access::{self, SignedRequest};
-use crate::directory::replication::{self, ReplicationBatch};
-use crate::directory::search::QueryError;
-use crate::directory::{self, DirectoryError, Viewer};
-use crate::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{RawBody, XMatrix, parse_json_object, parse_query};
+use super::{AppData, Empty, resource};
+use crate::directory::access::SignedRequest;
+use crate::directory::replication::ReplicationBatch;
+use crate::directory::{self, Viewer};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -31,49 +29,21 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         resource("/_matrix/identity/api/v1/replicate_profiles")
             .route(web::post().to(replicate_profiles)),
+    )
+    // MSC4258: the unstable prefix implementations use, the stable path the MSC proposes, and
+    // the prefix its text still names.
+    .service(
+        resource("/_matrix/federation/unstable/org.matrix.msc4258/user_directory/search")
+            .route(web::post().to(federated_search)),
+    )
+    .service(
+        resource("/_matrix/federation/v3/user_directory/search")
+            .route(web::post().to(federated_search_v3)),
+    )
+    .service(
+        resource("/_matrix/federation/unstable/fr.tchap/user_directory/search")
+            .route(web::post().to(federated_search_fr_tchap)),
     );
-}
-
-impl From<DirectoryError> for ApiError {
-    fn from(e: DirectoryError) -> Self {
-        let message = e.to_string();
-        match e {
-            DirectoryError::Query(QueryError::Empty) => {
-                ApiError::invalid_param("The search term must contain at least one letter or digit")
-            }
-            DirectoryError::InvalidUserId(_)
-            | DirectoryError::InvalidName
-            | DirectoryError::InvalidBatch(_) => ApiError::invalid_param(message),
-            DirectoryError::NotFound(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", message)
-            }
-            DirectoryError::UnknownHost(host) => ApiError::forbidden(format!(
-                "This server does not serve the user directory for the host {host:?}"
-            )),
-            DirectoryError::MissingToken => ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "M_MISSING_TOKEN",
-                "Missing access token",
-            ),
-            DirectoryError::UnknownToken => ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "M_UNKNOWN_TOKEN",
-                "Unrecognised access token",
-            ),
-            DirectoryError::Unauthenticated => ApiError::unauthorized(message),
-            DirectoryError::WrongServer { .. }
-            | DirectoryError::ExternalsMayNotSearch
-            | DirectoryError::HomeserverNotAllowed(_)
-            | DirectoryError::BadSignature(_)
-            | DirectoryError::ForeignUser { .. } => ApiError::forbidden(message),
-            DirectoryError::HomeserverUnavailable(_) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", message)
-            }
-            DirectoryError::Store(e) => e.into(),
-            DirectoryError::SyncInProgress => ApiError::unavailable(message),
-            DirectoryError::Ldap(e) => ApiError::internal(e),
-        }
-    }
 }
 
 /// The access token: `Authorization: Bearer …`, else `?access_token=…` (both are Matrix).
@@ -128,14 +98,15 @@ async fn run_search(
     body: SearchBody,
     viewer: Viewer,
 ) -> Result<HttpResponse, ApiError> {
-    let results = directory::search(
-        app,
-        &body.search_term,
-        body.organisation.as_deref(),
-        body.limit(),
-        viewer,
-    )
-    .await?;
+    let results = app
+        .directory
+        .search(
+            &body.search_term,
+            body.organisation.as_deref(),
+            body.limit(),
+            viewer,
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(results))
 }
 
@@ -148,11 +119,11 @@ async fn run_search(
     security(("client_token" = [])),
     request_body = SearchBody,
     responses(
-        (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url?}]}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN: unknown host, external user, token of another homeserver", body = super::openapi::ErrorBody),
-        (status = 502, description = "M_UNKNOWN: the homeserver did not answer whoami", body = super::openapi::ErrorBody),
+        (status = 200, description = "The best results first", body = directory::SearchResults),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: unknown host, external user, token of another homeserver", body = ErrorBody),
+        (status = 502, description = "M_UNKNOWN: the homeserver did not answer whoami", body = ErrorBody),
     ))]
 pub(super) async fn client_search(
     app: AppData,
@@ -160,8 +131,10 @@ pub(super) async fn client_search(
     body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let token = access_token(&req)?;
-    let viewer =
-        access::authenticate_client(&app, request_host(&req).as_deref(), token.as_deref()).await?;
+    let viewer = app
+        .directory
+        .authenticate_client(request_host(&req).as_deref(), token.as_deref())
+        .await?;
     let body: SearchBody = parse_json_object(&body.0)?;
     run_search(&app, body, viewer).await
 }
@@ -174,11 +147,11 @@ pub(super) async fn client_search(
     security(("client_token" = [])),
     request_body = SearchBody,
     responses(
-        (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url?}]}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN", body = super::openapi::ErrorBody),
-        (status = 502, description = "M_UNKNOWN", body = super::openapi::ErrorBody),
+        (status = 200, description = "The best results first", body = directory::SearchResults),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_MISSING_TOKEN, M_UNKNOWN_TOKEN", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN", body = ErrorBody),
+        (status = 502, description = "M_UNKNOWN", body = ErrorBody),
     ))]
 pub(super) async fn client_search_r0(
     app: AppData,
@@ -188,17 +161,11 @@ pub(super) async fn client_search_r0(
     client_search(app, req, body).await
 }
 
-fn signed_request<'a>(req: &'a HttpRequest, body: &'a Value) -> SignedRequest<'a> {
+fn signed_request<'a>(signed: &'a XMatrix, body: &'a Value) -> SignedRequest<'a> {
     SignedRequest {
-        authorization: req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok()),
-        method: req.method().as_str(),
-        uri: req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().path(), |p| p.as_str()),
+        authorization: signed.authorization.as_deref(),
+        method: &signed.method,
+        uri: &signed.uri,
         body,
     }
 }
@@ -210,18 +177,21 @@ fn signed_request<'a>(req: &'a HttpRequest, body: &'a Value) -> SignedRequest<'a
     security(("x_matrix" = [])),
     request_body = SearchBody,
     responses(
-        (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url?}]}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED: not signed", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, externals' homeserver", body = super::openapi::ErrorBody),
+        (status = 200, description = "The best results first", body = directory::SearchResults),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: not signed", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, externals' homeserver", body = ErrorBody),
     ))]
 pub(super) async fn homeserver_search(
     app: AppData,
-    req: HttpRequest,
+    signed: XMatrix,
     body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let value: Value = parse_json_object(&body.0)?;
-    let origin = access::authenticate_homeserver(&app, signed_request(&req, &value), None).await?;
+    let origin = app
+        .directory
+        .authenticate_homeserver(signed_request(&signed, &value), None)
+        .await?;
     let body: SearchBody = parse_json_object(&body.0)?;
     run_search(
         &app,
@@ -240,14 +210,14 @@ pub(super) async fn homeserver_search(
     security(("x_matrix" = [])),
     request_body(content = Object, description = "`{batch, origin_server, replication_data: {<user_id>: {avatar_url?, deactivated?, …}}}`"),
     responses(
-        (status = 200, description = "`{}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM (a stale or malformed batch), M_MISSING_PARAMS", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED: not signed", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, a user of another homeserver", body = super::openapi::ErrorBody),
+        (status = 200, description = "`{}`", body = Empty),
+        (status = 400, description = "M_INVALID_PARAM (a stale or malformed batch), M_MISSING_PARAMS", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: not signed", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: bad signature, homeserver not allowed, a user of another homeserver", body = ErrorBody),
     ))]
 pub(super) async fn replicate_profiles(
     app: AppData,
-    req: HttpRequest,
+    signed: XMatrix,
     body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let value: Value = parse_json_object(&body.0)?;
@@ -255,10 +225,97 @@ pub(super) async fn replicate_profiles(
         .get("origin_server")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::missing_params("Missing parameter: origin_server"))?;
-    let origin =
-        access::authenticate_homeserver(&app, signed_request(&req, &value), Some(origin_server))
-            .await?;
+    let origin = app
+        .directory
+        .authenticate_homeserver(signed_request(&signed, &value), Some(origin_server))
+        .await?;
     let batch: ReplicationBatch = parse_json_object(&body.0)?;
-    replication::replicate_profiles(&app, &origin, batch).await?;
-    Ok(HttpResponse::Ok().json(json!({})))
+    app.directory.replicate_profiles(&origin, batch).await?;
+    Ok(HttpResponse::Ok().json(Empty {}))
+}
+
+/// The MSC4258 request body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: `directory::federated` reads the body.
+pub(super) struct FederatedSearchBody {
+    /// The user of the calling server who searches (must be on the signing server).
+    requester: String,
+    /// The search term (fewer than 3 characters: no results).
+    search_term: String,
+    /// Results wanted (0 to 50, default 10).
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+/// # POST /_matrix/federation/unstable/org.matrix.msc4258/user_directory/search
+///
+/// MSC4258 at its 2025-12-10 revision (`requester` in the body); see `directory::federated`.
+#[utoipa::path(post, path = "/_matrix/federation/unstable/org.matrix.msc4258/user_directory/search", tag = "directory",
+    summary = "Federated user directory search (MSC4258, unstable prefix)",
+    description = "MSC4258 (matrix-spec-proposals#4258 at 9b60af68, 2025-12-10). Signed with `Authorization: X-Matrix` by a server of `directory.federated_search_servers`, whose signed `destination` is a server this directory answers for. Results are what the requester may see under the directory's visibility rules; terms shorter than 3 characters find nothing; never forwarded to other servers.",
+    security(("x_matrix" = [])),
+    request_body = FederatedSearchBody,
+    responses(
+        (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url}]}`", body = directory::SearchResults),
+        (status = 400, description = "M_BAD_JSON: missing or invalid requester (not a user of the signing server), search_term or limit; M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: not signed, or signed for another destination", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: bad signature, server not allowed, external requester", body = ErrorBody),
+        (status = 429, description = "M_LIMIT_EXCEEDED (per calling server)", body = ErrorBody),
+        (status = 502, description = "M_UNKNOWN: the calling server's keys could not be fetched", body = ErrorBody),
+    ))]
+pub(super) async fn federated_search(
+    app: AppData,
+    signed: XMatrix,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let value: Value = parse_json_object(&body.0)?;
+    let results = app
+        .directory
+        .federated_search(signed_request(&signed, &value))
+        .await?;
+    Ok(HttpResponse::Ok().json(results))
+}
+
+/// # POST /_matrix/federation/v3/user_directory/search
+///
+/// The stable path MSC4258 proposes; the same as the unstable one.
+#[utoipa::path(post, path = "/_matrix/federation/v3/user_directory/search", tag = "directory",
+    summary = "Federated user directory search (MSC4258, proposed stable path)",
+    security(("x_matrix" = [])),
+    request_body = FederatedSearchBody,
+    responses(
+        (status = 200, description = "As the unstable path", body = directory::SearchResults),
+        (status = 400, description = "M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN", body = ErrorBody),
+        (status = 429, description = "M_LIMIT_EXCEEDED", body = ErrorBody),
+    ))]
+pub(super) async fn federated_search_v3(
+    app: AppData,
+    signed: XMatrix,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    federated_search(app, signed, body).await
+}
+
+/// # POST /_matrix/federation/unstable/fr.tchap/user_directory/search
+///
+/// The unstable prefix MSC4258's text names; the same as `org.matrix.msc4258`.
+#[utoipa::path(post, path = "/_matrix/federation/unstable/fr.tchap/user_directory/search", tag = "directory",
+    summary = "Federated user directory search (MSC4258, the prefix of the MSC's text)",
+    security(("x_matrix" = [])),
+    request_body = FederatedSearchBody,
+    responses(
+        (status = 200, description = "As the org.matrix.msc4258 path", body = directory::SearchResults),
+        (status = 400, description = "M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN", body = ErrorBody),
+        (status = 429, description = "M_LIMIT_EXCEEDED", body = ErrorBody),
+    ))]
+pub(super) async fn federated_search_fr_tchap(
+    app: AppData,
+    signed: XMatrix,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    federated_search(app, signed, body).await
 }

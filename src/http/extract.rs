@@ -11,7 +11,7 @@ use futures_util::future::LocalBoxFuture;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use super::error::ApiError;
 
 /// The request body size limit (`http.max_body`), as app data.
 #[derive(Debug, Clone, Copy)]
@@ -156,6 +156,49 @@ pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
                 ApiError::invalid_param(format!("Invalid query parameter: {message}"))
             }
         })
+}
+
+/// What request authentication by a homeserver signature (X-Matrix) needs: the
+/// `Authorization` header as sent, the method and the request target as received (path and
+/// query). Never fails: the domain decides what an absent or malformed header means.
+#[derive(Debug, Clone)]
+pub struct XMatrix {
+    /// The `Authorization` header, whatever its scheme.
+    pub authorization: Option<String>,
+    /// The HTTP method.
+    pub method: String,
+    /// The request target as received.
+    pub uri: String,
+}
+
+impl XMatrix {
+    /// The header, when its scheme is `X-Matrix`.
+    pub fn x_matrix_header(&self) -> Option<&str> {
+        self.authorization.as_deref().map(str::trim).filter(|v| {
+            v.get(..9)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("X-Matrix "))
+        })
+    }
+}
+
+impl FromRequest for XMatrix {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(Ok(XMatrix {
+            authorization: req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            method: req.method().as_str().to_owned(),
+            uri: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.path().to_owned(), |p| p.as_str().to_owned()),
+        }))
+    }
 }
 
 /// The caller's address: the TCP peer, or, when the peer is a trusted proxy, the nearest

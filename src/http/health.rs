@@ -2,10 +2,11 @@
 //! `/_matrix/identity/v2`, `/health/live`, `/health/ready`, `/metrics`.
 
 use actix_web::{HttpResponse, web};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::{AppData, resource};
-use crate::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::{AppData, Empty, resource};
 
 /// Spec versions of the Identity Service API this server implements.
 pub const SPEC_VERSIONS: &[&str] = &[
@@ -24,37 +25,53 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 /// # GET /_matrix/identity/versions
 #[utoipa::path(get, path = "/_matrix/identity/versions", tag = "operations",
     summary = "Identity Service API versions supported",
-    responses((status = 200, description = "`{versions: [\"v1.1\", …]}`", content_type = "application/json")))]
+    responses((status = 200, description = "The versions", body = VersionsResponse)))]
 async fn versions() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "versions": SPEC_VERSIONS }))
+    HttpResponse::Ok().json(VersionsResponse {
+        versions: SPEC_VERSIONS,
+    })
+}
+
+/// `{versions}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionsResponse {
+    /// `v1.1` and later.
+    pub versions: &'static [&'static str],
+}
+
+/// `{status}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusResponse {
+    /// `live` or `ready`.
+    pub status: &'static str,
 }
 
 /// # GET /_matrix/identity/v2
 #[utoipa::path(get, path = "/_matrix/identity/v2", tag = "operations",
     summary = "Identity Service status (an empty object)",
-    responses((status = 200, description = "`{}`", content_type = "application/json")))]
+    responses((status = 200, description = "`{}`", body = Empty)))]
 async fn v2_status() -> HttpResponse {
-    HttpResponse::Ok().json(json!({}))
+    HttpResponse::Ok().json(Empty {})
 }
 
 /// # GET /health/live: the process answers.
 #[utoipa::path(get, path = "/health/live", tag = "operations",
     summary = "Liveness: the process answers",
-    responses((status = 200, description = "`{status: \"live\"}`", content_type = "application/json")))]
+    responses((status = 200, description = "`{status: \"live\"}`", body = StatusResponse)))]
 async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "live" }))
+    HttpResponse::Ok().json(StatusResponse { status: "live" })
 }
 
 /// # GET /health/ready: the database answers.
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     summary = "Readiness: the database answers",
     responses(
-        (status = 200, description = "`{status: \"ready\"}`", content_type = "application/json"),
-        (status = 503, description = "M_UNKNOWN: the database does not answer", content_type = "application/json"),
+        (status = 200, description = "`{status: \"ready\"}`", body = StatusResponse),
+        (status = 503, description = "M_UNKNOWN: the database does not answer", body = ErrorBody),
     ))]
 async fn ready(app: AppData) -> Result<HttpResponse, ApiError> {
     match app.db.ping().await {
-        Ok(()) => Ok(HttpResponse::Ok().json(json!({ "status": "ready" }))),
+        Ok(()) => Ok(HttpResponse::Ok().json(StatusResponse { status: "ready" })),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             Err(ApiError::unavailable("The database does not answer"))
@@ -66,7 +83,8 @@ async fn ready(app: AppData) -> Result<HttpResponse, ApiError> {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     summary = "Prometheus metrics",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-async fn metrics() -> HttpResponse {
+async fn metrics(app: AppData) -> HttpResponse {
+    app.db.record_pool_gauges();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(crate::telemetry::render_metrics())

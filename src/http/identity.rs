@@ -1,21 +1,26 @@
 //! The Matrix Identity Service API v2: accounts, terms, public keys, hashed lookups, binds and
-//! unbinds, and 3PID invitations. Thin handlers over `crate::identity`; [`identity_error`] maps
-//! its errors.
+//! unbinds, and 3PID invitations. Thin handlers over [`crate::identity::IdentityService`]; its
+//! errors become Matrix errors through `From` (see `super::error`).
+//!
+//! Response structs list their fields in alphabetical order: that is the order the `json!`
+//! objects they replaced were written in, and clients' snapshot tests pin the bytes.
 
-use actix_web::http::{StatusCode, header};
+use std::collections::BTreeMap;
+
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::auth::{AccountAuth, IdentityAuth, access_token};
-use super::extract::{MatrixJson, MatrixQuery, RawBody, parse_json_object};
-use super::{AppData, resource};
-use crate::error::ApiError;
-use crate::identity::accounts::{self, OpenIdToken};
-use crate::identity::bindings::{self, BindRequest, UnbindAuth, UnbindRequest};
-use crate::identity::invites::{self, InviteRequest};
-use crate::identity::{IdentityError, keys, lookup, terms};
-use crate::mail::negotiate_language;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{MatrixJson, MatrixQuery, RawBody, XMatrix, parse_json_object, parse_query};
+use super::{AppData, Empty, resource};
+use crate::identity::accounts::OpenIdToken;
+use crate::identity::bindings::{BindRequest, UnbindAuth, UnbindRequest};
+use crate::identity::invites::InviteRequest;
+use crate::identity::lookup;
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     const V2: &str = "/_matrix/identity/v2";
@@ -39,50 +44,12 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource(&format!("{V2}/3pid/bind")).route(web::post().to(bind)))
         .service(resource(&format!("{V2}/3pid/unbind")).route(web::post().to(unbind)))
         .service(resource(&format!("{V2}/store-invite")).route(web::post().to(store_invite)))
-        .service(resource(&format!("{V2}/sign-ed25519")).route(web::post().to(sign_ed25519)));
-}
-
-/// Maps an identity error to its Matrix error.
-pub fn identity_error(e: IdentityError) -> ApiError {
-    let message = e.to_string();
-    match e {
-        IdentityError::Unauthorized(m) => ApiError::unauthorized(m),
-        IdentityError::TermsNotSigned => {
-            ApiError::new(StatusCode::FORBIDDEN, "M_TERMS_NOT_SIGNED", message)
-        }
-        IdentityError::NotYours(m) => ApiError::new(StatusCode::FORBIDDEN, "M_UNAUTHORIZED", m),
-        IdentityError::Forbidden(m) => ApiError::forbidden(m),
-        IdentityError::InvalidParam(m) => ApiError::invalid_param(m),
-        IdentityError::UnsupportedMedium(m) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "M_UNRECOGNIZED", m)
-        }
-        IdentityError::InvalidEmail(_) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_EMAIL", message)
-        }
-        IdentityError::ThreepidInUse { mxid } => {
-            ApiError::new(StatusCode::BAD_REQUEST, "M_THREEPID_IN_USE", message).with("mxid", mxid)
-        }
-        IdentityError::ThreepidDenied(m) => {
-            ApiError::new(StatusCode::FORBIDDEN, "M_THREEPID_DENIED", m)
-        }
-        IdentityError::BindingNotPermitted(m) => {
-            ApiError::new(StatusCode::FORBIDDEN, "M_BINDING_NOT_PERMITTED", m)
-        }
-        IdentityError::Session(e) => super::validation::session_error(e),
-        IdentityError::RateLimited { retry_after_ms } => ApiError::limit_exceeded(retry_after_ms),
-        IdentityError::InvalidPepper { current } => {
-            ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PEPPER", message)
-                .with("lookup_pepper", current)
-        }
-        IdentityError::TooLarge(m) => ApiError::too_large(m),
-        IdentityError::KeyNotFound => ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", message),
-        IdentityError::UnknownInvite => {
-            ApiError::new(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", message)
-        }
-        IdentityError::Homeserver(m) => ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", m),
-        IdentityError::Store(e) => e.into(),
-        IdentityError::Internal(m) => ApiError::internal(m),
-    }
+        .service(resource(&format!("{V2}/sign-ed25519")).route(web::post().to(sign_ed25519)))
+        // The link mailed with an invitation points here (Element calls it without credentials).
+        .service(
+            resource("/_matrix/identity/api/v1/sign-ed25519")
+                .route(web::post().to(sign_ed25519_v1)),
+        );
 }
 
 /// # POST /_matrix/identity/v2/account/register
@@ -90,20 +57,35 @@ pub fn identity_error(e: IdentityError) -> ApiError {
     summary = "Register an account with an OpenID token from the user's homeserver",
     request_body(content = Object, description = "The OpenID token a homeserver gave: `{access_token, token_type: \"Bearer\", matrix_server_name, expires_in}`"),
     responses(
-        (status = 200, description = "`{token}`: the access token for this identity server", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED: the homeserver rejected the OpenID token", body = super::openapi::ErrorBody),
-        (status = 502, description = "M_UNKNOWN: the homeserver could not be asked", body = super::openapi::ErrorBody),
+        (status = 200, description = "The access token for this identity server", body = TokenResponse),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: the homeserver rejected the OpenID token", body = ErrorBody),
+        (status = 502, description = "M_UNKNOWN: the homeserver could not be asked", body = ErrorBody),
     ))]
 pub(super) async fn register(
     app: AppData,
     MatrixJson(openid): MatrixJson<OpenIdToken>,
 ) -> Result<HttpResponse, ApiError> {
     let now = app.clock.now_ms();
-    let token = accounts::register(&app, &openid, &mut rand::rngs::OsRng, now)
-        .await
-        .map_err(identity_error)?;
-    Ok(HttpResponse::Ok().json(json!({ "token": token })))
+    let token = app
+        .identity
+        .register(&openid, &mut rand::rngs::OsRng, now)
+        .await?;
+    Ok(HttpResponse::Ok().json(TokenResponse { token }))
+}
+
+/// `{token}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// The access token.
+    pub token: String,
+}
+
+/// `{user_id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountResponse {
+    /// The Matrix user id of the token's account.
+    pub user_id: String,
 }
 
 /// # GET /_matrix/identity/v2/account
@@ -111,11 +93,13 @@ pub(super) async fn register(
     summary = "The user id of the access token's account",
     security(("identity_token" = [])),
     responses(
-        (status = 200, description = "`{user_id}`", content_type = "application/json"),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
+        (status = 200, description = "The account", body = AccountResponse),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
     ))]
 pub(super) async fn account(AccountAuth(account): AccountAuth) -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "user_id": account.user_id }))
+    HttpResponse::Ok().json(AccountResponse {
+        user_id: account.user_id,
+    })
 }
 
 /// # POST /_matrix/identity/v2/account/logout
@@ -125,17 +109,15 @@ pub(super) async fn account(AccountAuth(account): AccountAuth) -> HttpResponse {
     summary = "Revoke the access token",
     security(("identity_token" = [])),
     responses(
-        (status = 200, description = "`{}`", content_type = "application/json"),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
+        (status = 200, description = "`{}`", body = Empty),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
     ))]
 pub(super) async fn logout(
     app: AppData,
     AccountAuth(account): AccountAuth,
 ) -> Result<HttpResponse, ApiError> {
-    accounts::logout(&app, &account)
-        .await
-        .map_err(identity_error)?;
-    Ok(HttpResponse::Ok().json(json!({})))
+    app.identity.logout(&account).await?;
+    Ok(HttpResponse::Ok().json(Empty {}))
 }
 
 /// # GET /_matrix/identity/v2/terms
@@ -159,9 +141,9 @@ pub(super) struct AcceptTerms {
     security(("identity_token" = [])),
     request_body = AcceptTerms,
     responses(
-        (status = 200, description = "`{}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
+        (status = 200, description = "`{}`", body = Empty),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
     ))]
 pub(super) async fn accept_terms(
     app: AppData,
@@ -169,27 +151,40 @@ pub(super) async fn accept_terms(
     MatrixJson(body): MatrixJson<AcceptTerms>,
 ) -> Result<HttpResponse, ApiError> {
     let now = app.clock.now_ms();
-    terms::accept(&app, &account, &body.user_accepts, now)
-        .await
-        .map_err(identity_error)?;
-    Ok(HttpResponse::Ok().json(json!({})))
+    app.identity
+        .accept_terms(&account, &body.user_accepts, now)
+        .await?;
+    Ok(HttpResponse::Ok().json(Empty {}))
 }
 
 /// # GET /_matrix/identity/v2/pubkey/{keyId}
 #[utoipa::path(get, path = "/_matrix/identity/v2/pubkey/{key_id}", tag = "identity",
-    summary = "A long-term public key",
+    summary = "A long-term public key (the current one, or one retired by a rotation)",
     params(("key_id" = String, Path, description = "`ed25519:0`")),
     responses(
-        (status = 200, description = "`{public_key}` (unpadded base64)", content_type = "application/json"),
-        (status = 404, description = "M_NOT_FOUND", body = super::openapi::ErrorBody),
+        (status = 200, description = "The key (unpadded base64)", body = PublicKeyResponse),
+        (status = 404, description = "M_NOT_FOUND", body = ErrorBody),
     ))]
 pub(super) async fn pubkey(
     app: AppData,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = keys::public_key_for(app.identity.signing_key(), &path)
-        .ok_or_else(|| identity_error(IdentityError::KeyNotFound))?;
-    Ok(HttpResponse::Ok().json(json!({ "public_key": key })))
+    let public_key = app.identity.public_key(&path).await?;
+    Ok(HttpResponse::Ok().json(PublicKeyResponse { public_key }))
+}
+
+/// `{public_key}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublicKeyResponse {
+    /// Unpadded base64.
+    pub public_key: String,
+}
+
+/// `{valid}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidResponse {
+    /// Whether the key is valid.
+    pub valid: bool,
 }
 
 /// The key to check.
@@ -202,18 +197,18 @@ pub(super) struct PublicKeyQuery {
 
 /// # GET /_matrix/identity/v2/pubkey/isvalid
 #[utoipa::path(get, path = "/_matrix/identity/v2/pubkey/isvalid", tag = "identity",
-    summary = "Whether a public key is this server's long-term key",
+    summary = "Whether a public key is a long-term key of this server (current or retired)",
     params(PublicKeyQuery),
     responses(
-        (status = 200, description = "`{valid}`", content_type = "application/json"),
-        (status = 400, description = "M_MISSING_PARAMS", body = super::openapi::ErrorBody),
+        (status = 200, description = "Whether it is", body = ValidResponse),
+        (status = 400, description = "M_MISSING_PARAMS", body = ErrorBody),
     ))]
 pub(super) async fn pubkey_isvalid(
     app: AppData,
     MatrixQuery(q): MatrixQuery<PublicKeyQuery>,
-) -> HttpResponse {
-    let valid = keys::is_long_term_key(app.identity.signing_key(), &q.public_key);
-    HttpResponse::Ok().json(json!({ "valid": valid }))
+) -> Result<HttpResponse, ApiError> {
+    let valid = app.identity.is_long_term_key(&q.public_key).await?;
+    Ok(HttpResponse::Ok().json(ValidResponse { valid }))
 }
 
 /// # GET /_matrix/identity/v2/pubkey/ephemeral/isvalid
@@ -221,16 +216,19 @@ pub(super) async fn pubkey_isvalid(
     summary = "Whether a public key is the ephemeral key of an invitation",
     params(PublicKeyQuery),
     responses(
-        (status = 200, description = "`{valid}`", content_type = "application/json"),
-        (status = 400, description = "M_MISSING_PARAMS", body = super::openapi::ErrorBody),
+        (status = 200, description = "Whether it is", body = ValidResponse),
+        (status = 400, description = "M_MISSING_PARAMS", body = ErrorBody),
     ))]
 pub(super) async fn ephemeral_isvalid(
     app: AppData,
     MatrixQuery(q): MatrixQuery<PublicKeyQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let now = app.clock.now_ms();
-    let valid = invites::ephemeral_key_is_valid(&app, &q.public_key, now).await?;
-    Ok(HttpResponse::Ok().json(json!({ "valid": valid })))
+    let valid = app
+        .identity
+        .ephemeral_key_is_valid(&q.public_key, now)
+        .await?;
+    Ok(HttpResponse::Ok().json(ValidResponse { valid }))
 }
 
 /// # GET /_matrix/identity/v2/hash_details
@@ -239,19 +237,35 @@ pub(super) async fn ephemeral_isvalid(
     description = "The access token may also be given as `?access_token=` (Synapse does).",
     security(("identity_token" = [])),
     responses(
-        (status = 200, description = "`{algorithms: [\"none\", \"sha256\"], lookup_pepper}`", content_type = "application/json"),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_TERMS_NOT_SIGNED", body = super::openapi::ErrorBody),
+        (status = 200, description = "The algorithms and the current pepper", body = HashDetailsResponse),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "M_TERMS_NOT_SIGNED", body = ErrorBody),
     ))]
 pub(super) async fn hash_details(
     app: AppData,
     _auth: IdentityAuth,
 ) -> Result<HttpResponse, ApiError> {
-    let pepper = lookup::hash_details(&app).await.map_err(identity_error)?;
-    Ok(HttpResponse::Ok().json(json!({
-        "algorithms": lookup::ALGORITHMS,
-        "lookup_pepper": pepper.value,
-    })))
+    let pepper = app.identity.hash_details().await?;
+    Ok(HttpResponse::Ok().json(HashDetailsResponse {
+        algorithms: lookup::ALGORITHMS,
+        lookup_pepper: pepper.value,
+    }))
+}
+
+/// `{algorithms, lookup_pepper}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HashDetailsResponse {
+    /// `["none", "sha256"]`.
+    pub algorithms: [&'static str; 2],
+    /// The pepper of `sha256` hashes.
+    pub lookup_pepper: String,
+}
+
+/// `{mappings}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LookupResponse {
+    /// Hash (or `"address medium"`) → Matrix user id, for the entries that are bound.
+    pub mappings: BTreeMap<String, String>,
 }
 
 /// `POST /lookup` body.
@@ -271,11 +285,11 @@ pub(super) struct LookupBody {
     security(("identity_token" = [])),
     request_body = LookupBody,
     responses(
-        (status = 200, description = "`{mappings: {<hash or \"address medium\">: <mxid>}}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PEPPER (with `lookup_pepper`), M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_TERMS_NOT_SIGNED", body = super::openapi::ErrorBody),
-        (status = 413, description = "M_TOO_LARGE", body = super::openapi::ErrorBody),
+        (status = 200, description = "The bound entries", body = LookupResponse),
+        (status = 400, description = "M_INVALID_PEPPER (with `lookup_pepper`), M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "M_TERMS_NOT_SIGNED", body = ErrorBody),
+        (status = 413, description = "M_TOO_LARGE", body = ErrorBody),
     ))]
 pub(super) async fn lookup(
     app: AppData,
@@ -283,10 +297,11 @@ pub(super) async fn lookup(
     MatrixJson(body): MatrixJson<LookupBody>,
 ) -> Result<HttpResponse, ApiError> {
     let now = app.clock.now_ms();
-    let mappings = lookup::lookup(&app, &body.algorithm, &body.pepper, body.addresses, now)
-        .await
-        .map_err(identity_error)?;
-    Ok(HttpResponse::Ok().json(json!({ "mappings": mappings })))
+    let mappings = app
+        .identity
+        .lookup(&body.algorithm, &body.pepper, body.addresses, now)
+        .await?;
+    Ok(HttpResponse::Ok().json(LookupResponse { mappings }))
 }
 
 /// # POST /_matrix/identity/v2/3pid/bind
@@ -296,10 +311,10 @@ pub(super) async fn lookup(
     request_body(content = Object, description = "`{sid, client_secret, mxid}`"),
     responses(
         (status = 200, description = "The signed association `{address, medium, mxid, not_before, not_after, ts, signatures}`", content_type = "application/json"),
-        (status = 400, description = "M_SESSION_NOT_VALIDATED, M_SESSION_EXPIRED, M_INVALID_PARAM, M_MISSING_PARAMS", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_TERMS_NOT_SIGNED, M_THREEPID_DENIED, M_BINDING_NOT_PERMITTED, M_UNAUTHORIZED (another user's mxid)", body = super::openapi::ErrorBody),
-        (status = 404, description = "M_NO_VALID_SESSION", body = super::openapi::ErrorBody),
+        (status = 400, description = "M_SESSION_NOT_VALIDATED, M_SESSION_EXPIRED, M_INVALID_PARAM, M_MISSING_PARAMS", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "M_TERMS_NOT_SIGNED, M_THREEPID_DENIED, M_BINDING_NOT_PERMITTED, M_UNAUTHORIZED (another user's mxid)", body = ErrorBody),
+        (status = 404, description = "M_NO_VALID_SESSION", body = ErrorBody),
     ))]
 pub(super) async fn bind(
     app: AppData,
@@ -307,9 +322,7 @@ pub(super) async fn bind(
     MatrixJson(request): MatrixJson<BindRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let now = app.clock.now_ms();
-    let signed = bindings::bind(&app, &account, &request, now)
-        .await
-        .map_err(identity_error)?;
+    let signed = app.identity.bind(&account, &request, now).await?;
     Ok(HttpResponse::Ok().json(signed))
 }
 
@@ -323,47 +336,33 @@ pub(super) async fn bind(
     security((), ("x_matrix" = []), ("identity_token" = [])),
     request_body(content = Object, description = "`{mxid, threepid: {medium, address}, sid?, client_secret?}`"),
     responses(
-        (status = 200, description = "`{}` (also when nothing was bound)", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED: no credentials", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_FORBIDDEN: bad signature, session for another address, another user's token", body = super::openapi::ErrorBody),
-        (status = 502, description = "M_UNKNOWN: the homeserver's keys could not be fetched", body = super::openapi::ErrorBody),
+        (status = 200, description = "`{}` (also when nothing was bound)", body = Empty),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: no credentials", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: bad signature, session for another address, another user's token", body = ErrorBody),
+        (status = 502, description = "M_UNKNOWN: the homeserver's keys could not be fetched", body = ErrorBody),
     ))]
 pub(super) async fn unbind(
     req: HttpRequest,
     app: AppData,
+    signed: XMatrix,
     RawBody(body): RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let request: UnbindRequest = parse_json_object(&body)?;
     let content: Value = parse_json_object(&body)?;
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| {
-            v.get(..9)
-                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("X-Matrix "))
-        });
-    let uri = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| req.path().to_string(), |p| p.as_str().to_string());
     let token = access_token(&req);
-    let auth = match (authorization, &token) {
+    let auth = match (signed.x_matrix_header(), &token) {
         (Some(authorization), _) => UnbindAuth::Signature {
             authorization,
-            uri: &uri,
+            uri: &signed.uri,
             content: &content,
         },
         (None, Some(token)) => UnbindAuth::Token(token),
         (None, None) => UnbindAuth::None,
     };
     let now = app.clock.now_ms();
-    bindings::unbind(&app, &request, auth, now)
-        .await
-        .map_err(identity_error)?;
-    Ok(HttpResponse::Ok().json(json!({})))
+    app.identity.unbind(&request, auth, now).await?;
+    Ok(HttpResponse::Ok().json(Empty {}))
 }
 
 /// # POST /_matrix/identity/v2/store-invite
@@ -373,13 +372,13 @@ pub(super) async fn unbind(
 #[utoipa::path(post, path = "/_matrix/identity/v2/store-invite", tag = "identity",
     summary = "Store an invitation to an address that is not bound yet (and mail it)",
     security(("identity_token" = [])),
-    request_body(content = Object, description = "`{medium, address, room_id, sender, room_alias?, room_avatar_url?, room_join_rules?, room_name?, room_type?, sender_display_name?, sender_avatar_url?}` (empty strings count as absent)"),
+    request_body(content = Object, description = "`{medium, address, room_id, sender, room_alias?, room_avatar_url?, room_join_rules?, room_name?, room_type?, sender_display_name?, sender_avatar_url?, org.matrix.web_client_location?}` (empty strings count as absent; the web client location is used for the mail's link only when `invites.allowed_web_clients` lists it). The mail carries every field, the token and the invitation's ephemeral private key."),
     responses(
-        (status = 200, description = "`{token, public_keys: [{public_key, key_validity_url}], display_name}`", content_type = "application/json"),
-        (status = 400, description = "M_THREEPID_IN_USE (with `mxid`), M_INVALID_EMAIL, M_INVALID_PARAM, M_UNRECOGNIZED (medium)", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_TERMS_NOT_SIGNED, M_THREEPID_DENIED, M_UNAUTHORIZED (sender is not the caller)", body = super::openapi::ErrorBody),
-        (status = 429, description = "M_LIMIT_EXCEEDED", body = super::openapi::ErrorBody),
+        (status = 200, description = "`{token, public_keys: [{public_key, key_validity_url}], display_name}`", body = Object),
+        (status = 400, description = "M_THREEPID_IN_USE (with `mxid`), M_INVALID_EMAIL, M_INVALID_PARAM, M_UNRECOGNIZED (medium)", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "M_TERMS_NOT_SIGNED, M_THREEPID_DENIED, M_UNAUTHORIZED (sender is not the caller)", body = ErrorBody),
+        (status = 429, description = "M_LIMIT_EXCEEDED", body = ErrorBody),
     ))]
 pub(super) async fn store_invite(
     req: HttpRequest,
@@ -388,23 +387,16 @@ pub(super) async fn store_invite(
     MatrixJson(request): MatrixJson<InviteRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let now = app.clock.now_ms();
-    let language = negotiate_language(
+    let language = app.mailer.negotiate_language(
         req.headers()
             .get(header::ACCEPT_LANGUAGE)
             .and_then(|v| v.to_str().ok()),
-        app.mailer.default_language(),
     );
-    let receipt = invites::store_invite(
-        &app,
-        &account,
-        &request,
-        language,
-        &mut rand::rngs::OsRng,
-        now,
-    )
-    .await
-    .map_err(identity_error)?;
-    Ok(HttpResponse::Ok().json(receipt.to_json()))
+    let receipt = app
+        .identity
+        .store_invite(&account, &request, language, &mut rand::rngs::OsRng, now)
+        .await?;
+    Ok(HttpResponse::Ok().json(receipt))
 }
 
 /// `POST /sign-ed25519` body.
@@ -425,9 +417,10 @@ pub(super) struct SignBody {
     request_body = SignBody,
     responses(
         (status = 200, description = "`{mxid, sender, token, signatures}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
-        (status = 404, description = "M_UNRECOGNIZED: unknown invitation token", body = super::openapi::ErrorBody),
+        (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: the private key is not the invitation's; M_UNAUTHORIZED: mxid is not the caller", body = ErrorBody),
+        (status = 404, description = "M_UNRECOGNIZED: unknown invitation token", body = ErrorBody),
     ))]
 pub(super) async fn sign_ed25519(
     app: AppData,
@@ -435,15 +428,94 @@ pub(super) async fn sign_ed25519(
     MatrixJson(body): MatrixJson<SignBody>,
 ) -> Result<HttpResponse, ApiError> {
     let now = app.clock.now_ms();
-    let signed = invites::sign_ed25519(
-        &app,
-        &account,
-        &body.mxid,
-        &body.token,
-        &body.private_key,
-        now,
-    )
-    .await
-    .map_err(identity_error)?;
+    let signed = app
+        .identity
+        .sign_ed25519(&account, &body.mxid, &body.token, &body.private_key, now)
+        .await?;
+    Ok(HttpResponse::Ok().json(signed))
+}
+
+/// The arguments of the v1 `sign-ed25519`, each from the JSON body or the query string.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams, utoipa::ToSchema)]
+#[into_params(parameter_in = Query)]
+pub(super) struct SignArgs {
+    /// The Matrix ID that accepts the invitation.
+    mxid: Option<String>,
+    /// The invitation token.
+    token: Option<String>,
+    /// The invitation's ephemeral private key (unpadded base64, standard or URL-safe).
+    private_key: Option<String>,
+}
+
+impl SignArgs {
+    /// Each argument from `self`, else from `fallback`; all three are required.
+    fn complete(self, fallback: SignArgs) -> Result<(String, String, String), ApiError> {
+        let mxid = self.mxid.or(fallback.mxid);
+        let token = self.token.or(fallback.token);
+        let private_key = self.private_key.or(fallback.private_key);
+        match (mxid, token, private_key) {
+            (Some(mxid), Some(token), Some(private_key)) => Ok((mxid, token, private_key)),
+            (mxid, token, private_key) => {
+                let missing: Vec<&str> = [
+                    ("mxid", mxid.is_none()),
+                    ("token", token.is_none()),
+                    ("private_key", private_key.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(name, absent)| absent.then_some(name))
+                .collect();
+                Err(ApiError::missing_params(format!(
+                    "Missing parameters: {}",
+                    missing.join(", ")
+                )))
+            }
+        }
+    }
+}
+
+/// # POST /_matrix/identity/api/v1/sign-ed25519
+///
+/// The unauthenticated form, which the `signurl` of invitation mails points at: Element-style
+/// clients `POST <signurl>&mxid=…` without a body or credentials (a CORS "simple" request;
+/// every `/_matrix` answer carries `Access-Control-Allow-Origin: *`). Arguments come from a
+/// JSON body when `Content-Type` is JSON, else from the query string (as Sydent reads them).
+/// The private key, mailed to the invited address only, is the credential.
+#[utoipa::path(post, path = "/_matrix/identity/api/v1/sign-ed25519", tag = "identity",
+    summary = "Sign invitation details with the mailed private key (no access token; the mailed link)",
+    description = "Arguments in the query string (what Element sends: `POST <signurl>&mxid=@user:server`, no body) or in a JSON body. The signature is by the invitation's ephemeral key, under this server's name and key id `ed25519:0`; the answer is the `third_party_signed` of `POST /_matrix/client/v3/join/{roomIdOrAlias}`.",
+    params(SignArgs),
+    request_body(content = SignArgs, description = "Optional: `{mxid, token, private_key}` with `Content-Type: application/json`"),
+    responses(
+        (status = 200, description = "`{mxid, sender, token, signatures}`", content_type = "application/json"),
+        (status = 400, description = "M_MISSING_PARAMS, M_INVALID_PARAM, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: the private key is not the invitation's", body = ErrorBody),
+        (status = 404, description = "M_UNRECOGNIZED: unknown or expired invitation token", body = ErrorBody),
+    ))]
+pub(super) async fn sign_ed25519_v1(
+    req: HttpRequest,
+    app: AppData,
+    RawBody(body): RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let from_query: SignArgs = parse_query(req.query_string())?;
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    let from_body: SignArgs = if json && !body.iter().all(u8::is_ascii_whitespace) {
+        parse_json_object(&body)?
+    } else {
+        SignArgs::default()
+    };
+    let (mxid, token, private_key) = from_body.complete(from_query)?;
+    let now = app.clock.now_ms();
+    let signed = app
+        .identity
+        .sign_invite(&mxid, &token, &private_key, now)
+        .await?;
     Ok(HttpResponse::Ok().json(signed))
 }

@@ -8,16 +8,10 @@ use actix_web::{HttpResponse, web};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, directory, health, identity, policy, resource, validation};
-
-/// A Matrix-style error body, as every endpoint answers errors (`error::ApiError`).
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// `M_…`, or `ANNUAIRE_…` for codes of this API.
-    pub errcode: String,
-    /// For people.
-    pub error: String,
-}
+use super::error::ErrorBody;
+use super::{
+    account, admin, directory, health, homeserver, identity, policy, resource, validation,
+};
 
 /// The document: every path with a `#[utoipa::path]` attribute is listed here.
 #[derive(OpenApi)]
@@ -32,26 +26,32 @@ pub struct ErrorBody {
     paths(
         admin::login,
         admin::logout,
-        admin::list_rules,
-        admin::create_rule,
-        admin::get_rule,
-        admin::update_rule,
-        admin::delete_rule,
-        admin::convert_rule,
-        admin::import_rules,
-        admin::export_rules,
-        admin::explain,
-        admin::audit,
-        admin::attempt_stats,
-        admin::directory_stats,
-        admin::outbox_stats,
-        admin::list_directory,
-        admin::get_directory_entry,
-        admin::hide_directory_entry,
-        admin::unhide_directory_entry,
-        admin::rename_directory_entry,
-        admin::remove_directory_entry,
-        admin::erase_threepid,
+        admin::rules::list_rules,
+        admin::rules::create_rule,
+        admin::rules::get_rule,
+        admin::rules::update_rule,
+        admin::rules::delete_rule,
+        admin::rules::convert_rule,
+        admin::rules::import_rules,
+        admin::rules::export_rules,
+        admin::rules::explain,
+        admin::stats::audit,
+        admin::stats::attempt_stats,
+        admin::stats::directory_stats,
+        admin::stats::outbox_stats,
+        admin::moderation::list_directory,
+        admin::moderation::get_directory_entry,
+        admin::moderation::hide_directory_entry,
+        admin::moderation::unhide_directory_entry,
+        admin::moderation::rename_directory_entry,
+        admin::moderation::remove_directory_entry,
+        admin::moderation::erase_threepid,
+        account::account_data,
+        account::set_directory,
+        admin::requests::list_domain_requests,
+        admin::requests::domain_requests,
+        admin::requests::accept_domain_requests,
+        admin::requests::decline_domain_requests,
         identity::register,
         identity::account,
         identity::logout,
@@ -66,6 +66,7 @@ pub struct ErrorBody {
         identity::unbind,
         identity::store_invite,
         identity::sign_ed25519,
+        identity::sign_ed25519_v1,
         validation::request_token,
         validation::submit_token,
         validation::submit_token_page,
@@ -74,6 +75,14 @@ pub struct ErrorBody {
         directory::client_search_r0,
         directory::homeserver_search,
         directory::replicate_profiles,
+        homeserver::bind,
+        homeserver::unbind,
+        homeserver::display_name,
+        homeserver::profile,
+        homeserver::deactivated,
+        directory::federated_search,
+        directory::federated_search_v3,
+        directory::federated_search_fr_tchap,
         health::versions,
         health::v2_status,
         health::live,
@@ -87,9 +96,11 @@ pub struct ErrorBody {
     modifiers(&BearerToken),
     tags(
         (name = "admin", description = "Administration: rules, explain, directory moderation, erasure, audit, statistics"),
+        (name = "account", description = "The users' own data and directory listing (public listener)"),
         (name = "identity", description = "Matrix Identity Service API v2: accounts, terms, keys, lookups, binds, invitations"),
         (name = "validation", description = "Matrix Identity Service API v2: email validation"),
         (name = "directory", description = "The cross-shard user directory"),
+        (name = "homeserver", description = "The homeserver API: homeservers that validate addresses themselves report binds, unbinds, profiles and deactivations (callers from http.internal_networks, with a token from `annuaire homeserver add`)"),
         (name = "policy", description = "Tchap-compatible shard mapping for clients and homeservers"),
         (name = "operations", description = "Health, metrics, service discovery"),
     )
@@ -98,7 +109,8 @@ pub struct ApiDoc;
 
 /// Declares the security schemes the paths name: `admin_token` (the admin API's JWT),
 /// `identity_token` (an identity-service access token), `client_token` (a homeserver's access
-/// token, checked with whoami) and `x_matrix` (a homeserver's request signature).
+/// token, checked with whoami), `homeserver_token` (a homeserver API token) and `x_matrix` (a
+/// homeserver's request signature).
 struct BearerToken;
 
 impl Modify for BearerToken {
@@ -129,6 +141,17 @@ impl Modify for BearerToken {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "The user's access token on their homeserver (checked with whoami there)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "homeserver_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A homeserver's token, from `annuaire homeserver add SERVER_NAME`",
                     ))
                     .build(),
             ),
@@ -198,6 +221,11 @@ mod tests {
             "/_matrix/identity/api/v1/info",
             "/_matrix/identity/api/v1/internal-info",
             "/_matrix/identity/versions",
+            "/_annuaire/homeserver/v1/bind",
+            "/_annuaire/homeserver/v1/unbind",
+            "/_annuaire/homeserver/v1/display_name",
+            "/_annuaire/homeserver/v1/profile",
+            "/_annuaire/homeserver/v1/deactivated",
         ] {
             assert!(paths.contains_key(path), "{path} missing");
         }

@@ -8,16 +8,17 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::auth::ValidationAuth;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{MatrixQuery, RawBody, parse_json_object, parse_query};
 use super::{AppData, caller_ip, resource};
-use crate::app::Annuaire;
-use crate::error::ApiError;
-use crate::identity::sessions::{self, SessionError, TokenRequest};
-use crate::mail::{Language, negotiate_language};
+use crate::Annuaire;
+use crate::identity::sessions::{SessionError, TokenRequest};
+use crate::mail::Language;
 use crate::web::SubmitTokenPage;
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
@@ -36,61 +37,12 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// Maps a session refusal to its Matrix error.
-pub fn session_error(e: SessionError) -> ApiError {
-    match e {
-        SessionError::NoValidSession => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "M_NO_VALID_SESSION",
-            "No valid session was found matching that sid and client secret",
-        ),
-        SessionError::NotValidated => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "M_SESSION_NOT_VALIDATED",
-            "This validation session has not yet been completed",
-        ),
-        SessionError::Expired => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "M_SESSION_EXPIRED",
-            "This validation session has expired: start again with a new requestToken",
-        ),
-        SessionError::TokenIncorrect { locked: false } => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "M_TOKEN_INCORRECT",
-            "The token is incorrect",
-        ),
-        SessionError::TokenIncorrect { locked: true } => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "M_TOKEN_INCORRECT",
-            format!(
-                "This session is locked after {} incorrect tokens; start again with a new \
-                 client_secret",
-                sessions::MAX_WRONG_TOKENS
-            ),
-        )
-        .with("locked", true),
-        SessionError::InvalidParam(message) => ApiError::invalid_param(message),
-        SessionError::InvalidEmail(reason) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "M_INVALID_EMAIL",
-            format!("Invalid email address: {reason}"),
-        ),
-        SessionError::Denied { reason } => {
-            ApiError::new(StatusCode::FORBIDDEN, "M_THREEPID_DENIED", reason)
-                .with("decision", "denied")
-        }
-        SessionError::LimitExceeded { retry_after_ms } => ApiError::limit_exceeded(retry_after_ms),
-        SessionError::Store(e) => ApiError::from(e),
-        SessionError::Mail(e) => ApiError::internal(format!("confirmation mail: {e}")),
-    }
-}
-
 fn language(req: &HttpRequest, app: &Annuaire) -> Language {
     let header = req
         .headers()
         .get(header::ACCEPT_LANGUAGE)
         .and_then(|v| v.to_str().ok());
-    negotiate_language(header, app.mailer.default_language())
+    app.mailer.negotiate_language(header)
 }
 
 /// The body of requestToken. `send_attempt` is read as any JSON value so that a string or a
@@ -124,11 +76,11 @@ fn send_attempt_param(value: &Value) -> Result<i64, ApiError> {
     security(("identity_token" = [])),
     request_body = RequestTokenBody,
     responses(
-        (status = 200, description = "`{sid}`", content_type = "application/json"),
-        (status = 400, description = "M_INVALID_EMAIL, M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
-        (status = 403, description = "M_THREEPID_DENIED (with `decision`), M_TERMS_NOT_SIGNED", body = super::openapi::ErrorBody),
-        (status = 429, description = "M_LIMIT_EXCEEDED", body = super::openapi::ErrorBody),
+        (status = 200, description = "The session", body = SidResponse),
+        (status = 400, description = "M_INVALID_EMAIL, M_INVALID_PARAM, M_MISSING_PARAMS, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "M_THREEPID_DENIED (with `decision`), M_TERMS_NOT_SIGNED", body = ErrorBody),
+        (status = 429, description = "M_LIMIT_EXCEEDED", body = ErrorBody),
     ))]
 pub(super) async fn request_token(
     req: HttpRequest,
@@ -146,10 +98,33 @@ pub(super) async fn request_token(
         language: language(&req, &app),
         client_ip: caller_ip(&req, &app),
     };
-    let requested = sessions::request_token(&app, request)
-        .await
-        .map_err(session_error)?;
-    Ok(HttpResponse::Ok().json(json!({ "sid": requested.sid })))
+    let requested = app.identity.request_token(request).await?;
+    Ok(HttpResponse::Ok().json(SidResponse { sid: requested.sid }))
+}
+
+/// `{sid}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SidResponse {
+    /// The validation session's id.
+    pub sid: String,
+}
+
+/// `{success}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SuccessResponse {
+    /// Always true.
+    pub success: bool,
+}
+
+/// `{address, medium, validated_at}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidatedThreepidResponse {
+    /// The address, normalised.
+    pub address: String,
+    /// `email`.
+    pub medium: String,
+    /// When it was validated (ms since the epoch).
+    pub validated_at: i64,
 }
 
 /// The parameters of submitToken.
@@ -170,10 +145,10 @@ pub(super) struct SubmitTokenBody {
     security(("identity_token" = [])),
     request_body = SubmitTokenBody,
     responses(
-        (status = 200, description = "`{success: true}`", content_type = "application/json"),
-        (status = 400, description = "M_TOKEN_INCORRECT (with `locked` after too many), M_SESSION_EXPIRED, M_INVALID_PARAM, M_MISSING_PARAMS", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
-        (status = 404, description = "M_NO_VALID_SESSION", body = super::openapi::ErrorBody),
+        (status = 200, description = "`{success: true}`", body = SuccessResponse),
+        (status = 400, description = "M_TOKEN_INCORRECT (with `locked` after too many), M_SESSION_EXPIRED, M_INVALID_PARAM, M_MISSING_PARAMS", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
+        (status = 404, description = "M_NO_VALID_SESSION", body = ErrorBody),
     ))]
 pub(super) async fn submit_token(
     app: AppData,
@@ -181,10 +156,10 @@ pub(super) async fn submit_token(
     RawBody(body): RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let body: SubmitTokenBody = parse_json_object(&body)?;
-    sessions::submit_token(&app, &body.sid, &body.client_secret, &body.token)
-        .await
-        .map_err(session_error)?;
-    Ok(HttpResponse::Ok().json(json!({ "success": true })))
+    app.identity
+        .submit_token(&body.sid, &body.client_secret, &body.token)
+        .await?;
+    Ok(HttpResponse::Ok().json(SuccessResponse { success: true }))
 }
 
 /// # GET /_matrix/identity/v2/validate/email/submitToken
@@ -201,10 +176,12 @@ pub(super) async fn submit_token(
         (status = 404, description = "No such session (an HTML page)", content_type = "text/html"),
     ))]
 pub(super) async fn submit_token_page(req: HttpRequest, app: AppData) -> HttpResponse {
-    let lang = language(&req, &app);
+    let lang = super::pages::language(&req, &app);
     let outcome = match parse_query::<SubmitTokenBody>(req.query_string()) {
         Err(_) => Err(SubmitTokenPage::Invalid),
-        Ok(q) => sessions::submit_token(&app, &q.sid, &q.client_secret, &q.token)
+        Ok(q) => app
+            .identity
+            .submit_token(&q.sid, &q.client_secret, &q.token)
             .await
             .map_err(|e| match e {
                 SessionError::NoValidSession => SubmitTokenPage::NoSession,
@@ -237,9 +214,10 @@ pub(super) async fn submit_token_page(req: HttpRequest, app: AppData) -> HttpRes
             (page, status)
         }
     };
+    let chrome = super::pages::chrome_for_secret_url(&req, &app, lang);
     match app
         .web
-        .render_submit_token(lang, page, &app.config.server.name)
+        .render_submit_token(&chrome, page, &app.config.server.name)
     {
         Ok(html) => with_page_headers(HttpResponse::build(status))
             .content_type("text/html; charset=utf-8")
@@ -262,10 +240,7 @@ fn with_page_headers(
         .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .insert_header((header::X_FRAME_OPTIONS, "DENY"))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-        ));
+        .insert_header((header::CONTENT_SECURITY_POLICY, super::pages::CSP));
     builder
 }
 
@@ -285,29 +260,31 @@ pub(super) struct SessionQuery {
     security(("identity_token" = [])),
     params(SessionQuery),
     responses(
-        (status = 200, description = "`{medium, address, validated_at}`", content_type = "application/json"),
-        (status = 400, description = "M_SESSION_NOT_VALIDATED, M_SESSION_EXPIRED, M_MISSING_PARAMS", body = super::openapi::ErrorBody),
-        (status = 401, description = "M_UNAUTHORIZED", body = super::openapi::ErrorBody),
-        (status = 404, description = "M_NO_VALID_SESSION", body = super::openapi::ErrorBody),
+        (status = 200, description = "The validated address", body = ValidatedThreepidResponse),
+        (status = 400, description = "M_SESSION_NOT_VALIDATED, M_SESSION_EXPIRED, M_MISSING_PARAMS", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
+        (status = 404, description = "M_NO_VALID_SESSION", body = ErrorBody),
     ))]
 pub(super) async fn get_validated_3pid(
     app: AppData,
     _auth: ValidationAuth,
     MatrixQuery(q): MatrixQuery<SessionQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let threepid = sessions::validated_threepid(&app, &q.sid, &q.client_secret)
-        .await
-        .map_err(session_error)?;
-    Ok(HttpResponse::Ok().json(json!({
-        "medium": threepid.medium,
-        "address": threepid.address,
-        "validated_at": threepid.validated_at,
-    })))
+    let threepid = app
+        .identity
+        .validated_threepid(&q.sid, &q.client_secret)
+        .await?;
+    Ok(HttpResponse::Ok().json(ValidatedThreepidResponse {
+        address: threepid.address,
+        medium: threepid.medium,
+        validated_at: threepid.validated_at,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn send_attempt_must_be_a_non_negative_integer() {
@@ -358,6 +335,7 @@ mod tests {
             (
                 SessionError::Denied {
                     reason: "no".into(),
+                    reason_code: crate::policy::ReasonCode::UnknownDomain,
                 },
                 403,
                 "M_THREEPID_DENIED",
@@ -369,11 +347,19 @@ mod tests {
             ),
         ];
         for (e, status, code) in cases {
-            let api = session_error(e);
+            let api = ApiError::from(e);
             assert_eq!(api.status.as_u16(), status);
             assert_eq!(api.errcode, code);
         }
-        let locked = session_error(SessionError::TokenIncorrect { locked: true });
+        let denied = ApiError::from(SessionError::Denied {
+            reason: "no".into(),
+            reason_code: crate::policy::ReasonCode::UnknownDomain,
+        });
+        assert_eq!(
+            denied.body(),
+            serde_json::json!({"errcode": "M_THREEPID_DENIED", "error": "no", "decision": "denied", "reason_code": "unknown_domain"})
+        );
+        let locked = ApiError::from(SessionError::TokenIncorrect { locked: true });
         assert!(locked.message.contains("locked"));
     }
 }

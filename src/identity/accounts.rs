@@ -10,15 +10,13 @@ use std::collections::{BTreeSet, HashSet};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::Rng as _;
 use rand::RngCore;
-use rand::distributions::Alphanumeric;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use super::{IdentityError, user_id_server};
-use crate::app::Annuaire;
-use crate::config::validate_server_name;
+use super::{IdentityError, IdentityService};
+use crate::matrix::server_name::user_id_server;
+use crate::matrix::server_name::validate_server_name;
 use crate::store::identity as store;
 
 /// Length of an access token: 48 alphanumeric characters carry about 285 bits.
@@ -55,9 +53,7 @@ pub struct Account {
 
 /// A fresh access token (alphanumeric, so it is safe in a query string).
 pub fn mint_token(rng: &mut impl RngCore) -> String {
-    (0..TOKEN_LEN)
-        .map(|_| char::from(rng.sample(Alphanumeric)))
-        .collect()
+    crate::secret::random_token(rng, TOKEN_LEN)
 }
 
 /// How a token is stored: SHA-256, URL-safe unpadded base64. (Tokens are random, so a fast
@@ -66,141 +62,139 @@ pub fn token_hash(token: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
 }
 
-/// The homeservers whose users may register now: the configured list, or every homeserver
-/// and shadow homeserver of the live rules plus `policy.external_homeserver`.
-pub fn allowed_homeservers(app: &Annuaire) -> BTreeSet<String> {
-    if let Some(list) = &app.config.identity.allowed_homeservers {
-        return list.iter().cloned().collect();
+impl IdentityService {
+    /// The homeservers whose users may register now: the configured list, or every homeserver
+    /// and shadow homeserver of the live rules plus `policy.external_homeserver`.
+    pub fn allowed_homeservers(&self) -> BTreeSet<String> {
+        if let Some(list) = &self.config.identity.allowed_homeservers {
+            return list.iter().cloned().collect();
+        }
+        let mut set = self.allowlist.index().homeservers();
+        if let Some(external) = &self.config.policy.external_homeserver {
+            set.insert(external.clone());
+        }
+        set
     }
-    let mut set = app.allowlist.index().homeservers();
-    if let Some(external) = &app.config.policy.external_homeserver {
-        set.insert(external.clone());
-    }
-    set
-}
 
-/// `POST /v2/account/register`: checks the OpenID token with the homeserver that issued it
-/// and returns a new access token for its user.
-pub async fn register(
-    app: &Annuaire,
-    openid: &OpenIdToken,
-    rng: &mut impl RngCore,
-    now_ms: i64,
-) -> Result<String, IdentityError> {
-    let server = openid.matrix_server_name.as_str();
-    validate_server_name(server).map_err(|e| {
-        IdentityError::InvalidParam(format!("matrix_server_name is not a server name: {e}"))
-    })?;
-    if openid.access_token.is_empty() {
-        return Err(IdentityError::InvalidParam(
-            "access_token must not be empty".into(),
-        ));
+    /// `POST /v2/account/register`: checks the OpenID token with the homeserver that issued it
+    /// and returns a new access token for its user.
+    pub async fn register(
+        &self,
+        openid: &OpenIdToken,
+        rng: &mut impl RngCore,
+        now_ms: i64,
+    ) -> Result<String, IdentityError> {
+        let server = openid.matrix_server_name.as_str();
+        validate_server_name(server).map_err(|e| {
+            IdentityError::InvalidParam(format!("matrix_server_name is not a server name: {e}"))
+        })?;
+        if openid.access_token.is_empty() {
+            return Err(IdentityError::InvalidParam(
+                "access_token must not be empty".into(),
+            ));
+        }
+        if !self.allowed_homeservers().contains(server) {
+            tracing::info!(
+                homeserver = server,
+                "account registration refused: homeserver not allowed"
+            );
+            return Err(IdentityError::Forbidden(format!(
+                "Users of {server} may not use this identity server"
+            )));
+        }
+        let token = mint_token(rng);
+        let user_id = self
+            .federation
+            .openid_userinfo(server, &openid.access_token)
+            .await
+            .map_err(|e| IdentityError::from_federation(server, e))?;
+        // `sub` must belong to the server that vouched for it (port included), or any allowed
+        // homeserver could mint tokens for users of another.
+        if user_id_server(&user_id) != Some(server) {
+            tracing::warn!(
+                homeserver = server,
+                "OpenID userinfo named a user of another server"
+            );
+            return Err(IdentityError::Unauthorized(format!(
+                "The homeserver {server} vouched for a user that is not its own"
+            )));
+        }
+        let hash = token_hash(&token);
+        let expires_at = now_ms.saturating_add(self.config.identity.token_lifetime.as_millis_i64());
+        let owner = user_id.clone();
+        self.db
+            .run(move |conn| store::insert_token(conn, &owner, &hash, now_ms, expires_at))
+            .await?;
+        tracing::info!(homeserver = server, "identity account token issued");
+        Ok(token)
     }
-    if !allowed_homeservers(app).contains(server) {
-        tracing::info!(
-            homeserver = server,
-            "account registration refused: homeserver not allowed"
-        );
-        return Err(IdentityError::Forbidden(format!(
-            "Users of {server} may not use this identity server"
-        )));
-    }
-    let token = mint_token(rng);
-    let user_id = app
-        .federation
-        .openid_userinfo(server, &openid.access_token)
-        .await
-        .map_err(|e| IdentityError::from_federation(server, e))?;
-    // `sub` must belong to the server that vouched for it (port included), or any allowed
-    // homeserver could mint tokens for users of another.
-    if user_id_server(&user_id) != Some(server) {
-        tracing::warn!(
-            homeserver = server,
-            "OpenID userinfo named a user of another server"
-        );
-        return Err(IdentityError::Unauthorized(format!(
-            "The homeserver {server} vouched for a user that is not its own"
-        )));
-    }
-    let hash = token_hash(&token);
-    let expires_at = now_ms.saturating_add(app.config.identity.token_lifetime.as_millis_i64());
-    let owner = user_id.clone();
-    app.db
-        .run(move |conn| store::insert_token(conn, &owner, &hash, now_ms, expires_at))
-        .await?;
-    tracing::info!(homeserver = server, "identity account token issued");
-    Ok(token)
-}
 
-/// The account owning `token`, if it is known and unexpired (401 `M_UNAUTHORIZED` otherwise).
-pub async fn authenticate(
-    app: &Annuaire,
-    token: &str,
-    now_ms: i64,
-) -> Result<Account, IdentityError> {
-    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-        return Err(IdentityError::Unauthorized(
-            "Unrecognised access token".into(),
-        ));
+    /// The account owning `token`, if it is known and unexpired (401 `M_UNAUTHORIZED` otherwise).
+    pub async fn authenticate(&self, token: &str, now_ms: i64) -> Result<Account, IdentityError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(IdentityError::Unauthorized(
+                "Unrecognised access token".into(),
+            ));
+        }
+        let hash = token_hash(token);
+        let lookup = hash.clone();
+        let row = self
+            .db
+            .run(move |conn| store::account_by_token(conn, &lookup, now_ms))
+            .await?;
+        match row {
+            Some(row) => Ok(Account {
+                user_id: row.user_id,
+                consent_version: row.consent_version,
+                token_hash: hash,
+            }),
+            None => Err(IdentityError::Unauthorized(
+                "Unrecognised or expired access token".into(),
+            )),
+        }
     }
-    let hash = token_hash(token);
-    let lookup = hash.clone();
-    let row = app
-        .db
-        .run(move |conn| store::account_by_token(conn, &lookup, now_ms))
-        .await?;
-    match row {
-        Some(row) => Ok(Account {
-            user_id: row.user_id,
-            consent_version: row.consent_version,
-            token_hash: hash,
-        }),
-        None => Err(IdentityError::Unauthorized(
-            "Unrecognised or expired access token".into(),
-        )),
-    }
-}
 
-/// Checks that the account accepted every current policy (403 `M_TERMS_NOT_SIGNED`).
-///
-/// The account's consent marker is the fast path; when it is stale (the terms changed), the
-/// accepted URLs decide, so a user whose client already accepted the new URLs is not stuck.
-pub async fn check_terms(app: &Annuaire, account: &Account) -> Result<(), IdentityError> {
-    let terms = app.identity.terms();
-    if terms.is_empty() || account.consent_version.as_deref() == Some(terms.fingerprint()) {
-        return Ok(());
+    /// Checks that the account accepted every current policy (403 `M_TERMS_NOT_SIGNED`).
+    ///
+    /// The account's consent marker is the fast path; when it is stale (the terms changed), the
+    /// accepted URLs decide, so a user whose client already accepted the new URLs is not stuck.
+    pub async fn check_terms(&self, account: &Account) -> Result<(), IdentityError> {
+        let terms = self.terms();
+        if terms.is_empty() || account.consent_version.as_deref() == Some(terms.fingerprint()) {
+            return Ok(());
+        }
+        let user_id = account.user_id.clone();
+        let accepted = self
+            .db
+            .run(move |conn| store::accepted_terms(conn, &user_id))
+            .await?;
+        let accepted: HashSet<String> = accepted.into_iter().collect();
+        if !terms.satisfied_by(&accepted) {
+            return Err(IdentityError::TermsNotSigned);
+        }
+        let user_id = account.user_id.clone();
+        let version = terms.fingerprint().to_string();
+        self.db
+            .run(move |conn| store::set_consent(conn, &user_id, &version))
+            .await?;
+        Ok(())
     }
-    let user_id = account.user_id.clone();
-    let accepted = app
-        .db
-        .run(move |conn| store::accepted_terms(conn, &user_id))
-        .await?;
-    let accepted: HashSet<String> = accepted.into_iter().collect();
-    if !terms.satisfied_by(&accepted) {
-        return Err(IdentityError::TermsNotSigned);
-    }
-    let user_id = account.user_id.clone();
-    let version = terms.fingerprint().to_string();
-    app.db
-        .run(move |conn| store::set_consent(conn, &user_id, &version))
-        .await?;
-    Ok(())
-}
 
-/// `POST /v2/account/logout`: the token used stops working.
-pub async fn logout(app: &Annuaire, account: &Account) -> Result<(), IdentityError> {
-    let hash = account.token_hash.clone();
-    let existed = app
-        .db
-        .run(move |conn| store::delete_token(conn, &hash))
-        .await?;
-    if !existed {
-        // Logged out concurrently by another request with the same token.
-        return Err(IdentityError::Unauthorized(
-            "Unrecognised access token".into(),
-        ));
+    /// `POST /v2/account/logout`: the token used stops working.
+    pub async fn logout(&self, account: &Account) -> Result<(), IdentityError> {
+        let hash = account.token_hash.clone();
+        let existed = self
+            .db
+            .run(move |conn| store::delete_token(conn, &hash))
+            .await?;
+        if !existed {
+            // Logged out concurrently by another request with the same token.
+            return Err(IdentityError::Unauthorized(
+                "Unrecognised access token".into(),
+            ));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

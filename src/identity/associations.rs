@@ -1,12 +1,12 @@
 //! Associations between a 3PID and a Matrix user ID: the signed form the spec gives out, how
 //! one is recorded with its lookup hashes, and who an address is bound to.
 
+use super::IdentityService;
 use serde_json::{Value, json};
 
-use super::hashing::lookup_hash;
 use super::lookup::peppers_for_new_hashes;
-use super::signing::{SignError, SigningKey, sign_json};
-use crate::app::Annuaire;
+use crate::matrix::hashing::lookup_hash;
+use crate::matrix::signing::{SignError, SigningKey, sign_json};
 use crate::store::identity::{self as store, AssociationRow};
 use crate::store::{DbConn, StoreError};
 
@@ -96,35 +96,37 @@ pub fn remove(conn: &mut DbConn, medium: &str, address: &str) -> Result<bool, St
     store::delete_association(conn, medium, address)
 }
 
-/// The association of an address, if it is bound and valid at `now_ms`.
-pub async fn bound(
-    app: &Annuaire,
-    medium: &str,
-    address: &str,
-    now_ms: i64,
-) -> Result<Option<Association>, StoreError> {
-    let medium = medium.to_string();
-    let address = address.to_string();
-    let row = app
-        .db
-        .run(move |conn| store::association(conn, &medium, &address))
-        .await?;
-    Ok(row
-        .filter(|r| r.not_before <= now_ms && now_ms < r.not_after)
-        .map(|r| Association {
-            medium: r.medium,
-            address: r.address,
-            mxid: r.mxid,
-            ts: r.created_at,
-            not_before: r.not_before,
-            not_after: r.not_after,
-        }))
+impl IdentityService {
+    /// The association of an address, if it is bound and valid at `now_ms`.
+    pub async fn bound(
+        &self,
+        medium: &str,
+        address: &str,
+        now_ms: i64,
+    ) -> Result<Option<Association>, StoreError> {
+        let medium = medium.to_string();
+        let address = address.to_string();
+        let row = self
+            .db
+            .run(move |conn| store::association(conn, &medium, &address))
+            .await?;
+        Ok(row
+            .filter(|r| r.not_before <= now_ms && now_ms < r.not_after)
+            .map(|r| Association {
+                medium: r.medium,
+                address: r.address,
+                mxid: r.mxid,
+                ts: r.created_at,
+                not_before: r.not_before,
+                not_after: r.not_after,
+            }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::signing::verify_json;
+    use crate::matrix::signing::verify_json;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 

@@ -12,17 +12,19 @@
 //! One request per invitation: Synapse fails a whole `onbind` when one invitation in it fails,
 //! and per-row state keeps one bad invitation from holding the others back.
 
+use super::IdentityService;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::signing::{SignError, SigningKey, sign_json};
-use super::{log_tag, user_id_server};
-use crate::app::Annuaire;
 use crate::config::InvitesConfig;
+use crate::matrix::server_name::user_id_server;
+use crate::matrix::signing::{SignError, SigningKey, sign_json};
+use crate::secret::log_tag;
 use crate::store::StoreError;
-use crate::store::identity::{self as store, InviteDeliveryOutcome, InviteRow};
+use crate::store::invites as invite_store;
+use crate::store::invites::{InviteDeliveryOutcome, InviteRow};
 
 /// Longest sleep of an idle worker: deliveries scheduled by another instance are noticed
 /// within this time.
@@ -56,13 +58,11 @@ pub fn onbind_body(
 /// Wait before retry number `attempts` (1 = after the first failure): the initial backoff,
 /// doubled each time, capped.
 pub fn backoff(config: &InvitesConfig, attempts: u32) -> Duration {
-    let exponent = attempts.saturating_sub(1).min(31);
-    config
-        .delivery_initial_backoff
-        .0
-        .checked_mul(1u32 << exponent)
-        .unwrap_or(config.delivery_max_backoff.0)
-        .min(config.delivery_max_backoff.0)
+    crate::clock::backoff(
+        config.delivery_initial_backoff.0,
+        config.delivery_max_backoff.0,
+        attempts,
+    )
 }
 
 /// What one pass did with one invitation.
@@ -82,105 +82,128 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// How long a claim lasts: longer than one delivery can take (resolution, key-less POST).
-fn lease(app: &Annuaire) -> Duration {
-    app.config.federation.timeout.0 * 3 + Duration::from_secs(30)
-}
-
-/// Delivers every due invitation this worker can claim; how many were handled.
-pub async fn deliver_due(app: &Annuaire) -> Result<usize, StoreError> {
-    let mut handled = 0;
-    while deliver_one(app).await?.is_some() {
-        handled += 1;
+impl IdentityService {
+    /// How long a claim lasts: longer than one delivery can take (resolution, key-less POST).
+    fn lease(&self) -> Duration {
+        self.config.federation.timeout.0 * 3 + Duration::from_secs(30)
     }
-    Ok(handled)
-}
 
-/// Claims and delivers the invitation due first, if there is one.
-pub async fn deliver_one(app: &Annuaire) -> Result<Option<Delivery>, StoreError> {
-    let now = app.clock.now_ms();
-    let Some(invite) = app
-        .db
-        .run(move |conn| store::next_due_invite(conn, now))
-        .await?
-    else {
-        return Ok(None);
-    };
-    let seen = invite.next_delivery_at.unwrap_or(now);
-    let lease_until = now.saturating_add(millis(lease(app)));
-    let token = invite.token.clone();
-    let claimed = app
-        .db
-        .run(move |conn| store::claim_invite_delivery(conn, &token, seen, lease_until))
-        .await?;
-    if !claimed {
-        return Ok(Some(Delivery::Lost));
-    }
-    let attempts = invite.delivery_attempts.saturating_add(1);
-    let result = attempt(app, &invite).await;
-    let config = &app.config.invites;
-    let delivery = match &result {
-        Ok(()) => Delivery::Delivered,
-        Err((true, _)) => Delivery::Failed,
-        Err(_) if u32::try_from(attempts).unwrap_or(u32::MAX) >= config.delivery_max_attempts => {
-            Delivery::Failed
+    /// Delivers every due invitation this worker can claim; how many were handled.
+    pub async fn deliver_due(&self) -> Result<usize, StoreError> {
+        let mut handled = 0;
+        while self.deliver_one().await?.is_some() {
+            handled += 1;
         }
-        Err(_) => Delivery::Retry,
-    };
-    let finished = app.clock.now_ms();
-    let next_at = finished.saturating_add(millis(backoff(
-        config,
-        u32::try_from(attempts).unwrap_or(u32::MAX),
-    )));
-    let outcome = match &result {
-        Ok(()) => InviteDeliveryOutcome::Delivered,
-        Err((_, error)) if delivery == Delivery::Retry => InviteDeliveryOutcome::Retry {
-            error: error.clone(),
-            next_at,
-        },
-        Err((_, error)) => InviteDeliveryOutcome::Failed {
-            error: error.clone(),
-        },
-    };
-    let token = invite.token.clone();
-    let recorded = app
-        .db
-        .run(move |conn| {
-            store::finish_invite_delivery(conn, &token, lease_until, attempts, &outcome, finished)
-        })
-        .await;
-    report(&invite, attempts, delivery, &result);
-    match recorded {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            invite = %log_tag(&invite.token),
-            "invitation delivery changed hands while it was attempted (its lease had ended)"
-        ),
-        // The row stays claimed; it is tried again when the lease ends.
-        Err(e) => return Err(e),
+        Ok(handled)
     }
-    Ok(Some(delivery))
-}
 
-/// One `onbind` POST: `Err((permanent, error))` on failure, the error without personal data.
-async fn attempt(app: &Annuaire, invite: &InviteRow) -> Result<(), (bool, String)> {
-    let mxid = invite
-        .delivery_mxid
-        .as_deref()
-        .ok_or_else(|| (true, "no Matrix ID to deliver to".to_string()))?;
-    let server = user_id_server(mxid)
-        .ok_or_else(|| (true, "the Matrix ID to deliver to is invalid".to_string()))?;
-    let body = onbind_body(
-        invite,
-        mxid,
-        &app.config.server.name,
-        app.identity.signing_key(),
-    )
-    .map_err(|e| (true, format!("cannot sign the invitation: {e}")))?;
-    app.federation
-        .post_onbind(server, &body)
-        .await
-        .map_err(|e| (false, e.to_string()))
+    /// Claims and delivers the invitation due first, if there is one.
+    pub async fn deliver_one(&self) -> Result<Option<Delivery>, StoreError> {
+        let now = self.clock.now_ms();
+        let Some(invite) = self
+            .db
+            .run(move |conn| invite_store::next_due_invite(conn, now))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let seen = invite.next_delivery_at.unwrap_or(now);
+        let lease_until = now.saturating_add(millis(self.lease()));
+        let token = invite.token.clone();
+        let claimed = self
+            .db
+            .run(move |conn| invite_store::claim_invite_delivery(conn, &token, seen, lease_until))
+            .await?;
+        if !claimed {
+            return Ok(Some(Delivery::Lost));
+        }
+        let attempts = invite.delivery_attempts.saturating_add(1);
+        let result = self.attempt(&invite).await;
+        let config = &self.config.invites;
+        let delivery = match &result {
+            Ok(()) => Delivery::Delivered,
+            Err((true, _)) => Delivery::Failed,
+            Err(_)
+                if u32::try_from(attempts).unwrap_or(u32::MAX) >= config.delivery_max_attempts =>
+            {
+                Delivery::Failed
+            }
+            Err(_) => Delivery::Retry,
+        };
+        let finished = self.clock.now_ms();
+        let next_at = finished.saturating_add(millis(backoff(
+            config,
+            u32::try_from(attempts).unwrap_or(u32::MAX),
+        )));
+        let outcome = match &result {
+            Ok(()) => InviteDeliveryOutcome::Delivered,
+            Err((_, error)) if delivery == Delivery::Retry => InviteDeliveryOutcome::Retry {
+                error: error.clone(),
+                next_at,
+            },
+            Err((_, error)) => InviteDeliveryOutcome::Failed {
+                error: error.clone(),
+            },
+        };
+        let token = invite.token.clone();
+        let recorded = self
+            .db
+            .run(move |conn| {
+                invite_store::finish_invite_delivery(
+                    conn,
+                    &token,
+                    lease_until,
+                    attempts,
+                    &outcome,
+                    finished,
+                )
+            })
+            .await;
+        report(&invite, attempts, delivery, &result);
+        match recorded {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                invite = %log_tag(&invite.token),
+                "invitation delivery changed hands while it was attempted (its lease had ended)"
+            ),
+            // The row stays claimed; it is tried again when the lease ends.
+            Err(e) => return Err(e),
+        }
+        Ok(Some(delivery))
+    }
+
+    /// One `onbind` POST: `Err((permanent, error))` on failure, the error without personal data.
+    async fn attempt(&self, invite: &InviteRow) -> Result<(), (bool, String)> {
+        let mxid = invite
+            .delivery_mxid
+            .as_deref()
+            .ok_or_else(|| (true, "no Matrix ID to deliver to".to_string()))?;
+        let server = user_id_server(mxid)
+            .ok_or_else(|| (true, "the Matrix ID to deliver to is invalid".to_string()))?;
+        let body = onbind_body(invite, mxid, &self.config.server.name, &self.signing_key())
+            .map_err(|e| (true, format!("cannot sign the invitation: {e}")))?;
+        self.federation
+            .post_onbind(server, &body)
+            .await
+            .map_err(|e| (false, e.to_string()))
+    }
+
+    /// How long the worker may sleep: until the next delivery is due, at most [`POLL_INTERVAL`].
+    async fn idle_time(&self) -> Duration {
+        let now = self.clock.now_ms();
+        match self.db.run(invite_store::next_invite_delivery_at).await {
+            Ok(Some(due)) => {
+                let wait = u64::try_from(due.saturating_sub(now)).unwrap_or(0);
+                // Never spin: a row due now that could not be claimed is someone else's.
+                Duration::from_millis(wait).clamp(Duration::from_millis(50), POLL_INTERVAL)
+            }
+            Ok(None) => POLL_INTERVAL,
+            Err(e) => {
+                tracing::warn!(error = %e, "invitation delivery: cannot read the queue");
+                Duration::from_secs(5)
+            }
+        }
+    }
 }
 
 /// Logs and counts one delivery (the invitation's tag and the homeserver, never the address).
@@ -226,35 +249,18 @@ fn report(
     }
 }
 
-/// How long the worker may sleep: until the next delivery is due, at most [`POLL_INTERVAL`].
-async fn idle_time(app: &Annuaire) -> Duration {
-    let now = app.clock.now_ms();
-    match app.db.run(store::next_invite_delivery_at).await {
-        Ok(Some(due)) => {
-            let wait = u64::try_from(due.saturating_sub(now)).unwrap_or(0);
-            // Never spin: a row due now that could not be claimed is someone else's.
-            Duration::from_millis(wait).clamp(Duration::from_millis(50), POLL_INTERVAL)
-        }
-        Ok(None) => POLL_INTERVAL,
-        Err(e) => {
-            tracing::warn!(error = %e, "invitation delivery: cannot read the queue");
-            Duration::from_secs(5)
-        }
-    }
-}
-
 /// Starts this instance's invitation delivery worker on the current runtime; it ends with the
 /// runtime. Deliveries scheduled before a restart are picked up by the first pass.
-pub fn start_worker(app: &Arc<Annuaire>) {
-    let app = app.clone();
+pub fn start_worker(identity: &Arc<IdentityService>) {
+    let identity = identity.clone();
     tokio::spawn(async move {
         loop {
-            if let Err(e) = deliver_due(&app).await {
+            if let Err(e) = identity.deliver_due().await {
                 tracing::warn!(error = %e, "invitation delivery pass failed");
             }
-            let wait = idle_time(&app).await;
+            let wait = identity.idle_time().await;
             tokio::select! {
-                () = app.identity.delivery_woken() => {}
+                () = identity.delivery_woken() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
@@ -265,7 +271,7 @@ pub fn start_worker(app: &Arc<Annuaire>) {
 mod tests {
     use super::*;
     use crate::config::HumanDuration;
-    use crate::identity::signing::verify_json;
+    use crate::matrix::signing::verify_json;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 

@@ -12,9 +12,8 @@ use std::collections::{BTreeMap, HashSet};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use super::IdentityError;
-use super::hashing::{generate_pepper, lookup_hash};
-use crate::app::Annuaire;
+use super::{IdentityError, IdentityService};
+use crate::matrix::hashing::lookup_hash;
 use crate::store::identity as store;
 use crate::store::{DbConn, StoreError, state};
 
@@ -45,6 +44,14 @@ fn read_pepper(conn: &mut DbConn, key: &str) -> Result<Option<Pepper>, StoreErro
 
 fn encode(pepper: &Pepper) -> Result<String, StoreError> {
     serde_json::to_string(pepper).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Length of a generated pepper: 43 alphanumeric characters carry about 256 bits.
+pub const PEPPER_LEN: usize = 43;
+
+/// A fresh lookup pepper: ASCII letters and digits only, so it is safe in URLs and JSON.
+pub fn generate_pepper(rng: &mut impl RngCore) -> String {
+    crate::secret::random_token(rng, PEPPER_LEN)
 }
 
 /// The current pepper, created the first time (instances racing at start agree on one).
@@ -84,59 +91,61 @@ pub fn peppers_for_new_hashes(conn: &mut DbConn) -> Result<Vec<Pepper>, StoreErr
     Ok(peppers)
 }
 
-/// `GET /v2/hash_details`: the current pepper.
-pub async fn hash_details(app: &Annuaire) -> Result<Pepper, IdentityError> {
-    Ok(app.db.run(pepper).await?)
-}
+impl IdentityService {
+    /// `GET /v2/hash_details`: the current pepper.
+    pub async fn hash_details(&self) -> Result<Pepper, IdentityError> {
+        Ok(self.db.run(pepper).await?)
+    }
 
-/// `POST /v2/lookup`: the Matrix IDs bound to the given addresses, keyed as asked.
-///
-/// `sha256`: each entry is a lookup hash made with the current pepper. `none`: each entry is
-/// `"<address> <medium>"` in clear, matched exactly (clients normalise, as for hashing).
-pub async fn lookup(
-    app: &Annuaire,
-    algorithm: &str,
-    pepper_given: &str,
-    addresses: Vec<String>,
-    now_ms: i64,
-) -> Result<BTreeMap<String, String>, IdentityError> {
-    if !ALGORITHMS.contains(&algorithm) {
-        return Err(IdentityError::InvalidParam(format!(
-            "Unsupported algorithm {algorithm:?}; use one of {}",
-            ALGORITHMS.join(", ")
-        )));
+    /// `POST /v2/lookup`: the Matrix IDs bound to the given addresses, keyed as asked.
+    ///
+    /// `sha256`: each entry is a lookup hash made with the current pepper. `none`: each entry is
+    /// `"<address> <medium>"` in clear, matched exactly (clients normalise, as for hashing).
+    pub async fn lookup(
+        &self,
+        algorithm: &str,
+        pepper_given: &str,
+        addresses: Vec<String>,
+        now_ms: i64,
+    ) -> Result<BTreeMap<String, String>, IdentityError> {
+        if !ALGORITHMS.contains(&algorithm) {
+            return Err(IdentityError::InvalidParam(format!(
+                "Unsupported algorithm {algorithm:?}; use one of {}",
+                ALGORITHMS.join(", ")
+            )));
+        }
+        let max = self.config.identity.max_lookup_addresses;
+        if addresses.len() > max {
+            return Err(IdentityError::TooLarge(format!(
+                "At most {max} addresses per lookup"
+            )));
+        }
+        let algorithm = algorithm.to_string();
+        let given = pepper_given.to_string();
+        self.db
+            .run(move |conn| {
+                let current = pepper(conn)?;
+                if given != current.value {
+                    return Ok(Err(IdentityError::InvalidPepper {
+                        current: current.value,
+                    }));
+                }
+                let mappings = if algorithm == "sha256" {
+                    let unique: Vec<String> = addresses
+                        .into_iter()
+                        .collect::<HashSet<_>>()
+                        .into_iter()
+                        .collect();
+                    store::lookup_hashed(conn, current.id, &unique, now_ms)?
+                        .into_iter()
+                        .collect()
+                } else {
+                    lookup_plain(conn, &addresses, now_ms)?
+                };
+                Ok(Ok(mappings))
+            })
+            .await?
     }
-    let max = app.config.identity.max_lookup_addresses;
-    if addresses.len() > max {
-        return Err(IdentityError::TooLarge(format!(
-            "At most {max} addresses per lookup"
-        )));
-    }
-    let algorithm = algorithm.to_string();
-    let given = pepper_given.to_string();
-    app.db
-        .run(move |conn| {
-            let current = pepper(conn)?;
-            if given != current.value {
-                return Ok(Err(IdentityError::InvalidPepper {
-                    current: current.value,
-                }));
-            }
-            let mappings = if algorithm == "sha256" {
-                let unique: Vec<String> = addresses
-                    .into_iter()
-                    .collect::<HashSet<_>>()
-                    .into_iter()
-                    .collect();
-                store::lookup_hashed(conn, current.id, &unique, now_ms)?
-                    .into_iter()
-                    .collect()
-            } else {
-                lookup_plain(conn, &addresses, now_ms)?
-            };
-            Ok(Ok(mappings))
-        })
-        .await?
 }
 
 fn lookup_plain(
@@ -357,4 +366,25 @@ fn hash_rows(pepper: &Pepper, keys: &[(String, String)]) -> Vec<(i64, String, St
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    #[test]
+    fn peppers_are_long_alphanumeric_and_random() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let a = generate_pepper(&mut rng);
+        let b = generate_pepper(&mut rng);
+        assert_eq!(a.len(), PEPPER_LEN);
+        assert!(a.len() >= 32);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+        // Deterministic for a given RNG state, so tests can pin it.
+        assert_eq!(a, generate_pepper(&mut StdRng::seed_from_u64(3)));
+    }
 }

@@ -12,25 +12,37 @@
 //! Matrix errors. Time (`now_ms`) and randomness (`rng`) are parameters.
 //! [`sessions`] holds the email validation sessions (with their storage and mail).
 
+// Input from strangers passes through here: no index may panic.
+#![deny(clippy::indexing_slicing)]
+
+pub mod account_data;
 pub mod accounts;
 pub mod associations;
 pub mod bindings;
 pub mod delivery;
-pub mod hashing;
+pub mod erasure;
 pub mod import_sydent;
 pub mod invites;
 pub mod keys;
 pub mod lookup;
 pub mod sessions;
-pub mod signing;
+pub mod shard;
 pub mod terms;
-pub mod xmatrix;
 
-use crate::config::{Config, validate_server_name};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::allowlist::Allowlist;
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::directory::DirectoryService;
+use crate::federation::FederationClient;
 use crate::federation::FederationError;
-use crate::store::{DbConn, StoreError};
+use crate::mail::outbox::Mailer;
+use crate::matrix::signing::SigningKey;
+use crate::ratelimit::KeyedLimit;
+use crate::store::{Db, DbConn, StoreError};
 use sessions::SessionError;
-use signing::SigningKey;
 use terms::Terms;
 
 /// Why an identity-service request failed.
@@ -63,9 +75,15 @@ pub enum IdentityError {
         /// Who it is bound to.
         mxid: String,
     },
-    /// The policy refuses the address (403 `M_THREEPID_DENIED`).
-    #[error("{0}")]
-    ThreepidDenied(String),
+    /// The policy refuses the address (403 `M_THREEPID_DENIED`, with `decision` and
+    /// `reason_code`).
+    #[error("{message}")]
+    ThreepidDenied {
+        /// Why, for people.
+        message: String,
+        /// Why, as the policy's stable code.
+        reason_code: crate::policy::ReasonCode,
+    },
     /// The address may not be bound to this Matrix ID: its homeserver is not the one the policy
     /// assigns to the address (403 `M_BINDING_NOT_PERMITTED`).
     #[error("{0}")]
@@ -137,61 +155,122 @@ pub enum IdentityStartError {
     Config(String),
 }
 
-/// The identity service's shared, read-only parts: the long-term signing key and the terms
-/// (and this instance's wake-up call for the invitation delivery job). Everything else lives
-/// in the database, so instances share it.
+/// What the identity service is built from: the shared plumbing and the services it calls.
+pub struct IdentityParts {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub db: Db,
+    /// The clock every expiry decision reads.
+    pub clock: SharedClock,
+    /// The live allowlist (which homeserver an address belongs to).
+    pub allowlist: Arc<Allowlist>,
+    /// Outgoing mail (validation and invitation mails).
+    pub mailer: Arc<Mailer>,
+    /// Calls to homeservers (OpenID, keys, `onbind`).
+    pub federation: FederationClient,
+    /// The directory, kept in step with binds and unbinds.
+    pub directory: Arc<DirectoryService>,
+}
+
+/// The Identity Service: accounts, terms, validation sessions, lookups, binds, invitations.
+/// Its own state is read-only (the long-term signing key, the terms, this instance's
+/// requestToken limit and the delivery job's wake-up call); everything else lives in the
+/// database, so instances share it.
 pub struct IdentityService {
-    signing_key: SigningKey,
-    terms: Terms,
+    config: Arc<Config>,
+    db: Db,
+    clock: SharedClock,
+    allowlist: Arc<Allowlist>,
+    mailer: Arc<Mailer>,
+    federation: FederationClient,
+    directory: Arc<DirectoryService>,
+    request_token_per_ip: KeyedLimit<IpAddr>,
+    keys: arc_swap::ArcSwap<keys::KeyRing>,
+    terms: arc_swap::ArcSwap<Terms>,
     delivery_wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for IdentityService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdentityService")
-            .field("signing_key", &self.signing_key)
-            .field("terms", &self.terms.fingerprint())
-            .finish()
+            .field("signing_key", &self.keys.load().current)
+            .field("terms", &self.terms.load().fingerprint())
+            .finish_non_exhaustive()
     }
 }
 
 impl IdentityService {
     /// Loads the signing key (file or database, created once), makes sure a lookup pepper
-    /// exists, and reads the terms file (blocking).
-    pub fn open(
-        conn: &mut DbConn,
-        config: &Config,
-        rng: &mut (impl rand::RngCore + rand::CryptoRng),
-        now_ms: i64,
-    ) -> Result<IdentityService, IdentityStartError> {
-        let signing_key =
-            keys::load_signing_key(conn, config.server.signing_key_file.as_deref(), rng, now_ms)?;
-        lookup::current_pepper(conn, rng, now_ms)?;
-        let terms = match &config.terms.file {
-            Some(path) => Terms::load(path)
-                .map_err(|e| IdentityStartError::Config(format!("terms.file: {e}")))?,
-            None => Terms::none(),
-        };
-        Ok(IdentityService::from_parts(signing_key, terms))
-    }
-
-    /// A service from parts (tests).
-    pub fn from_parts(signing_key: SigningKey, terms: Terms) -> IdentityService {
-        IdentityService {
-            signing_key,
-            terms,
+    /// exists, and reads the terms file.
+    pub async fn open(parts: IdentityParts) -> Result<IdentityService, IdentityStartError> {
+        let config = parts.config.clone();
+        let now_ms = parts.clock.now_ms();
+        let db = parts.db.clone();
+        let (key_ring, terms) = tokio::task::spawn_blocking(move || {
+            let mut conn = db.get()?;
+            let mut rng = rand::rngs::OsRng;
+            let key = keys::load_key_ring(
+                &mut conn,
+                config.server.signing_key_file.as_deref(),
+                &mut rng,
+                now_ms,
+            )?;
+            lookup::current_pepper(&mut conn, &mut rng, now_ms)?;
+            let terms = match &config.terms.file {
+                Some(path) => Terms::load(path)
+                    .map_err(|e| IdentityStartError::Config(format!("terms.file: {e}")))?,
+                None => Terms::none(),
+            };
+            Ok::<_, IdentityStartError>((key, terms))
+        })
+        .await
+        .map_err(|e| IdentityStartError::Config(format!("start-up task failed: {e}")))??;
+        Ok(IdentityService {
+            request_token_per_ip: KeyedLimit::new(&parts.config.rate_limits.request_token_per_ip),
+            config: parts.config,
+            db: parts.db,
+            clock: parts.clock,
+            allowlist: parts.allowlist,
+            mailer: parts.mailer,
+            federation: parts.federation,
+            directory: parts.directory,
+            keys: arc_swap::ArcSwap::from_pointee(key_ring),
+            terms: arc_swap::ArcSwap::from_pointee(terms),
             delivery_wake: tokio::sync::Notify::new(),
-        }
+        })
     }
 
-    /// The long-term signing key.
-    pub fn signing_key(&self) -> &SigningKey {
-        &self.signing_key
+    /// Forgets full rate-limit buckets (call periodically).
+    pub fn housekeep(&self) {
+        self.request_token_per_ip.housekeep();
+    }
+
+    /// The long-term key that signs now.
+    pub fn signing_key(&self) -> Arc<SigningKey> {
+        self.keys.load().current.clone()
     }
 
     /// The terms users must accept.
-    pub fn terms(&self) -> &Terms {
-        &self.terms
+    pub fn terms(&self) -> Arc<Terms> {
+        self.terms.load_full()
+    }
+
+    /// Reads `terms.file` again (SIGHUP); on error the current terms stay.
+    pub fn reload_terms(&self) -> Result<(), String> {
+        let Some(path) = &self.config.terms.file else {
+            return Ok(());
+        };
+        let terms = Terms::load(path).map_err(|e| format!("terms.file: {e}"))?;
+        let before = self.terms.load().fingerprint().to_owned();
+        if terms.fingerprint() != before {
+            tracing::info!(
+                version = terms.master_version(),
+                "terms of service reloaded"
+            );
+        }
+        self.terms.store(Arc::new(terms));
+        Ok(())
     }
 
     /// Wakes this instance's invitation delivery job (after a bind scheduled deliveries).
@@ -217,15 +296,15 @@ pub fn purge_expired(conn: &mut DbConn, now_ms: i64) -> Result<(usize, usize), S
 }
 
 /// Starts this instance's identity purge job on the current runtime; it ends with it.
-pub fn start_housekeeping(app: &std::sync::Arc<crate::app::Annuaire>) {
-    let app = app.clone();
+pub fn start_housekeeping(identity: &Arc<IdentityService>) {
+    let identity = identity.clone();
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let now = app.clock.now_ms();
-            match app.db.run(move |conn| purge_expired(conn, now)).await {
+            let now = identity.clock.now_ms();
+            match identity.db.run(move |conn| purge_expired(conn, now)).await {
                 Ok((0, 0)) => {}
                 Ok((tokens, invites)) => {
                     tracing::info!(
@@ -240,17 +319,6 @@ pub fn start_housekeeping(app: &std::sync::Arc<crate::app::Annuaire>) {
     });
 }
 
-/// The server part of a Matrix user ID (`@alice:hs.example:8448` → `hs.example:8448`), if it
-/// is one: a non-empty localpart and a valid server name.
-pub fn user_id_server(user_id: &str) -> Option<&str> {
-    let rest = user_id.strip_prefix('@')?;
-    let (local, server) = rest.split_once(':')?;
-    if local.is_empty() || user_id.len() > 255 || validate_server_name(server).is_err() {
-        return None;
-    }
-    Some(server)
-}
-
 /// The base URL homeservers use to reach this identity server: `http.public_base_url` when set,
 /// else `https://{server.name}` (Synapse always calls identity servers over HTTPS).
 pub fn public_base(config: &Config) -> String {
@@ -260,38 +328,9 @@ pub fn public_base(config: &Config) -> String {
     }
 }
 
-/// A short, stable, non-reversible tag for an address or token in logs.
-pub fn log_tag(secret: &str) -> String {
-    use sha2::{Digest as _, Sha256};
-    let digest = Sha256::digest(secret.as_bytes());
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn user_id_servers() {
-        assert_eq!(user_id_server("@alice:hs.example"), Some("hs.example"));
-        assert_eq!(
-            user_id_server("@a:hs.example:8448"),
-            Some("hs.example:8448")
-        );
-        assert_eq!(user_id_server("@a:[::1]:8448"), Some("[::1]:8448"));
-        for bad in [
-            "alice:hs",
-            "@:hs.example",
-            "@alice",
-            "@a:",
-            "@a:b c",
-            "!r:hs.example",
-        ] {
-            assert_eq!(user_id_server(bad), None, "{bad}");
-        }
-        let long = format!("@{}:hs.example", "a".repeat(260));
-        assert_eq!(user_id_server(&long), None);
-    }
 
     #[test]
     fn public_base_defaults_to_https_server_name() {
@@ -300,12 +339,5 @@ mod tests {
         assert_eq!(public_base(&c), "https://id.example");
         c.http.public_base_url = Some("https://annuaire.example/".into());
         assert_eq!(public_base(&c), "https://annuaire.example");
-    }
-
-    #[test]
-    fn log_tags_are_short_and_stable() {
-        assert_eq!(log_tag("a@b.c"), log_tag("a@b.c"));
-        assert_ne!(log_tag("a@b.c"), log_tag("a@b.d"));
-        assert_eq!(log_tag("x").len(), 8);
     }
 }

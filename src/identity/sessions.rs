@@ -8,20 +8,18 @@
 //! mail server outage loses nothing. Logs carry the address's domain and a short hash of the
 //! session id, never the address, the sid, the client secret or the token.
 
+use super::IdentityService;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rand::Rng;
 use rand::RngCore;
-use rand::distributions::Alphanumeric;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::app::Annuaire;
 use crate::config::Config;
 use crate::mail::outbox::{self as outbox, Mailer};
 use crate::mail::{Language, MailError, VerificationMail, submit_token_link};
-use crate::policy::{Address, Outcome, normalize_email};
+use crate::policy::{Address, Outcome, ReasonCode, normalize_email};
 use crate::store::sessions::{self as store, SessionRow};
 use crate::store::{DbConn, StoreError};
 
@@ -80,6 +78,8 @@ pub enum SessionError {
     Denied {
         /// Why, for people (no rule file or line).
         reason: String,
+        /// Why, as the policy's stable code.
+        reason_code: ReasonCode,
     },
     /// Too many requests (per client IP or per address).
     #[error("rate limited for {retry_after_ms} ms")]
@@ -231,22 +231,14 @@ fn email_param(email: &str) -> Result<Address, SessionError> {
     normalize_email(email).map_err(|e| SessionError::InvalidEmail(e.to_string()))
 }
 
-/// `count` random alphanumeric characters.
-fn random_alphanumeric(rng: &mut impl RngCore, count: usize) -> String {
-    rng.sample_iter(&Alphanumeric)
-        .take(count)
-        .map(char::from)
-        .collect()
-}
-
 /// A new token: [`TOKEN_LENGTH`] alphanumeric characters.
 pub fn new_token(rng: &mut impl RngCore) -> String {
-    random_alphanumeric(rng, TOKEN_LENGTH)
+    crate::secret::random_token(rng, TOKEN_LENGTH)
 }
 
 /// A new session id: [`SID_LENGTH`] alphanumeric characters (URL-safe, unguessable).
 pub fn new_sid(rng: &mut impl RngCore) -> String {
-    random_alphanumeric(rng, SID_LENGTH)
+    crate::secret::random_token(rng, SID_LENGTH)
 }
 
 /// The stored form of a secret: SHA-256, hex.
@@ -325,85 +317,156 @@ struct RequestContext {
     now: i64,
 }
 
-/// `POST /_matrix/identity/v2/validate/email/requestToken`, after authentication: checks the
-/// parameters, the rate limits and the policy, then opens or reuses the session and queues its
-/// mail in one transaction, and wakes the outbox worker.
-pub async fn request_token(
-    app: &Annuaire,
-    request: TokenRequest,
-) -> Result<RequestedToken, SessionError> {
-    check_client_secret(&request.client_secret)?;
-    if request.send_attempt < 0 {
-        return Err(SessionError::InvalidParam(
-            "send_attempt must be a non-negative integer".into(),
-        ));
-    }
-    let address = email_param(&request.email)?;
-    if let Some(link) = &request.next_link {
-        check_next_link(link, &app.config.validation.next_link_hosts)?;
-    }
-
-    if let Some(ip) = request.client_ip {
-        app.limits
-            .request_token_per_ip
-            .check(&ip)
-            .map_err(|retry_after_ms| SessionError::LimitExceeded { retry_after_ms })?;
-    }
-    let now = app.clock.now_ms();
-    let limit = app.config.rate_limits.request_token_per_address;
-    let key = format!("request_token:{}", hash_secret(address.as_str()));
-    app.db
-        .run(move |conn| crate::store::ratelimits::take(conn, &key, &limit, now))
-        .await?
-        .map_err(|retry_after_ms| {
-            tracing::info!(domain = %address.domain(), "requestToken: per-address limit reached");
-            SessionError::LimitExceeded { retry_after_ms }
-        })?;
-
-    let decision = app.allowlist.decide(&address, now);
-    app.allowlist.record_attempt(&address, &decision, now);
-    if decision.outcome == Outcome::Denied && app.config.validation.require_allowed {
-        tracing::info!(domain = %address.domain(), "requestToken: address refused by the policy");
-        return Err(SessionError::Denied {
-            reason: denied_reason(decision.rule.is_some()),
-        });
-    }
-
-    let mut rng = rand::rngs::OsRng;
-    let ctx = Arc::new(RequestContext {
-        config: app.config.clone(),
-        mailer: app.mailer.clone(),
-        client_secret_hash: hash_secret(&request.client_secret),
-        client_secret: request.client_secret,
-        address,
-        send_attempt: request.send_attempt,
-        next_link: request.next_link,
-        language: request.language,
-        fresh_sid: new_sid(&mut rng),
-        token: new_token(&mut rng),
-        now,
-    });
-    let mut tries = 0;
-    let requested = loop {
-        tries += 1;
-        let job = ctx.clone();
-        match app.db.run(move |conn| Ok(open_session(conn, &job))).await? {
-            // Two identical requests raced and both tried to create the session: the loser
-            // finds the winner's session on its second try.
-            Err(SessionError::Store(e)) if tries < 3 && e.is_unique_violation() => continue,
-            other => break other?,
+impl IdentityService {
+    /// `POST /_matrix/identity/v2/validate/email/requestToken`, after authentication: checks the
+    /// parameters, the rate limits and the policy, then opens or reuses the session and queues its
+    /// mail in one transaction, and wakes the outbox worker.
+    pub async fn request_token(
+        &self,
+        request: TokenRequest,
+    ) -> Result<RequestedToken, SessionError> {
+        check_client_secret(&request.client_secret)?;
+        if request.send_attempt < 0 {
+            return Err(SessionError::InvalidParam(
+                "send_attempt must be a non-negative integer".into(),
+            ));
         }
-    };
-    if requested.mail_queued {
-        outbox::wake(app);
+        let address = email_param(&request.email)?;
+        if let Some(link) = &request.next_link {
+            check_next_link(link, &self.config.validation.next_link_hosts)?;
+        }
+
+        if let Some(ip) = request.client_ip {
+            self.request_token_per_ip
+                .check(&ip)
+                .map_err(|retry_after_ms| SessionError::LimitExceeded { retry_after_ms })?;
+        }
+        let now = self.clock.now_ms();
+        let limit = self.config.rate_limits.request_token_per_address;
+        let key = format!("request_token:{}", hash_secret(address.as_str()));
+        self.db
+            .run(move |conn| crate::store::ratelimits::take(conn, &key, &limit, now))
+            .await?
+            .map_err(|retry_after_ms| {
+                tracing::info!(domain = %address.domain(), "requestToken: per-address limit reached");
+                SessionError::LimitExceeded { retry_after_ms }
+            })?;
+
+        let decision = self.allowlist.decide(&address, now);
+        self.allowlist.record_attempt(&address, &decision, now);
+        if decision.outcome == Outcome::Denied && self.config.validation.require_allowed {
+            tracing::info!(domain = %address.domain(), "requestToken: address refused by the policy");
+            return Err(SessionError::Denied {
+                reason: denied_reason(decision.rule.is_some()),
+                reason_code: decision.reason_code,
+            });
+        }
+
+        let mut rng = rand::rngs::OsRng;
+        let ctx = Arc::new(RequestContext {
+            config: self.config.clone(),
+            mailer: self.mailer.clone(),
+            client_secret_hash: hash_secret(&request.client_secret),
+            client_secret: request.client_secret,
+            address,
+            send_attempt: request.send_attempt,
+            next_link: request.next_link,
+            language: request.language,
+            fresh_sid: new_sid(&mut rng),
+            token: new_token(&mut rng),
+            now,
+        });
+        let mut tries = 0;
+        let requested = loop {
+            tries += 1;
+            let job = ctx.clone();
+            match self
+                .db
+                .run(move |conn| Ok(open_session(conn, &job)))
+                .await?
+            {
+                // Two identical requests raced and both tried to create the session: the loser
+                // finds the winner's session on its second try.
+                Err(SessionError::Store(e)) if tries < 3 && e.is_unique_violation() => continue,
+                other => break other?,
+            }
+        };
+        if requested.mail_queued {
+            self.mailer.wake();
+        }
+        tracing::info!(
+            session = %log_id(&requested.sid),
+            domain = %ctx.address.domain(),
+            mail_queued = requested.mail_queued,
+            "requestToken"
+        );
+        Ok(requested)
     }
-    tracing::info!(
-        session = %log_id(&requested.sid),
-        domain = %ctx.address.domain(),
-        mail_queued = requested.mail_queued,
-        "requestToken"
-    );
-    Ok(requested)
+
+    /// `submitToken` (POST or GET): checks the token of (sid, client secret). A wrong token counts
+    /// towards the lock, and the count is kept even though the call fails.
+    pub async fn submit_token(
+        &self,
+        sid: &str,
+        client_secret: &str,
+        token: &str,
+    ) -> Result<Validated, SessionError> {
+        check_opaque("sid", sid)?;
+        check_client_secret(client_secret)?;
+        check_opaque("token", token)?;
+        let now = self.clock.now_ms();
+        let session_lifetime = self.config.validation.session_lifetime.as_millis_i64();
+        let (sid, client_secret, token) = (
+            sid.to_string(),
+            client_secret.to_string(),
+            token.to_string(),
+        );
+        let log = log_id(&sid);
+        let outcome = self
+            .db
+            .run(move |conn| {
+                crate::store::transaction(conn, |conn| {
+                    check_token(conn, &sid, &client_secret, &token, now, session_lifetime)
+                })
+            })
+            .await?;
+        match &outcome {
+            Ok(_) => tracing::info!(session = %log, "submitToken: address validated"),
+            Err(e) => tracing::info!(session = %log, outcome = %e, "submitToken refused"),
+        }
+        outcome
+    }
+
+    /// For getValidated3pid, bind and unbind-by-session: the validated 3PID of (sid, client
+    /// secret).
+    pub async fn validated_threepid(
+        &self,
+        sid: &str,
+        client_secret: &str,
+    ) -> Result<ValidatedThreepid, SessionError> {
+        check_opaque("sid", sid)?;
+        check_client_secret(client_secret)?;
+        let now = self.clock.now_ms();
+        let (sid, client_secret) = (sid.to_string(), client_secret.to_string());
+        let session = self.db.run(move |conn| store::find(conn, &sid)).await?;
+        let Some(session) = session else {
+            return Err(SessionError::NoValidSession);
+        };
+        if !secret_matches(&session.client_secret_hash, &client_secret) {
+            return Err(SessionError::NoValidSession);
+        }
+        if session.expires_at <= now {
+            return Err(SessionError::Expired);
+        }
+        match session.validated_at {
+            Some(validated_at) => Ok(ValidatedThreepid {
+                medium: session.medium,
+                address: session.address,
+                validated_at,
+            }),
+            None => Err(SessionError::NotValidated),
+        }
+    }
 }
 
 /// The requestToken transaction: the session and its mail, together.
@@ -528,40 +591,6 @@ fn queue_mail(conn: &mut DbConn, ctx: &RequestContext, sid: &str) -> Result<(), 
     Ok(())
 }
 
-/// `submitToken` (POST or GET): checks the token of (sid, client secret). A wrong token counts
-/// towards the lock, and the count is kept even though the call fails.
-pub async fn submit_token(
-    app: &Annuaire,
-    sid: &str,
-    client_secret: &str,
-    token: &str,
-) -> Result<Validated, SessionError> {
-    check_opaque("sid", sid)?;
-    check_client_secret(client_secret)?;
-    check_opaque("token", token)?;
-    let now = app.clock.now_ms();
-    let session_lifetime = app.config.validation.session_lifetime.as_millis_i64();
-    let (sid, client_secret, token) = (
-        sid.to_string(),
-        client_secret.to_string(),
-        token.to_string(),
-    );
-    let log = log_id(&sid);
-    let outcome = app
-        .db
-        .run(move |conn| {
-            crate::store::transaction(conn, |conn| {
-                check_token(conn, &sid, &client_secret, &token, now, session_lifetime)
-            })
-        })
-        .await?;
-    match &outcome {
-        Ok(_) => tracing::info!(session = %log, "submitToken: address validated"),
-        Err(e) => tracing::info!(session = %log, outcome = %e, "submitToken refused"),
-    }
-    outcome
-}
-
 /// The submitToken transaction. Refusals are `Ok(Err(..))` so that the wrong-token count is
 /// committed.
 fn check_token(
@@ -599,37 +628,6 @@ fn check_token(
     }))
 }
 
-/// For getValidated3pid, bind and unbind-by-session: the validated 3PID of (sid, client
-/// secret).
-pub async fn validated_threepid(
-    app: &Annuaire,
-    sid: &str,
-    client_secret: &str,
-) -> Result<ValidatedThreepid, SessionError> {
-    check_opaque("sid", sid)?;
-    check_client_secret(client_secret)?;
-    let now = app.clock.now_ms();
-    let (sid, client_secret) = (sid.to_string(), client_secret.to_string());
-    let session = app.db.run(move |conn| store::find(conn, &sid)).await?;
-    let Some(session) = session else {
-        return Err(SessionError::NoValidSession);
-    };
-    if !secret_matches(&session.client_secret_hash, &client_secret) {
-        return Err(SessionError::NoValidSession);
-    }
-    if session.expires_at <= now {
-        return Err(SessionError::Expired);
-    }
-    match session.validated_at {
-        Some(validated_at) => Ok(ValidatedThreepid {
-            medium: session.medium,
-            address: session.address,
-            validated_at,
-        }),
-        None => Err(SessionError::NotValidated),
-    }
-}
-
 /// What one purge deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -652,16 +650,16 @@ pub fn purge(conn: &mut DbConn, config: &Config, now_ms: i64) -> Result<Purged, 
 }
 
 /// Starts the periodic purge (every `validation.purge_interval`) on the current runtime.
-pub fn start_purge_job(app: &Arc<Annuaire>) {
-    let app = app.clone();
+pub fn start_purge_job(identity: &Arc<IdentityService>) {
+    let identity = identity.clone();
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(app.config.validation.purge_interval.0);
+        let mut ticker = tokio::time::interval(identity.config.validation.purge_interval.0);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let now = app.clock.now_ms();
-            let config = app.config.clone();
-            match app.db.run(move |conn| purge(conn, &config, now)).await {
+            let now = identity.clock.now_ms();
+            let config = identity.config.clone();
+            match identity.db.run(move |conn| purge(conn, &config, now)).await {
                 Ok(p) if p != Purged::default() => tracing::info!(
                     sessions = p.sessions,
                     outbox_rows = p.outbox_rows,
@@ -816,7 +814,7 @@ mod tests {
             email: "jean@finances.example".into(),
             send_attempt: 1,
             next_link: None,
-            language: Language::Fr,
+            language: Language::FR,
             client_ip: None,
         };
         let shown = format!("{r:?}");

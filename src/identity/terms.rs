@@ -24,9 +24,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 
-use super::IdentityError;
-use super::accounts::{Account, check_terms};
-use crate::app::Annuaire;
+use super::accounts::Account;
+use super::{IdentityError, IdentityService};
 use crate::store::identity as store;
 
 /// Most URLs one `POST /v2/terms` may carry (more are ignored).
@@ -228,30 +227,32 @@ fn is_language_code(code: &str) -> bool {
         && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
-/// `POST /v2/terms`: adds the accepted URLs of current policies to what the account accepted
-/// (unknown URLs are ignored), then records full consent if every policy is now covered.
-pub async fn accept(
-    app: &Annuaire,
-    account: &Account,
-    user_accepts: &[String],
-    now_ms: i64,
-) -> Result<(), IdentityError> {
-    let terms = app.identity.terms();
-    if terms.is_empty() {
-        return Ok(());
-    }
-    let known = terms.known_urls(user_accepts.iter().take(MAX_ACCEPTED_PER_REQUEST));
-    if !known.is_empty() {
-        let user_id = account.user_id.clone();
-        app.db
-            .run(move |conn| store::add_accepted_terms(conn, &user_id, &known, now_ms))
-            .await?;
-    }
-    // Records consent when complete; partial acceptance is not an error here (the spec asks
-    // servers not to answer M_TERMS_NOT_SIGNED to this endpoint).
-    match check_terms(app, account).await {
-        Ok(()) | Err(IdentityError::TermsNotSigned) => Ok(()),
-        Err(e) => Err(e),
+impl IdentityService {
+    /// `POST /v2/terms`: adds the accepted URLs of current policies to what the account accepted
+    /// (unknown URLs are ignored), then records full consent if every policy is now covered.
+    pub async fn accept_terms(
+        &self,
+        account: &Account,
+        user_accepts: &[String],
+        now_ms: i64,
+    ) -> Result<(), IdentityError> {
+        let terms = self.terms();
+        if terms.is_empty() {
+            return Ok(());
+        }
+        let known = terms.known_urls(user_accepts.iter().take(MAX_ACCEPTED_PER_REQUEST));
+        if !known.is_empty() {
+            let user_id = account.user_id.clone();
+            self.db
+                .run(move |conn| store::add_accepted_terms(conn, &user_id, &known, now_ms))
+                .await?;
+        }
+        // Records consent when complete; partial acceptance is not an error here (the spec asks
+        // servers not to answer M_TERMS_NOT_SIGNED to this endpoint).
+        match self.check_terms(account).await {
+            Ok(()) | Err(IdentityError::TermsNotSigned) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 

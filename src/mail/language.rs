@@ -1,65 +1,23 @@
-//! The languages mails are written in, and the choice among them from `Accept-Language`.
+//! The choice of a language among those available (the languages the templates exist in) from
+//! an HTTP `Accept-Language` header. Shared by the mails and the web pages.
 
-use std::fmt;
-use std::str::FromStr;
+pub use crate::config::Language;
 
-/// A language the embedded templates exist in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Language {
-    /// French (vouvoiement).
-    Fr,
-    /// English.
-    En,
-}
-
-impl Language {
-    /// Every supported language, in a stable order.
-    pub const ALL: [Language; 2] = [Language::Fr, Language::En];
-
-    /// The ISO 639-1 code used in template file names and in `Content-Language`.
-    pub fn code(self) -> &'static str {
-        match self {
-            Language::Fr => "fr",
-            Language::En => "en",
-        }
-    }
-
-    /// The language whose code is the primary subtag of `tag` (`fr-FR`, `en_GB`, `FR`).
-    fn from_tag(tag: &str) -> Option<Language> {
-        let primary = tag.split(['-', '_']).next().unwrap_or(tag);
-        Language::ALL
-            .into_iter()
-            .find(|l| primary.eq_ignore_ascii_case(l.code()))
-    }
-}
-
-impl fmt::Display for Language {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
-
-impl FromStr for Language {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Language::from_tag(s.trim())
-            .ok_or_else(|| format!("unsupported language {s:?} (expected \"fr\" or \"en\")"))
-    }
-}
-
-/// Chooses the language of a mail from an HTTP `Accept-Language` value.
+/// Chooses a language among `available` from an HTTP `Accept-Language` value.
 ///
 /// Quality values are honoured (`q=0` means "not this one"), a region is ignored (`fr-FR` is
 /// French), `*` stands for any language not named, ties go to the language named first, and
 /// anything unusable (absent, malformed, only unknown languages) gives `default`.
-pub fn negotiate_language(accept_language: Option<&str>, default: Language) -> Language {
+pub fn negotiate_language(
+    accept_language: Option<&str>,
+    available: &[Language],
+    default: Language,
+) -> Language {
     let Some(header) = accept_language else {
         return default;
     };
-    // Per language: (quality in thousandths, position of its first mention).
-    let mut named: [Option<(u16, usize)>; 2] = [None, None];
+    // Per available language: (quality in thousandths, position of its first mention).
+    let mut named: Vec<Option<(u16, usize)>> = vec![None; available.len()];
     let mut wildcard: Option<(u16, usize)> = None;
     for (position, item) in header.split(',').enumerate() {
         let mut pieces = item.split(';');
@@ -82,8 +40,10 @@ pub fn negotiate_language(accept_language: Option<&str>, default: Language) -> L
             wildcard.get_or_insert((quality, position));
             continue;
         }
-        if let Some(language) = Language::from_tag(tag) {
-            let slot = &mut named[index(language)];
+        if let Some(slot) = Language::from_tag(tag)
+            .and_then(|language| available.iter().position(|a| *a == language))
+            .and_then(|i| named.get_mut(i))
+        {
             *slot = Some(match *slot {
                 // The most favourable mention wins (`fr-FR;q=0.2, fr` is French at 1).
                 Some((q, first)) => (q.max(quality), first),
@@ -92,8 +52,8 @@ pub fn negotiate_language(accept_language: Option<&str>, default: Language) -> L
         }
     }
     let mut best: Option<(Language, u16, usize)> = None;
-    for language in Language::ALL {
-        let Some((quality, position)) = named[index(language)].or(wildcard) else {
+    for (language, mention) in available.iter().copied().zip(named.iter().copied()) {
+        let Some((quality, position)) = mention.or(wildcard) else {
             continue;
         };
         if quality == 0 {
@@ -101,7 +61,7 @@ pub fn negotiate_language(accept_language: Option<&str>, default: Language) -> L
         }
         // Languages only reached through `*` rank after every named one at the same weight,
         // and among themselves the configured default comes first.
-        let rank = if named[index(language)].is_some() {
+        let rank = if mention.is_some() {
             position
         } else if language == default {
             usize::MAX - 1
@@ -117,13 +77,6 @@ pub fn negotiate_language(accept_language: Option<&str>, default: Language) -> L
         }
     }
     best.map(|(language, _, _)| language).unwrap_or(default)
-}
-
-fn index(language: Language) -> usize {
-    match language {
-        Language::Fr => 0,
-        Language::En => 1,
-    }
 }
 
 /// Parses an RFC 9110 weight (`0`, `0.5`, `1.000`) into thousandths.
@@ -147,84 +100,91 @@ fn parse_quality(value: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Language::{En, Fr};
+    const FR: Language = Language::FR;
+    const EN: Language = Language::EN;
+    #[allow(non_upper_case_globals)]
+    const Fr: Language = FR;
+    #[allow(non_upper_case_globals)]
+    const En: Language = EN;
+
+    /// The negotiation over the two embedded languages, as before `de` existed.
+    fn negotiate(header: Option<&str>, default: Language) -> Language {
+        negotiate_language(header, &[FR, EN], default)
+    }
 
     #[test]
     fn absent_or_empty_header_gives_the_default() {
-        assert_eq!(negotiate_language(None, Fr), Fr);
-        assert_eq!(negotiate_language(None, En), En);
-        assert_eq!(negotiate_language(Some(""), En), En);
-        assert_eq!(negotiate_language(Some(" , ;"), Fr), Fr);
+        assert_eq!(negotiate(None, Fr), Fr);
+        assert_eq!(negotiate(None, En), En);
+        assert_eq!(negotiate(Some(""), En), En);
+        assert_eq!(negotiate(Some(" , ;"), Fr), Fr);
     }
 
     #[test]
     fn region_subtags_are_ignored() {
-        assert_eq!(negotiate_language(Some("fr-FR"), En), Fr);
-        assert_eq!(negotiate_language(Some("FR-be"), En), Fr);
-        assert_eq!(negotiate_language(Some("en-GB"), Fr), En);
-        assert_eq!(negotiate_language(Some("en_US"), Fr), En);
+        assert_eq!(negotiate(Some("fr-FR"), En), Fr);
+        assert_eq!(negotiate(Some("FR-be"), En), Fr);
+        assert_eq!(negotiate(Some("en-GB"), Fr), En);
+        assert_eq!(negotiate(Some("en_US"), Fr), En);
     }
 
     #[test]
     fn unknown_languages_give_the_default() {
-        assert_eq!(negotiate_language(Some("de-DE, it;q=0.8"), Fr), Fr);
-        assert_eq!(negotiate_language(Some("de-DE, it;q=0.8"), En), En);
+        assert_eq!(negotiate(Some("de-DE, it;q=0.8"), Fr), Fr);
+        assert_eq!(negotiate(Some("de-DE, it;q=0.8"), En), En);
         // `french` is not the `fr` primary subtag.
-        assert_eq!(negotiate_language(Some("french"), En), En);
+        assert_eq!(negotiate(Some("french"), En), En);
     }
 
     #[test]
     fn quality_values_are_honoured() {
-        assert_eq!(negotiate_language(Some("fr;q=0.3, en;q=0.9"), Fr), En);
-        assert_eq!(negotiate_language(Some("en;q=0.1, de, fr;q=0.5"), En), Fr);
+        assert_eq!(negotiate(Some("fr;q=0.3, en;q=0.9"), Fr), En);
+        assert_eq!(negotiate(Some("en;q=0.1, de, fr;q=0.5"), En), Fr);
         assert_eq!(
-            negotiate_language(Some("de-DE,de;q=0.9,en-US;q=0.8,en;q=0.7"), Fr),
+            negotiate(Some("de-DE,de;q=0.9,en-US;q=0.8,en;q=0.7"), Fr),
             En
         );
-        assert_eq!(negotiate_language(Some("fr-FR,fr;q=0.9,en;q=0.8"), En), Fr);
+        assert_eq!(negotiate(Some("fr-FR,fr;q=0.9,en;q=0.8"), En), Fr);
     }
 
     #[test]
     fn ties_go_to_the_first_named() {
-        assert_eq!(negotiate_language(Some("en, fr"), Fr), En);
-        assert_eq!(negotiate_language(Some("fr, en"), En), Fr);
-        assert_eq!(negotiate_language(Some("en;q=0.5, fr;q=0.5"), Fr), En);
+        assert_eq!(negotiate(Some("en, fr"), Fr), En);
+        assert_eq!(negotiate(Some("fr, en"), En), Fr);
+        assert_eq!(negotiate(Some("en;q=0.5, fr;q=0.5"), Fr), En);
     }
 
     #[test]
     fn zero_quality_excludes_a_language() {
-        assert_eq!(negotiate_language(Some("fr;q=0"), Fr), Fr, "nothing left");
-        assert_eq!(negotiate_language(Some("fr;q=0, en;q=0.1"), Fr), En);
+        assert_eq!(negotiate(Some("fr;q=0"), Fr), Fr, "nothing left");
+        assert_eq!(negotiate(Some("fr;q=0, en;q=0.1"), Fr), En);
         // `*` means every language not named: French is excluded, so English.
-        assert_eq!(negotiate_language(Some("fr;q=0, *"), Fr), En);
-        assert_eq!(negotiate_language(Some("fr;q=0.000, *;q=0.5"), Fr), En);
+        assert_eq!(negotiate(Some("fr;q=0, *"), Fr), En);
+        assert_eq!(negotiate(Some("fr;q=0.000, *;q=0.5"), Fr), En);
     }
 
     #[test]
     fn the_most_favourable_mention_of_a_language_counts() {
-        assert_eq!(
-            negotiate_language(Some("fr-CA;q=0.1, en;q=0.5, fr"), En),
-            Fr
-        );
+        assert_eq!(negotiate(Some("fr-CA;q=0.1, en;q=0.5, fr"), En), Fr);
     }
 
     #[test]
     fn wildcard_ranks_after_named_languages_and_prefers_the_default() {
-        assert_eq!(negotiate_language(Some("*"), En), En);
-        assert_eq!(negotiate_language(Some("*"), Fr), Fr);
-        assert_eq!(negotiate_language(Some("*, en"), Fr), En);
-        assert_eq!(negotiate_language(Some("de, *;q=0.5, en;q=0.5"), Fr), En);
+        assert_eq!(negotiate(Some("*"), En), En);
+        assert_eq!(negotiate(Some("*"), Fr), Fr);
+        assert_eq!(negotiate(Some("*, en"), Fr), En);
+        assert_eq!(negotiate(Some("de, *;q=0.5, en;q=0.5"), Fr), En);
     }
 
     #[test]
     fn malformed_weights_discard_the_item() {
-        assert_eq!(negotiate_language(Some("en;q=2, fr;q=0.1"), En), Fr);
-        assert_eq!(negotiate_language(Some("en;q=0.12345"), Fr), Fr);
-        assert_eq!(negotiate_language(Some("en;q=abc"), Fr), Fr);
-        assert_eq!(negotiate_language(Some("en;q=1.5"), Fr), Fr);
+        assert_eq!(negotiate(Some("en;q=2, fr;q=0.1"), En), Fr);
+        assert_eq!(negotiate(Some("en;q=0.12345"), Fr), Fr);
+        assert_eq!(negotiate(Some("en;q=abc"), Fr), Fr);
+        assert_eq!(negotiate(Some("en;q=1.5"), Fr), Fr);
         // Parameters other than q are ignored.
-        assert_eq!(negotiate_language(Some("en;level=1"), Fr), En);
-        assert_eq!(negotiate_language(Some("en ; Q=1.0"), Fr), En);
+        assert_eq!(negotiate(Some("en;level=1"), Fr), En);
+        assert_eq!(negotiate(Some("en ; Q=1.0"), Fr), En);
     }
 
     #[test]
@@ -245,7 +205,10 @@ mod tests {
         assert_eq!("fr".parse::<Language>(), Ok(Fr));
         assert_eq!("EN".parse::<Language>(), Ok(En));
         assert_eq!("fr-FR".parse::<Language>(), Ok(Fr));
-        assert!("de".parse::<Language>().is_err());
+        assert_eq!("de".parse::<Language>(), Ok(Language::DE));
+        assert!("german".parse::<Language>().is_err());
+        assert!("f".parse::<Language>().is_err());
+        assert!("f1".parse::<Language>().is_err());
         assert_eq!(Fr.to_string(), "fr");
         assert_eq!(serde_json::to_string(&En).unwrap(), "\"en\"");
         assert_eq!(serde_json::from_str::<Language>("\"fr\"").unwrap(), Fr);

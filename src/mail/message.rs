@@ -140,7 +140,7 @@ mod tests {
 
     fn mail() -> RenderedMail {
         RenderedMail {
-            language: Language::Fr,
+            language: Language::FR,
             subject: "Confirmez votre adresse e-mail".into(),
             text: "Bonjour,\nLien : https://id.example/submitToken?sid=1&client_secret=a%3Db&token=AbC\n".into(),
             html: "<p>Bonjour,</p>\n<p><a href=\"https://id.example/x?a=1&amp;b=2\">Confirmer</a> — é</p>\n".into(),

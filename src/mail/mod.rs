@@ -9,6 +9,7 @@
 //! Addresses, tokens and message bodies are never logged: logs carry the transport, the outcome
 //! and a redacted error summary.
 
+pub mod domain_request;
 mod language;
 mod message;
 pub mod outbox;
@@ -67,6 +68,16 @@ pub enum MailError {
     /// The message cannot be assembled.
     #[error("building the email message failed: {0}")]
     Message(String),
+    /// `mail.default_language` names a language the templates do not exist in.
+    #[error(
+        "mail.default_language = {wanted:?}: no templates in that language (available: {available})"
+    )]
+    Language {
+        /// The configured language.
+        wanted: String,
+        /// The languages the templates exist in.
+        available: String,
+    },
     /// The SMTP settings are unusable (bad TLS parameters, unreadable CA file, ...).
     #[error("SMTP settings: {0}")]
     Smtp(String),

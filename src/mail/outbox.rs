@@ -13,15 +13,18 @@ use super::{
     Language, MailError, MailTransport, OutgoingMessage, RenderedMail, SendError, SmtpSettings,
     Templates, build_message,
 };
-use crate::app::Annuaire;
+use crate::clock::SharedClock;
 use crate::config::{Config, MailTransportKind, OutboxConfig};
 use crate::store::outbox::{self as store, ClaimedRow, NewOutboxRow};
-use crate::store::{DbConn, StoreError};
+use crate::store::{Db, DbConn, StoreError};
 
 /// What an instance needs to send mail: the templates (loaded once), the transport, and the
 /// outbox worker's wake-up channel.
 pub struct Mailer {
-    templates: Templates,
+    db: Db,
+    clock: SharedClock,
+    templates: arc_swap::ArcSwap<Templates>,
+    templates_dir: Option<std::path::PathBuf>,
     transport: MailTransport,
     from: String,
     message_id_domain: String,
@@ -44,8 +47,9 @@ impl std::fmt::Debug for Mailer {
 impl Mailer {
     /// Loads the templates (a broken override is an error naming its file) and sets up the
     /// transport (creates the mail folder; reads the SMTP password file and CA file).
-    pub fn from_config(config: &Config) -> Result<Mailer, MailError> {
+    pub fn from_config(config: &Config, db: Db, clock: SharedClock) -> Result<Mailer, MailError> {
         let templates = Templates::load(config.mail.templates_dir.as_deref())?;
+        templates.check_default_language(config.mail.default_language)?;
         let transport = match config.mail.transport {
             MailTransportKind::File => MailTransport::file(config.mail_file_dir())?,
             MailTransportKind::Smtp => {
@@ -76,21 +80,47 @@ impl Mailer {
         // claimed again only when its worker is gone.
         let lease = config.mail.smtp.timeout.0 * 2 + Duration::from_secs(30);
         Ok(Mailer {
-            templates,
+            db,
+            clock,
+            templates: arc_swap::ArcSwap::from_pointee(templates),
+            templates_dir: config.mail.templates_dir.clone(),
             transport,
             from,
             message_id_domain,
             default_language: config.mail.default_language,
             outbox: config.mail.outbox.clone(),
             lease,
-            worker_id: crate::app::random_id(),
+            worker_id: crate::secret::random_id(),
             wake: Notify::new(),
         })
     }
 
     /// The loaded mail templates.
-    pub fn templates(&self) -> &Templates {
-        &self.templates
+    pub fn templates(&self) -> std::sync::Arc<Templates> {
+        self.templates.load_full()
+    }
+
+    /// Reads the templates again (SIGHUP); a broken override leaves the current ones in use.
+    pub fn reload_templates(&self) -> Result<(), MailError> {
+        let templates = Templates::load(self.templates_dir.as_deref())?;
+        templates.check_default_language(self.default_language)?;
+        self.templates.store(std::sync::Arc::new(templates));
+        Ok(())
+    }
+
+    /// The languages mails can be written in.
+    pub fn languages(&self) -> Vec<Language> {
+        self.templates.load().languages().to_vec()
+    }
+
+    /// Chooses a mail's language from an HTTP `Accept-Language` value.
+    pub fn negotiate_language(&self, accept_language: Option<&str>) -> Language {
+        let templates = self.templates.load();
+        super::negotiate_language(
+            accept_language,
+            templates.languages(),
+            self.default_language,
+        )
     }
 
     /// The configured default language.
@@ -131,7 +161,7 @@ pub fn enqueue(
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     let domain = msg.to.rsplit_once('@').map_or("", |(_, d)| d);
-    let id = crate::app::random_id();
+    let id = crate::secret::random_id();
     store::insert(
         conn,
         &NewOutboxRow {
@@ -159,21 +189,141 @@ pub fn supersede(
     store::supersede(conn, kind, dedupe_key, now_ms)
 }
 
-/// Wakes the outbox worker of this instance after the enqueuing transaction committed.
-pub fn wake(app: &Annuaire) {
-    app.mailer.wake();
+impl Mailer {
+    /// Delivers every due row this worker can claim; returns how many rows were handled.
+    pub async fn deliver_due(&self) -> Result<usize, StoreError> {
+        let mut handled = 0;
+        while self.deliver_one().await?.is_some() {
+            handled += 1;
+        }
+        Ok(handled)
+    }
+
+    /// Claims and delivers one due row, if there is one.
+    pub async fn deliver_one(&self) -> Result<Option<Delivery>, StoreError> {
+        let mailer = self;
+        let now = self.clock.now_ms();
+        let lease_until = now.saturating_add(i64::try_from(mailer.lease.as_millis()).unwrap_or(0));
+        let worker = mailer.worker_id.clone();
+        let Some(row) = self
+            .db
+            .run(move |conn| store::claim(conn, &worker, now, lease_until))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let attempts = row.attempts.saturating_add(1);
+        // Ok, or (permanent?, redacted summary).
+        let result: Result<(), (bool, String)> = match &row.body {
+            Some(raw) => {
+                let msg = OutgoingMessage {
+                    from: row.sender.clone(),
+                    to: row.recipient.clone(),
+                    message_id: row.message_id.clone(),
+                    raw: raw.clone(),
+                };
+                mailer
+                    .transport
+                    .send(&msg)
+                    .await
+                    .map_err(|e: SendError| (e.is_permanent(), e.summary().to_string()))
+            }
+            None => Err((true, "the stored message has no body".to_string())),
+        };
+        let delivery = match &result {
+            Ok(()) => Delivery::Sent,
+            Err((true, _)) => Delivery::Failed,
+            Err(_) if u32::try_from(attempts).unwrap_or(u32::MAX) >= mailer.outbox.max_attempts => {
+                Delivery::Failed
+            }
+            Err(_) => Delivery::Retry,
+        };
+        let finished_at = self.clock.now_ms();
+        let error = result.as_ref().err().map(|(_, summary)| summary.clone());
+        let next_attempt_at = finished_at.saturating_add(
+            i64::try_from(
+                backoff(&mailer.outbox, u32::try_from(attempts).unwrap_or(u32::MAX)).as_millis(),
+            )
+            .unwrap_or(i64::MAX),
+        );
+        let record = || {
+            let (worker, id, error) = (mailer.worker_id.clone(), row.id.clone(), error.clone());
+            self.db.run(move |conn| {
+                let error = error.as_deref().unwrap_or("");
+                match delivery {
+                    Delivery::Sent => store::mark_sent(conn, &id, &worker, attempts, finished_at),
+                    Delivery::Retry => {
+                        store::mark_retry(conn, &id, &worker, attempts, error, next_attempt_at)
+                    }
+                    Delivery::Failed => {
+                        store::mark_failed(conn, &id, &worker, attempts, error, finished_at)
+                    }
+                }
+            })
+        };
+        // A mail handed to the server but not recorded as sent would go out again when the
+        // lease ends: while the database is briefly away (a restart), keep trying to record it
+        // for half the lease.
+        let mut recorded = record().await;
+        let give_up = std::time::Instant::now() + mailer.lease / 2;
+        while let Err(e) = &recorded {
+            if !e.is_unavailable() || std::time::Instant::now() >= give_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            recorded = record().await;
+        }
+        report(&row, attempts, delivery, &result);
+        match recorded {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                outbox_id = %row.id,
+                "outbox row changed hands while it was being delivered (its lease had ended)"
+            ),
+            // The row stays claimed; it is tried again when the lease ends.
+            Err(e) => return Err(e),
+        }
+        Ok(Some(delivery))
+    }
+
+    /// Updates the queue gauges (`annuaire_outbox_queued`, `annuaire_outbox_oldest_unsent_seconds`).
+    async fn update_gauges(&self) {
+        let now = self.clock.now_ms();
+        match self.db.run(store::queued_stats).await {
+            Ok((count, oldest)) => {
+                #[allow(clippy::cast_precision_loss)]
+                let age = oldest.map_or(0.0, |t| (now.saturating_sub(t)).max(0) as f64 / 1000.0);
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!("annuaire_outbox_queued").set(count as f64);
+                metrics::gauge!("annuaire_outbox_oldest_unsent_seconds").set(age);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the outbox statistics"),
+        }
+    }
+
+    /// How long the worker may sleep: until the next row is due, at most `poll_interval`.
+    async fn idle_time(&self) -> Duration {
+        let poll = self.outbox.poll_interval.0;
+        let now = self.clock.now_ms();
+        match self.db.run(move |conn| store::next_due(conn, now)).await {
+            Ok(Some(due)) => {
+                let wait = u64::try_from(due.saturating_sub(now)).unwrap_or(0);
+                // Never spin: a row due now that could not be claimed is someone else's.
+                Duration::from_millis(wait).clamp(Duration::from_millis(50), poll)
+            }
+            Ok(None) => poll,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox: cannot read the queue");
+                poll.min(Duration::from_secs(5))
+            }
+        }
+    }
 }
 
 /// Wait before retry number `attempts` (1 = after the first failure): the initial backoff,
 /// doubled each time, capped.
 pub fn backoff(config: &OutboxConfig, attempts: u32) -> Duration {
-    let exponent = attempts.saturating_sub(1).min(31);
-    config
-        .initial_backoff
-        .0
-        .checked_mul(1u32 << exponent)
-        .unwrap_or(config.max_backoff.0)
-        .min(config.max_backoff.0)
+    crate::clock::backoff(config.initial_backoff.0, config.max_backoff.0, attempts)
 }
 
 /// What became of one delivery.
@@ -185,92 +335,6 @@ pub enum Delivery {
     Retry,
     /// Given up.
     Failed,
-}
-
-/// Delivers every due row this worker can claim; returns how many rows were handled.
-pub async fn deliver_due(app: &Annuaire) -> Result<usize, StoreError> {
-    let mut handled = 0;
-    while deliver_one(app).await?.is_some() {
-        handled += 1;
-    }
-    Ok(handled)
-}
-
-/// Claims and delivers one due row, if there is one.
-pub async fn deliver_one(app: &Annuaire) -> Result<Option<Delivery>, StoreError> {
-    let mailer = app.mailer.clone();
-    let now = app.clock.now_ms();
-    let lease_until = now.saturating_add(i64::try_from(mailer.lease.as_millis()).unwrap_or(0));
-    let worker = mailer.worker_id.clone();
-    let Some(row) = app
-        .db
-        .run(move |conn| store::claim(conn, &worker, now, lease_until))
-        .await?
-    else {
-        return Ok(None);
-    };
-    let attempts = row.attempts.saturating_add(1);
-    // Ok, or (permanent?, redacted summary).
-    let result: Result<(), (bool, String)> = match &row.body {
-        Some(raw) => {
-            let msg = OutgoingMessage {
-                from: row.sender.clone(),
-                to: row.recipient.clone(),
-                message_id: row.message_id.clone(),
-                raw: raw.clone(),
-            };
-            mailer
-                .transport
-                .send(&msg)
-                .await
-                .map_err(|e: SendError| (e.is_permanent(), e.summary().to_string()))
-        }
-        None => Err((true, "the stored message has no body".to_string())),
-    };
-    let delivery = match &result {
-        Ok(()) => Delivery::Sent,
-        Err((true, _)) => Delivery::Failed,
-        Err(_) if u32::try_from(attempts).unwrap_or(u32::MAX) >= mailer.outbox.max_attempts => {
-            Delivery::Failed
-        }
-        Err(_) => Delivery::Retry,
-    };
-    let finished_at = app.clock.now_ms();
-    let error = result.as_ref().err().map(|(_, summary)| summary.clone());
-    let next_attempt_at = finished_at.saturating_add(
-        i64::try_from(
-            backoff(&mailer.outbox, u32::try_from(attempts).unwrap_or(u32::MAX)).as_millis(),
-        )
-        .unwrap_or(i64::MAX),
-    );
-    let worker = mailer.worker_id.clone();
-    let id = row.id.clone();
-    let recorded = app
-        .db
-        .run(move |conn| {
-            let error = error.as_deref().unwrap_or("");
-            match delivery {
-                Delivery::Sent => store::mark_sent(conn, &id, &worker, attempts, finished_at),
-                Delivery::Retry => {
-                    store::mark_retry(conn, &id, &worker, attempts, error, next_attempt_at)
-                }
-                Delivery::Failed => {
-                    store::mark_failed(conn, &id, &worker, attempts, error, finished_at)
-                }
-            }
-        })
-        .await;
-    report(&row, attempts, delivery, &result);
-    match recorded {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            outbox_id = %row.id,
-            "outbox row changed hands while it was being delivered (its lease had ended)"
-        ),
-        // The row stays claimed; it is tried again when the lease ends.
-        Err(e) => return Err(e),
-    }
-    Ok(Some(delivery))
 }
 
 /// Logs and counts one delivery (the domain only, never the address).
@@ -317,56 +381,20 @@ fn report(
     }
 }
 
-/// Updates the queue gauges (`annuaire_outbox_queued`, `annuaire_outbox_oldest_unsent_seconds`).
-async fn update_gauges(app: &Annuaire) {
-    let now = app.clock.now_ms();
-    match app.db.run(store::queued_stats).await {
-        Ok((count, oldest)) => {
-            #[allow(clippy::cast_precision_loss)]
-            let age = oldest.map_or(0.0, |t| (now.saturating_sub(t)).max(0) as f64 / 1000.0);
-            #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!("annuaire_outbox_queued").set(count as f64);
-            metrics::gauge!("annuaire_outbox_oldest_unsent_seconds").set(age);
-        }
-        Err(e) => tracing::warn!(error = %e, "could not read the outbox statistics"),
-    }
-}
-
-/// How long the worker may sleep: until the next row is due, at most `poll_interval`.
-async fn idle_time(app: &Annuaire) -> Duration {
-    let poll = app.mailer.outbox.poll_interval.0;
-    let now = app.clock.now_ms();
-    match app.db.run(move |conn| store::next_due(conn, now)).await {
-        Ok(Some(due)) => {
-            let wait = u64::try_from(due.saturating_sub(now)).unwrap_or(0);
-            // Never spin: a row due now that could not be claimed is someone else's.
-            Duration::from_millis(wait).clamp(Duration::from_millis(50), poll)
-        }
-        Ok(None) => poll,
-        Err(e) => {
-            tracing::warn!(error = %e, "outbox: cannot read the queue");
-            poll.min(Duration::from_secs(5))
-        }
-    }
-}
-
 /// Starts this instance's outbox worker on the current runtime; it ends with the runtime.
 /// Rows queued before a restart are delivered by the first pass.
-pub fn start_worker(app: &Arc<Annuaire>) {
-    let app = app.clone();
+pub fn start_worker(mailer: &Arc<Mailer>) {
+    let mailer = mailer.clone();
     tokio::spawn(async move {
-        tracing::info!(
-            transport = app.mailer.transport_name(),
-            "outbox worker started"
-        );
+        tracing::info!(transport = mailer.transport_name(), "outbox worker started");
         loop {
-            if let Err(e) = deliver_due(&app).await {
+            if let Err(e) = mailer.deliver_due().await {
                 tracing::warn!(error = %e, "outbox: delivery pass failed");
             }
-            update_gauges(&app).await;
-            let wait = idle_time(&app).await;
+            mailer.update_gauges().await;
+            let wait = mailer.idle_time().await;
             tokio::select! {
-                () = app.mailer.wake.notified() => {}
+                () = mailer.wake.notified() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }

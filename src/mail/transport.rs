@@ -1,5 +1,6 @@
 //! Delivering built messages: SMTP (lettre) or a folder of `.eml` files.
 
+pub use crate::config::SmtpSecurity;
 use std::fmt;
 use std::io::Write;
 use std::net::IpAddr;
@@ -16,18 +17,6 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::{MailError, OutgoingMessage};
-
-/// How the SMTP connection is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpSecurity {
-    /// Plain text (a local relay); credentials only go to a loopback host.
-    None,
-    /// Plain connection upgraded with STARTTLS, which is required (never opportunistic).
-    StartTls,
-    /// TLS from the first byte (submissions, usually port 465).
-    Tls,
-}
 
 /// What [`MailTransport::smtp`] needs.
 #[derive(Clone)]

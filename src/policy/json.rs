@@ -6,9 +6,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
 use super::address::{normalize_domain, normalize_email};
-use super::file::{RuleError, validate_rule, validate_structure};
+use super::file::RuleError;
 use super::instant::{format_rfc3339, parse_rfc3339};
 use super::rule::{Rule, RuleKind, RuleSource, RuleTarget};
+use super::validate::{validate_rule, validate_structure};
 
 /// The JSON shape; `id`, `source` and `line` are read back by the storage layer but never
 /// trusted for identity (the id is recomputed from kind and target).

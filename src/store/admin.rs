@@ -8,10 +8,9 @@ use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use super::directory::EntryRow;
 use super::policy::StoredRule;
 use super::schema::{
-    admin_accounts, admin_audit, admin_revoked_tokens, directory_entries, invites, mail_outbox,
-    policy_rules, validation_sessions,
+    admin_accounts, admin_revoked_tokens, directory_entries, mail_outbox, policy_rules,
 };
-use super::{DbConn, StoreError};
+use super::{DbConn, StoreError, escape_like};
 use crate::db_dispatch;
 use crate::policy::Rule;
 
@@ -218,131 +217,6 @@ pub fn purge_revoked(conn: &mut DbConn, before_ms: i64) -> Result<usize, StoreEr
     let n = db_dispatch!(conn, c => diesel::delete(t::admin_revoked_tokens.filter(t::expires_at.lt(before_ms)))
         .execute(c)?);
     Ok(n)
-}
-
-// ---- audit log ----
-
-/// One audit row to write.
-#[derive(Debug, Clone)]
-pub struct NewAuditRow {
-    /// When (ms).
-    pub at: i64,
-    /// Who: an admin username, "cli:<unix user>", "startup".
-    pub actor: String,
-    /// What: "rule.create", "account.remove", …
-    pub action: String,
-    /// On what: "rule:<id>", "account:<username>", …
-    pub target: String,
-    /// The object before the change (JSON), if it existed.
-    pub before_json: Option<String>,
-    /// The object after the change (JSON), if it still exists.
-    pub after_json: Option<String>,
-}
-
-/// One audit row as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
-pub struct AuditRow {
-    /// Position in the log (increasing).
-    pub seq: i64,
-    /// When (ms).
-    pub at: i64,
-    /// Who.
-    pub actor: String,
-    /// What.
-    pub action: String,
-    /// On what.
-    pub target: String,
-    /// Before (JSON).
-    pub before_json: Option<String>,
-    /// After (JSON).
-    pub after_json: Option<String>,
-}
-
-/// Appends a row to the audit log.
-pub fn insert_audit(conn: &mut DbConn, row: &NewAuditRow) -> Result<(), StoreError> {
-    use admin_audit::dsl as a;
-    db_dispatch!(conn, c => diesel::insert_into(a::admin_audit)
-        .values((
-            a::at.eq(row.at),
-            a::actor.eq(&row.actor),
-            a::action.eq(&row.action),
-            a::target.eq(&row.target),
-            a::before_json.eq(&row.before_json),
-            a::after_json.eq(&row.after_json),
-        ))
-        .execute(c)?);
-    Ok(())
-}
-
-/// Which audit rows to read.
-#[derive(Debug, Clone, Default)]
-pub struct AuditQuery {
-    /// Exactly this actor.
-    pub actor: Option<String>,
-    /// Exactly this action.
-    pub action: Option<String>,
-    /// Actions starting with this prefix ("rule.").
-    pub action_prefix: Option<String>,
-    /// Exactly this target.
-    pub target: Option<String>,
-    /// At or after (ms).
-    pub since: Option<i64>,
-    /// Before (ms, exclusive).
-    pub until: Option<i64>,
-    /// Rows older than this position only (pagination).
-    pub before_seq: Option<i64>,
-    /// At most this many rows.
-    pub limit: i64,
-}
-
-/// Audit rows, newest first.
-pub fn query_audit(conn: &mut DbConn, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
-    use admin_audit::dsl as a;
-    let prefix = q
-        .action_prefix
-        .as_deref()
-        .map(|p| format!("{}%", escape_like(p)));
-    let rows = db_dispatch!(conn, c => {
-        let mut query = a::admin_audit.into_boxed();
-        if let Some(actor) = &q.actor {
-            query = query.filter(a::actor.eq(actor));
-        }
-        if let Some(action) = &q.action {
-            query = query.filter(a::action.eq(action));
-        }
-        if let Some(prefix) = &prefix {
-            query = query.filter(a::action.like(prefix).escape('\\'));
-        }
-        if let Some(target) = &q.target {
-            query = query.filter(a::target.eq(target));
-        }
-        if let Some(since) = q.since {
-            query = query.filter(a::at.ge(since));
-        }
-        if let Some(until) = q.until {
-            query = query.filter(a::at.lt(until));
-        }
-        if let Some(before) = q.before_seq {
-            query = query.filter(a::seq.lt(before));
-        }
-        query
-            .order(a::seq.desc())
-            .limit(q.limit)
-            .load::<AuditRow>(c)?
-    });
-    Ok(rows)
-}
-
-/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
-pub fn escape_like(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        if matches!(ch, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(ch);
-    }
-    out
 }
 
 // ---- rules, paged ----
@@ -694,66 +568,4 @@ pub fn outbox_counts(
         }
     }
     Ok(counts)
-}
-
-// ---- erasure of a 3PID ----
-
-/// Deletes every invitation to an address (waiting, delivered or given up); how many.
-pub fn delete_invites_to(
-    conn: &mut DbConn,
-    medium: &str,
-    address: &str,
-) -> Result<usize, StoreError> {
-    use invites::dsl as i;
-    Ok(db_dispatch!(conn, c => diesel::delete(
-        i::invites.filter(i::medium.eq(medium)).filter(i::address.eq(address)),
-    )
-    .execute(c)?))
-}
-
-/// Deletes every validation session of an address; how many.
-pub fn delete_sessions_for(
-    conn: &mut DbConn,
-    medium: &str,
-    address: &str,
-) -> Result<usize, StoreError> {
-    use validation_sessions::dsl as v;
-    Ok(db_dispatch!(conn, c => diesel::delete(
-        v::validation_sessions.filter(v::medium.eq(medium)).filter(v::address.eq(address)),
-    )
-    .execute(c)?))
-}
-
-/// Cancels the queued mails to `recipient` (superseded, body and recipient erased), except one a
-/// live worker is sending right now (it goes out, then is erased as sent); how many.
-pub fn cancel_queued_mail_to(
-    conn: &mut DbConn,
-    recipient: &str,
-    now_ms: i64,
-) -> Result<usize, StoreError> {
-    use mail_outbox::dsl as o;
-    Ok(db_dispatch!(conn, c => diesel::update(
-        o::mail_outbox
-            .filter(o::recipient.eq(recipient))
-            .filter(o::status.eq(super::outbox::QUEUED))
-            .filter(o::claimed_until.is_null().or(o::claimed_until.lt(now_ms))),
-    )
-    .set((
-        o::status.eq(super::outbox::SUPERSEDED),
-        o::body.eq(None::<Vec<u8>>),
-        o::recipient.eq(""),
-        o::finished_at.eq(Some(now_ms)),
-    ))
-    .execute(c)?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn like_patterns_are_escaped() {
-        assert_eq!(escape_like("a_b%c\\d"), "a\\_b\\%c\\\\d");
-        assert_eq!(escape_like("rule."), "rule.");
-    }
 }

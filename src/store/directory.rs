@@ -16,7 +16,7 @@ use super::schema::{directory_entries, directory_replication, ldap_names};
 use super::{DbConn, StoreError};
 use crate::db_dispatch;
 
-/// Rows written per statement by bulk inserts (20 columns: well under both backends' limits on
+/// Rows written per statement by bulk inserts (21 columns: well under both backends' limits on
 /// bound parameters).
 pub const BULK_ROWS: usize = 500;
 
@@ -45,6 +45,8 @@ pub struct EntryRow {
     pub organisation_key: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// What the user typed as display name on their homeserver (never published).
+    pub user_displayname: Option<String>,
 }
 
 /// What a search needs of a matching entry.
@@ -94,6 +96,7 @@ pub fn upsert(conn: &mut DbConn, row: &EntryRow) -> Result<(), StoreError> {
             e::search_all.eq(&row.search_all),
             e::organisation_key.eq(&row.organisation_key),
             e::updated_at.eq(row.updated_at),
+            e::user_displayname.eq(&row.user_displayname),
         ))
         .execute(c)?);
     Ok(())
@@ -193,6 +196,7 @@ SELECT e.mxid, e.name, e.organisation, e.avatar_url, \
 FROM directory_fts CROSS JOIN directory_entries AS e ON e.id = directory_fts.rowid \
 WHERE directory_fts MATCH ?1 \
   AND e.visibility = 'visible' AND e.active \
+  AND NOT EXISTS (SELECT 1 FROM directory_opt_outs AS o WHERE o.mxid = e.mxid) \
   AND (?2 OR NOT e.external) \
   AND (?3 IS NULL OR e.organisation_key = ?3) \
 LIMIT ?4";
@@ -204,11 +208,13 @@ FROM directory_entries AS e \
 WHERE e.search_tsv @@ to_tsquery('simple', $1) \
   AND ($5::text IS NULL OR ts_match_vq(e.search_tsv, to_tsquery('simple', $5))) \
   AND e.visibility = 'visible' AND e.active \
+  AND NOT EXISTS (SELECT 1 FROM directory_opt_outs AS o WHERE o.mxid = e.mxid) \
   AND ($2 OR NOT e.external) \
   AND ($3::text IS NULL OR e.organisation_key = $3) \
 LIMIT $4";
 
-/// At most `limit` visible, active entries matching `query` (CROSS JOIN makes SQLite drive the
+/// At most `limit` visible, active entries matching `query`, of users who did not leave the
+/// directory (CROSS JOIN makes SQLite drive the
 /// join from the FTS index; neither backend sorts, so the cost is bounded by `limit`).
 pub fn search(
     conn: &mut DbConn,

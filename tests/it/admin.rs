@@ -8,44 +8,22 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::support::fixtures::{self, FINANCES};
 use crate::support::{self, Builder, Reply, ServeProcess, TestServer, eventually, run_cli};
 
-const FINANCES: &str = r#"
-[organisation]
-label = "Finances"
-homeserver = "agent.finances.example"
-shadow_homeserver = "public.finances.example"
-
-[[domain]]
-name = "finances.gouv.example"
-subdomains = true
-
-[[deny]]
-name = "webmail.finances.gouv.example"
-
-[[address]]
-email = "consultant@partner.example"
-requires_invite = true
-"#;
-
-const EDITOR_PASSWORD: &str = "editor password 1";
-const VIEWER_PASSWORD: &str = "viewer password 1";
+pub(crate) const EDITOR_PASSWORD: &str = "editor password 1";
+pub(crate) const VIEWER_PASSWORD: &str = "viewer password 1";
 const T0: i64 = 1_800_000_000_000;
 
+/// A server with the Finances allowlist.
 fn with_allowlists(b: Builder) -> Builder {
-    b.config(|c, dir| {
-        let lists = dir.join("allowlists");
-        std::fs::create_dir_all(&lists).unwrap();
-        std::fs::write(lists.join("finances.toml"), FINANCES).unwrap();
-        c.policy.allowlists_dir = lists;
-        c.policy.reload_interval = annuaire::config::HumanDuration(Duration::from_millis(200));
-    })
+    fixtures::with_allowlists(b, &[FINANCES])
 }
 
 /// Creates an account directly in the server's database.
 fn add_account(s: &TestServer, username: &str, role: &str, password: &str) {
     let mut conn = s.app.db.get().unwrap();
-    annuaire::admin::auth::add_account(
+    annuaire::admin::accounts::add_account(
         &mut conn,
         username,
         annuaire::admin::Role::parse(role).unwrap(),
@@ -58,7 +36,7 @@ fn add_account(s: &TestServer, username: &str, role: &str, password: &str) {
 }
 
 /// A server with an editor `ed` and a viewer `vi`.
-async fn start(b: Builder) -> TestServer {
+pub(crate) async fn start(b: Builder) -> TestServer {
     let s = b.start().await;
     add_account(&s, "ed", "editor", EDITOR_PASSWORD);
     add_account(&s, "vi", "viewer", VIEWER_PASSWORD);
@@ -78,7 +56,7 @@ async fn token(s: &TestServer, username: &str, password: &str) -> String {
     body["access_token"].as_str().unwrap().to_string()
 }
 
-async fn editor(s: &TestServer) -> String {
+pub(crate) async fn editor(s: &TestServer) -> String {
     token(s, "ed", EDITOR_PASSWORD).await
 }
 
@@ -126,7 +104,7 @@ async fn internal_info(s: &TestServer, address: &str) -> Reply {
     Reply::from(s.client.get(url).send().await.unwrap()).await
 }
 
-fn sante_rule() -> Value {
+pub(crate) fn sante_rule() -> Value {
     json!({
         "kind": "domain",
         "name": "sante.gouv.example",
@@ -881,7 +859,7 @@ async fn file_rules_are_read_only_until_converted() {
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("defined twice"), "{err}");
     // Once the line is removed, the import succeeds and leaves the admin rule alone.
-    let without: String = FINANCES.replace(
+    let without: String = FINANCES.1.replace(
         "[[domain]]\nname = \"finances.gouv.example\"\nsubdomains = true\n",
         "",
     );
@@ -896,7 +874,7 @@ async fn file_rules_are_read_only_until_converted() {
     get(&s, &path, &e).await.assert_ok();
 }
 
-const IMPORT: &str = r#"
+pub(crate) const IMPORT: &str = r#"
 [organisation]
 label = "Justice"
 homeserver = "agent.justice.example"
@@ -1418,6 +1396,33 @@ async fn the_openapi_document_lists_the_admin_and_public_paths() {
     ] {
         assert!(rule_schema[field].is_object(), "RuleView.{field}");
     }
+    // The reason codes are documented, every one of them, where decisions are answered.
+    let codes: Vec<&str> = doc["components"]["schemas"]["ReasonCode"]["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ReasonCode enum: {}", doc["components"]["schemas"]))
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let documented: Vec<&str> = annuaire::policy::ReasonCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(codes, documented);
+    for schema in ["ShardInfo", "DecisionView"] {
+        assert_eq!(
+            doc["components"]["schemas"][schema]["properties"]["reason_code"]["$ref"],
+            "#/components/schemas/ReasonCode",
+            "{schema}"
+        );
+    }
+    for path in [
+        "/_matrix/identity/api/v1/sign-ed25519",
+        "/_matrix/federation/unstable/org.matrix.msc4258/user_directory/search",
+        "/_matrix/federation/v3/user_directory/search",
+        "/_matrix/federation/unstable/fr.tchap/user_directory/search",
+    ] {
+        assert!(paths[path]["post"].is_object(), "POST {path} missing");
+    }
 }
 
 /// `annuaire` with stdin, for `admin add` reading the password.
@@ -1429,8 +1434,10 @@ fn run_cli_stdin(
 ) -> (i32, String, String) {
     use std::io::Write;
     let mut cmd = std::process::Command::new(support::binary());
+    // The audit actor reads SUDO_USER first: a test run under sudo must not change it.
     cmd.current_dir(dir)
         .args(args)
+        .env_remove("SUDO_USER")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -1650,6 +1657,16 @@ async fn the_admin_listener_alone_serves_admin_paths() {
     assert_eq!(status(&admin, "/_annuaire/admin/v1/rules").await, 401);
     assert_eq!(status(&serve.base, "/_matrix/identity/versions").await, 200);
     assert_eq!(status(&admin, "/_matrix/identity/versions").await, 404);
+    // The users' own account API is theirs: on the public listener, never the admin one.
+    assert_eq!(status(&serve.base, "/_annuaire/account/v1/data").await, 401);
+    assert_eq!(status(&admin, "/_annuaire/account/v1/data").await, 404);
+    assert!(
+        started["admin_api"]
+            .as_str()
+            .unwrap()
+            .starts_with("admin listener"),
+        "{started}"
+    );
     let (code, log) = serve.terminate();
     assert_eq!(code, 0, "{log}");
 }

@@ -4,9 +4,9 @@
 
 use annuaire::config::{ClientHostConfig, Config};
 use annuaire::directory::{self, NameSource, Visibility};
-use annuaire::identity::signing::{SigningKey, sign_json};
-use annuaire::identity::xmatrix::sign_request;
-use annuaire::policy::{Decision, Outcome, normalize_email};
+use annuaire::matrix::signing::{SigningKey, sign_json};
+use annuaire::matrix::xmatrix::sign_request;
+use annuaire::policy::{Decision, Outcome, ReasonCode, normalize_email};
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -30,12 +30,15 @@ fn decision(outcome: Outcome, organisation: Option<&str>) -> Decision {
         rule: None,
         rule_id: None,
         reason: String::new(),
+        reason_code: ReasonCode::Allowed,
     }
 }
 
 async fn bind_as(s: &TestServer, mxid: &str, email: &str, org: Option<&str>, outcome: Outcome) {
     let address = normalize_email(email).unwrap();
-    directory::on_bind(&s.app, mxid, &address, &decision(outcome, org))
+    s.app
+        .directory
+        .on_bind(mxid, &address, &decision(outcome, org))
         .await
         .unwrap();
 }
@@ -325,7 +328,10 @@ async fn hidden_external_and_removed_entries_are_invisible() {
     assert_eq!(find(&s, "claire").await, ["Claire Roux [Finances]"]);
 
     // Moderation: hide, then show again.
-    let e = directory::set_visibility(&s.app, "@claire:agent-a.example", Visibility::Hidden)
+    let e = s
+        .app
+        .directory
+        .set_visibility("@claire:agent-a.example", Visibility::Hidden)
         .await
         .unwrap();
     assert_eq!(e.visibility, Visibility::Hidden);
@@ -339,19 +345,20 @@ async fn hidden_external_and_removed_entries_are_invisible() {
     )
     .await;
     assert!(find(&s, "claire").await.is_empty());
-    directory::set_visibility(&s.app, "@claire:agent-a.example", Visibility::Visible)
+    s.app
+        .directory
+        .set_visibility("@claire:agent-a.example", Visibility::Visible)
         .await
         .unwrap();
     assert_eq!(find(&s, "claire").await, ["Claire Roux [Finances]"]);
 
     // Admin rename: source admin, kept over later binds, removable.
-    let e = directory::set_admin_name(
-        &s.app,
-        "@claire:agent-a.example",
-        Some("  Claire  Roux-Martin "),
-    )
-    .await
-    .unwrap();
+    let e = s
+        .app
+        .directory
+        .set_admin_name("@claire:agent-a.example", Some("  Claire  Roux-Martin "))
+        .await
+        .unwrap();
     assert_eq!(
         (e.name.as_str(), e.name_source),
         ("Claire Roux-Martin", NameSource::Admin)
@@ -367,7 +374,10 @@ async fn hidden_external_and_removed_entries_are_invisible() {
         find(&s, "roux martin").await,
         ["Claire Roux-Martin [Finances]"]
     );
-    let e = directory::set_admin_name(&s.app, "@claire:agent-a.example", None)
+    let e = s
+        .app
+        .directory
+        .set_admin_name("@claire:agent-a.example", None)
         .await
         .unwrap();
     assert_eq!(
@@ -375,35 +385,51 @@ async fn hidden_external_and_removed_entries_are_invisible() {
         ("Claire Roux", NameSource::Email)
     );
     assert!(matches!(
-        directory::set_admin_name(&s.app, "@claire:agent-a.example", Some(" \u{200B} ")).await,
+        s.app
+            .directory
+            .set_admin_name("@claire:agent-a.example", Some(" \u{200B} "))
+            .await,
         Err(directory::DirectoryError::InvalidName)
     ));
     assert!(matches!(
-        directory::set_visibility(&s.app, "@nobody:agent-a.example", Visibility::Hidden).await,
+        s.app
+            .directory
+            .set_visibility("@nobody:agent-a.example", Visibility::Hidden)
+            .await,
         Err(directory::DirectoryError::NotFound(_))
     ));
 
     // Unbind removes the entry; removal by an admin too.
-    directory::on_unbind(&s.app, "@claire:agent-a.example")
+    s.app
+        .directory
+        .on_unbind("@claire:agent-a.example")
         .await
         .unwrap();
     assert!(find(&s, "claire").await.is_empty());
     assert!(
-        directory::get(&s.app, "@claire:agent-a.example")
+        s.app
+            .directory
+            .entry("@claire:agent-a.example")
             .await
             .unwrap()
             .is_none()
     );
-    directory::on_unbind(&s.app, "@claire:agent-a.example")
+    s.app
+        .directory
+        .on_unbind("@claire:agent-a.example")
         .await
         .unwrap();
     assert!(
-        directory::remove(&s.app, "@prestataire:externe.example")
+        s.app
+            .directory
+            .remove("@prestataire:externe.example")
             .await
             .unwrap()
     );
     assert!(
-        !directory::remove(&s.app, "@prestataire:externe.example")
+        !s.app
+            .directory
+            .remove("@prestataire:externe.example")
             .await
             .unwrap()
     );
@@ -901,7 +927,10 @@ async fn profile_replication() {
             .unwrap()
             .is_empty()
     );
-    let entry = directory::get(&s.app, "@ines:hs-a.example")
+    let entry = s
+        .app
+        .directory
+        .entry("@ines:hs-a.example")
         .await
         .unwrap()
         .unwrap();
@@ -927,7 +956,9 @@ async fn profile_replication() {
     .await
     .assert_ok();
     assert!(
-        !directory::get(&s.app, "@ines:hs-a.example")
+        !s.app
+            .directory
+            .entry("@ines:hs-a.example")
             .await
             .unwrap()
             .unwrap()
@@ -948,14 +979,18 @@ async fn profile_replication() {
     .await
     .assert_error(403, "M_FORBIDDEN");
     assert!(
-        directory::get(&s.app, "@bruno:hs-b.example")
+        s.app
+            .directory
+            .entry("@bruno:hs-b.example")
             .await
             .unwrap()
             .unwrap()
             .active
     );
     assert!(
-        !directory::get(&s.app, "@ines:hs-a.example")
+        !s.app
+            .directory
+            .entry("@ines:hs-a.example")
             .await
             .unwrap()
             .unwrap()
@@ -967,7 +1002,10 @@ async fn profile_replication() {
     )
     .await
     .assert_ok();
-    let entry = directory::get(&s.app, "@ines:hs-a.example")
+    let entry = s
+        .app
+        .directory
+        .entry("@ines:hs-a.example")
         .await
         .unwrap()
         .unwrap();
@@ -999,7 +1037,9 @@ async fn profile_replication() {
     .await
     .assert_ok();
     assert!(
-        !directory::get(&s.app, "@bruno:hs-b.example")
+        !s.app
+            .directory
+            .entry("@bruno:hs-b.example")
             .await
             .unwrap()
             .unwrap()
@@ -1090,7 +1130,9 @@ async fn search_stays_consistent_through_updates_on_this_backend() {
     )
     .await;
     assert_eq!(find(&s, "girard").await, ["Thomas Girard [Finances]"]);
-    directory::set_admin_name(&s.app, "@t:agent-a.example", Some("Thomas Garnier"))
+    s.app
+        .directory
+        .set_admin_name("@t:agent-a.example", Some("Thomas Garnier"))
         .await
         .unwrap();
     assert!(find(&s, "girard").await.is_empty());
@@ -1108,8 +1150,6 @@ async fn search_stays_consistent_through_updates_on_this_backend() {
         ["Thomas Garnier [Justice]"]
     );
     assert!(find(&s, "garnier finances").await.is_empty());
-    directory::remove(&s.app, "@t:agent-a.example")
-        .await
-        .unwrap();
+    s.app.directory.remove("@t:agent-a.example").await.unwrap();
     assert!(find(&s, "garnier").await.is_empty());
 }

@@ -4,273 +4,32 @@
 //! by the double), invitation delivery (`onbind`, recorded by the double) and mails, the
 //! validation endpoints' authentication, and the whole journey over HTTPS.
 
-use std::collections::HashMap;
-use std::net::TcpListener;
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use annuaire::config::{HumanDuration, WindowLimit};
 use annuaire::identity::associations::{self, Association};
-use annuaire::identity::hashing::lookup_hash;
-use annuaire::identity::signing::{SigningKey, sign_json, verify_json};
-use annuaire::identity::xmatrix::{XMatrixAuth, identity_request_json};
+use annuaire::matrix::hashing::lookup_hash;
+use annuaire::matrix::signing::{SigningKey, verify_json};
 use annuaire::store::identity as store;
 use serde_json::{Value, json};
 
+use crate::support::fixtures::{
+    FINANCES, FINANCES_HS, JUSTICE, JUSTICE_HS, TERMS, with_terms, write_allowlists,
+};
+use crate::support::homeserver::{Homeserver, UNBIND_PATH, sign_unbind_with};
 use crate::support::{Builder, Reply, TestServer, eventually, run_cli};
 
 const V2: &str = "/_matrix/identity/v2";
-const UNBIND_PATH: &str = "/_matrix/identity/v2/3pid/unbind";
-const FINANCES_HS: &str = "agent.finances.example";
-const JUSTICE_HS: &str = "agent.justice.example";
 const START_MS: i64 = 1_800_000_000_000;
-
-const FINANCES: &str = r#"
-[organisation]
-label = "Finances"
-homeserver = "agent.finances.example"
-shadow_homeserver = "public.finances.example"
-
-[[domain]]
-name = "finances.gouv.example"
-subdomains = true
-
-[[deny]]
-name = "webmail.finances.gouv.example"
-"#;
-
-const JUSTICE: &str = r#"
-[organisation]
-label = "Justice"
-homeserver = "agent.justice.example"
-
-[[domain]]
-name = "justice.gouv.example"
-"#;
-
-const TERMS: &str = r#"
-version = "1"
-[policies.terms_of_service]
-version = "1.0"
-en = { name = "Terms", url = "https://is.test.example/tos-1.0-en.html" }
-fr = { name = "Conditions", url = "https://is.test.example/tos-1.0-fr.html" }
-[policies.privacy_policy]
-version = "1.0"
-en = { name = "Privacy", url = "https://is.test.example/privacy-1.0-en.html" }
-"#;
-
-// ---- a homeserver double ----
-
-/// A homeserver's federation API, as much as the identity service calls: OpenID userinfo, its
-/// signing keys (as [`FINANCES_HS`], whatever name it is reached by) and `onbind`, whose calls
-/// it records and can be told to fail.
-struct Homeserver {
-    base: String,
-    tokens: Arc<Mutex<HashMap<String, String>>>,
-    userinfo_calls: Arc<AtomicUsize>,
-    /// The key it signs requests and its key response with.
-    key: Arc<SigningKey>,
-    /// Every `onbind` POST: (status answered, body).
-    onbinds: Arc<Mutex<Vec<(u16, Value)>>>,
-    /// `onbind` calls still to answer with a 500.
-    onbind_failures: Arc<AtomicUsize>,
-    handle: actix_web::dev::ServerHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-#[derive(Clone)]
-struct HomeserverState {
-    tokens: Arc<Mutex<HashMap<String, String>>>,
-    userinfo_calls: Arc<AtomicUsize>,
-    key: Arc<SigningKey>,
-    onbinds: Arc<Mutex<Vec<(u16, Value)>>>,
-    onbind_failures: Arc<AtomicUsize>,
-}
-
-async fn server_keys(state: actix_web::web::Data<HomeserverState>) -> actix_web::HttpResponse {
-    let mut body = json!({
-        "server_name": FINANCES_HS,
-        "verify_keys": { state.key.key_id(): { "key": state.key.public_key_base64() } },
-        "old_verify_keys": {},
-        "valid_until_ts": 4_000_000_000_000_i64,
-    });
-    sign_json(&mut body, FINANCES_HS, &state.key).unwrap();
-    actix_web::HttpResponse::Ok().json(body)
-}
-
-async fn onbind(
-    state: actix_web::web::Data<HomeserverState>,
-    body: actix_web::web::Json<Value>,
-) -> actix_web::HttpResponse {
-    let fail = state
-        .onbind_failures
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
-    let status = if fail { 500 } else { 200 };
-    state
-        .onbinds
-        .lock()
-        .unwrap()
-        .push((status, body.into_inner()));
-    if fail {
-        actix_web::HttpResponse::InternalServerError()
-            .json(json!({"errcode": "M_UNKNOWN", "error": "try again"}))
-    } else {
-        actix_web::HttpResponse::Ok().json(json!({}))
-    }
-}
-
-async fn userinfo(
-    state: actix_web::web::Data<HomeserverState>,
-    query: actix_web::web::Query<HashMap<String, String>>,
-) -> actix_web::HttpResponse {
-    state.userinfo_calls.fetch_add(1, Ordering::SeqCst);
-    let token = query.get("access_token").cloned().unwrap_or_default();
-    match state.tokens.lock().unwrap().get(&token) {
-        Some(sub) => actix_web::HttpResponse::Ok().json(json!({ "sub": sub })),
-        None => actix_web::HttpResponse::Unauthorized()
-            .json(json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Invalid token"})),
-    }
-}
-
-impl Homeserver {
-    fn start(tls: Option<rustls::ServerConfig>) -> Homeserver {
-        let state = HomeserverState {
-            tokens: Arc::new(Mutex::new(HashMap::new())),
-            userinfo_calls: Arc::new(AtomicUsize::new(0)),
-            key: Arc::new(
-                SigningKey::generate(&mut rand::rngs::OsRng)
-                    .with_key_id("ed25519:hs1")
-                    .unwrap(),
-            ),
-            onbinds: Arc::new(Mutex::new(Vec::new())),
-            onbind_failures: Arc::new(AtomicUsize::new(0)),
-        };
-        let (tx, rx) = mpsc::channel();
-        let served = state.clone();
-        let thread = std::thread::spawn(move || {
-            let system = actix_web::rt::System::new();
-            system.block_on(async move {
-                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-                let addr = listener.local_addr().unwrap();
-                let data = actix_web::web::Data::new(served);
-                let server = actix_web::HttpServer::new(move || {
-                    actix_web::App::new()
-                        .app_data(data.clone())
-                        .route(
-                            "/_matrix/federation/v1/openid/userinfo",
-                            actix_web::web::get().to(userinfo),
-                        )
-                        .route(
-                            "/_matrix/key/v2/server",
-                            actix_web::web::get().to(server_keys),
-                        )
-                        .route(
-                            "/_matrix/federation/v1/3pid/onbind",
-                            actix_web::web::post().to(onbind),
-                        )
-                })
-                .workers(1);
-                let (server, scheme) = match tls {
-                    Some(tls) => (server.listen_rustls_0_23(listener, tls).unwrap(), "https"),
-                    None => (server.listen(listener).unwrap(), "http"),
-                };
-                let server = server.run();
-                tx.send((format!("{scheme}://{addr}"), server.handle()))
-                    .unwrap();
-                let _ = server.await;
-            });
-        });
-        let (base, handle) = rx.recv().unwrap();
-        Homeserver {
-            base,
-            tokens: state.tokens,
-            userinfo_calls: state.userinfo_calls,
-            key: state.key,
-            onbinds: state.onbinds,
-            onbind_failures: state.onbind_failures,
-            handle,
-            thread: Some(thread),
-        }
-    }
-
-    /// An OpenID token this homeserver vouches for as `user_id`.
-    fn openid_token(&self, user_id: &str) -> String {
-        let token = format!("openid-{}", annuaire::app::random_id());
-        self.tokens
-            .lock()
-            .unwrap()
-            .insert(token.clone(), user_id.to_string());
-        token
-    }
-
-    fn calls(&self) -> usize {
-        self.userinfo_calls.load(Ordering::SeqCst)
-    }
-
-    /// The `onbind` calls so far.
-    fn onbinds(&self) -> Vec<(u16, Value)> {
-        self.onbinds.lock().unwrap().clone()
-    }
-
-    /// The next `n` `onbind` calls fail with a 500.
-    fn fail_onbinds(&self, n: usize) {
-        self.onbind_failures.store(n, Ordering::SeqCst);
-    }
-
-    /// An `Authorization: X-Matrix` header for an unbind, signed as Synapse signs it
-    /// (`destination_is` in the signed object, no `destination` in the header).
-    fn sign_unbind(&self, origin: &str, destination_is: &str, content: &Value) -> String {
-        sign_unbind_with(&self.key, origin, destination_is, content)
-    }
-}
-
-fn sign_unbind_with(
-    key: &SigningKey,
-    origin: &str,
-    destination_is: &str,
-    content: &Value,
-) -> String {
-    let mut object =
-        identity_request_json("POST", UNBIND_PATH, origin, destination_is, Some(content));
-    sign_json(&mut object, origin, key).unwrap();
-    XMatrixAuth {
-        origin: origin.to_string(),
-        destination: None,
-        key: key.key_id().to_string(),
-        sig: object["signatures"][origin][key.key_id()]
-            .as_str()
-            .unwrap()
-            .to_string(),
-    }
-    .to_string()
-}
-
-impl Drop for Homeserver {
-    fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            drop(self.handle.stop(false));
-            let _ = t.join();
-        }
-    }
-}
 
 // ---- helpers ----
 
-fn write_allowlists(dir: &Path) -> std::path::PathBuf {
-    let lists = dir.join("allowlists");
-    std::fs::create_dir_all(&lists).unwrap();
-    std::fs::write(lists.join("finances.toml"), FINANCES).unwrap();
-    lists
-}
-
 /// Allowlists (finances only), both homeservers routed to the double.
-fn builder(hs: &Homeserver) -> Builder {
+pub(crate) fn builder(hs: &Homeserver) -> Builder {
     let base = hs.base.clone();
     Builder::new().config(move |c, dir| {
-        c.policy.allowlists_dir = write_allowlists(dir);
+        c.policy.allowlists_dir = write_allowlists(dir, &[FINANCES]);
         c.policy.reload_interval = HumanDuration(Duration::from_millis(200));
         for name in [FINANCES_HS, JUSTICE_HS, "public.finances.example"] {
             c.federation.homeservers.insert(name.into(), base.clone());
@@ -282,7 +41,7 @@ fn server_of(user_id: &str) -> &str {
     user_id.split_once(':').unwrap().1
 }
 
-async fn register_reply(s: &TestServer, hs: &Homeserver, user_id: &str) -> Reply {
+pub(crate) async fn register_reply(s: &TestServer, hs: &Homeserver, user_id: &str) -> Reply {
     let openid = hs.openid_token(user_id);
     s.post(
         &format!("{V2}/account/register"),
@@ -296,12 +55,12 @@ async fn register_reply(s: &TestServer, hs: &Homeserver, user_id: &str) -> Reply
     .await
 }
 
-async fn register(s: &TestServer, hs: &Homeserver, user_id: &str) -> String {
+pub(crate) async fn register(s: &TestServer, hs: &Homeserver, user_id: &str) -> String {
     let body = register_reply(s, hs, user_id).await.assert_ok();
     body["token"].as_str().unwrap().to_string()
 }
 
-async fn get_auth(s: &TestServer, path: &str, token: &str) -> Reply {
+pub(crate) async fn get_auth(s: &TestServer, path: &str, token: &str) -> Reply {
     Reply::from(
         s.client
             .get(s.url(path))
@@ -313,7 +72,7 @@ async fn get_auth(s: &TestServer, path: &str, token: &str) -> Reply {
     .await
 }
 
-async fn post_auth(s: &TestServer, path: &str, token: &str, body: &Value) -> Reply {
+pub(crate) async fn post_auth(s: &TestServer, path: &str, token: &str, body: &Value) -> Reply {
     Reply::from(
         s.client
             .post(s.url(path))
@@ -327,7 +86,7 @@ async fn post_auth(s: &TestServer, path: &str, token: &str, body: &Value) -> Rep
 }
 
 /// Binds an address the way the bind endpoint will (phase 2): straight into the store.
-async fn bind_directly(s: &TestServer, address: &str, mxid: &str) {
+pub(crate) async fn bind_directly(s: &TestServer, address: &str, mxid: &str) {
     let a = Association::new("email", address, mxid, s.app.clock.now_ms());
     s.app
         .db
@@ -360,7 +119,7 @@ async fn lookup(
     .await
 }
 
-fn invite_body(address: &str, sender: &str) -> Value {
+pub(crate) fn invite_body(address: &str, sender: &str) -> Value {
     json!({
         "medium": "email",
         "address": address,
@@ -559,7 +318,7 @@ async fn allowed_homeservers_follow_the_live_rules() {
     register(&s, &hs, "@b:public.finances.example").await;
     // An operator adds the Justice ministry.
     let lists = s.dir.path().join("allowlists");
-    std::fs::write(lists.join("justice.toml"), JUSTICE).unwrap();
+    write_allowlists(s.dir.path(), &[JUSTICE]);
     let default = s.app.config.policy.default_policy();
     let now = s.app.clock.now_ms();
     s.app
@@ -622,13 +381,7 @@ fn clock_now(s: &TestServer) -> i64 {
 #[tokio::test]
 async fn terms_must_be_accepted_before_authenticated_endpoints() {
     let hs = Homeserver::start(None);
-    let s = builder(&hs)
-        .config(|c, dir| {
-            std::fs::write(dir.join("terms.toml"), TERMS).unwrap();
-            c.terms.file = Some(dir.join("terms.toml"));
-        })
-        .start()
-        .await;
+    let s = with_terms(builder(&hs)).start().await;
     // GET /terms needs no token and has the spec's shape.
     let terms = s.get(&format!("{V2}/terms")).await.assert_ok();
     assert_eq!(terms["policies"]["terms_of_service"]["version"], "1.0");
@@ -1185,28 +938,19 @@ async fn store_invite_stores_signs_and_flips_invited() {
         json!(false)
     );
 
-    // sign-ed25519: signs {mxid, sender, token} with the given key, for the caller only.
+    // sign-ed25519 signs {mxid, sender, token} with the invitation's own key only (the one
+    // the mail carries; tests/it/invites.rs accepts with it), for the caller only.
     let invitee = "@marie.curie:agent.finances.example";
     let invitee_token = register(&s, &hs, invitee).await;
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let signed = post_auth(
+    post_auth(
         &s,
         &format!("{V2}/sign-ed25519"),
         &invitee_token,
         &json!({"mxid": invitee, "token": invite_token, "private_key": key.to_seed_base64()}),
     )
     .await
-    .assert_ok();
-    assert_eq!(signed["mxid"], invitee);
-    assert_eq!(signed["sender"], sender);
-    assert_eq!(signed["token"], json!(invite_token));
-    verify_json(
-        &signed,
-        "is.test.example",
-        "ed25519:0",
-        &key.public_key_base64(),
-    )
-    .unwrap();
+    .assert_error(403, "M_FORBIDDEN");
     post_auth(
         &s,
         &format!("{V2}/sign-ed25519"),
@@ -1495,7 +1239,7 @@ async fn the_identity_service_over_https() {
         .unwrap();
     let s = Builder::new()
         .config(move |c, dir| {
-            c.policy.allowlists_dir = write_allowlists(dir);
+            c.policy.allowlists_dir = write_allowlists(dir, &[FINANCES]);
             std::fs::write(dir.join("cert.pem"), &leaf).unwrap();
             std::fs::write(dir.join("key.pem"), &key).unwrap();
             std::fs::write(dir.join("ca.pem"), &ca).unwrap();
@@ -1551,7 +1295,7 @@ const SUBMIT_TOKEN: &str = "/_matrix/identity/v2/validate/email/submitToken";
 const GET_VALIDATED: &str = "/_matrix/identity/v2/3pid/getValidated3pid";
 
 /// The `.eml` of the outbox row (kind, dedupe key), once the file transport sent it.
-async fn sent_mail(s: &TestServer, kind: &str, key: &str) -> std::path::PathBuf {
+pub(crate) async fn sent_mail(s: &TestServer, kind: &str, key: &str) -> std::path::PathBuf {
     let mut message_id = String::new();
     eventually(Duration::from_secs(20), "the mail is sent", async || {
         match crate::validation::outbox(s)
@@ -1571,7 +1315,7 @@ async fn sent_mail(s: &TestServer, kind: &str, key: &str) -> std::path::PathBuf 
 }
 
 /// requestToken as `token`'s account, the token from the mail, submitToken: the session id.
-async fn validate(s: &TestServer, token: &str, address: &str, secret: &str) -> String {
+pub(crate) async fn validate(s: &TestServer, token: &str, address: &str, secret: &str) -> String {
     let r = post_auth(
         s,
         REQUEST_TOKEN,
@@ -1604,7 +1348,7 @@ async fn bind(s: &TestServer, token: &str, sid: &str, secret: &str, mxid: &str) 
     .await
 }
 
-fn unbind_body(mxid: &str, address: &str) -> Value {
+pub(crate) fn unbind_body(mxid: &str, address: &str) -> Value {
     json!({"mxid": mxid, "threepid": {"medium": "email", "address": address}})
 }
 
@@ -1708,7 +1452,7 @@ async fn bind_errors() {
     let hs = Homeserver::start(None);
     let s = builder(&hs)
         .config(|_, dir| {
-            std::fs::write(dir.join("allowlists").join("justice.toml"), JUSTICE).unwrap();
+            write_allowlists(dir, &[JUSTICE]);
         })
         .manual_clock(START_MS)
         .start()
@@ -1776,7 +1520,7 @@ async fn bind_errors() {
     // bound.
     let open = builder(&hs)
         .config(|c, dir| {
-            std::fs::write(dir.join("allowlists").join("justice.toml"), JUSTICE).unwrap();
+            write_allowlists(dir, &[JUSTICE]);
             c.policy.bind_requires_matching_homeserver = false;
             c.validation.require_allowed = false;
         })
@@ -1995,11 +1739,11 @@ async fn invitation_mails_are_queued_and_sent_in_the_senders_language() {
     assert_eq!(invite_mails, 2);
 }
 
-async fn invites_to(s: &TestServer, address: &str) -> Vec<store::InviteRow> {
+async fn invites_to(s: &TestServer, address: &str) -> Vec<annuaire::store::invites::InviteRow> {
     let address = address.to_string();
     s.app
         .db
-        .run(move |conn| store::invites_to_address(conn, "email", &address))
+        .run(move |conn| annuaire::store::invites::invites_to_address(conn, "email", &address))
         .await
         .unwrap()
 }
@@ -2235,13 +1979,7 @@ async fn scheduled_deliveries_survive_a_restart() {
 #[tokio::test]
 async fn validation_endpoints_need_an_identity_token_and_the_terms() {
     let hs = Homeserver::start(None);
-    let s = builder(&hs)
-        .config(|c, dir| {
-            std::fs::write(dir.join("terms.toml"), TERMS).unwrap();
-            c.terms.file = Some(dir.join("terms.toml"));
-        })
-        .start()
-        .await;
+    let s = with_terms(builder(&hs)).start().await;
     let address = "marie@finances.gouv.example";
     let request = json!({"client_secret": "s1", "email": address, "send_attempt": 1});
     // No token: 401, and nothing is stored or mailed.
@@ -2341,7 +2079,7 @@ async fn a_client_journey_over_https_from_registration_to_unbind() {
         .unwrap();
     let s = Builder::new()
         .config(move |c, dir| {
-            c.policy.allowlists_dir = write_allowlists(dir);
+            c.policy.allowlists_dir = write_allowlists(dir, &[FINANCES]);
             std::fs::write(dir.join("terms.toml"), TERMS).unwrap();
             c.terms.file = Some(dir.join("terms.toml"));
             std::fs::write(dir.join("cert.pem"), &leaf).unwrap();
@@ -2351,6 +2089,7 @@ async fn a_client_journey_over_https_from_registration_to_unbind() {
             c.http.tls.key = Some(dir.join("key.pem"));
             c.federation.ca_file = Some(dir.join("ca.pem"));
             c.federation.homeservers.insert(FINANCES_HS.into(), hs_base);
+            c.invites.web_client_url = Some("https://app.tchap.example".into());
         })
         .client(client)
         .start()
@@ -2413,12 +2152,12 @@ async fn a_client_journey_over_https_from_registration_to_unbind() {
     .await
     .assert_ok();
     let invite_token = r["token"].as_str().unwrap().to_string();
-    let ephemeral = SigningKey::generate(&mut rand::rngs::OsRng);
+    let private_key = crate::invites::mailed_private_key(&s, &invite_token).await;
     let signed_invite = post_auth(
         &s,
         &format!("{V2}/sign-ed25519"),
         &token,
-        &json!({"mxid": marie, "token": invite_token, "private_key": ephemeral.to_seed_base64()}),
+        &json!({"mxid": marie, "token": invite_token, "private_key": private_key}),
     )
     .await
     .assert_ok();
@@ -2440,19 +2179,16 @@ async fn directory_entry(
     s: &TestServer,
     mxid: &str,
 ) -> Option<annuaire::directory::DirectoryEntry> {
-    annuaire::directory::get(&s.app, mxid).await.unwrap()
+    s.app.directory.entry(mxid).await.unwrap()
 }
 
 async fn directory_finds(s: &TestServer, term: &str, mxid: &str) -> bool {
-    let results = annuaire::directory::search(
-        &s.app,
-        term,
-        None,
-        None,
-        annuaire::directory::Viewer::Operator,
-    )
-    .await
-    .unwrap();
+    let results = s
+        .app
+        .directory
+        .search(term, None, None, annuaire::directory::Viewer::Operator)
+        .await
+        .unwrap();
     results.results.iter().any(|r| r.user_id == mxid)
 }
 

@@ -9,7 +9,7 @@ use annuaire::config::{Config, HumanDuration};
 use annuaire::directory::ldap_sync::{self, SyncSummary};
 use annuaire::directory::{self, NameSource};
 use annuaire::ldap::{self, LdapSettings, escape_filter_value};
-use annuaire::policy::{Decision, Outcome, normalize_email};
+use annuaire::policy::{Decision, Outcome, ReasonCode, normalize_email};
 use serde_json::Value;
 
 use crate::support::{
@@ -58,19 +58,24 @@ async fn bind(s: &TestServer, mxid: &str, email: &str, org: Option<&str>) {
         rule: None,
         rule_id: None,
         reason: String::new(),
+        reason_code: ReasonCode::Allowed,
     };
-    directory::on_bind(&s.app, mxid, &normalize_email(email).unwrap(), &decision)
+    s.app
+        .directory
+        .on_bind(mxid, &normalize_email(email).unwrap(), &decision)
         .await
         .unwrap();
 }
 
 async fn name_of(s: &TestServer, mxid: &str) -> (String, NameSource, Option<String>) {
-    let e = directory::get(&s.app, mxid).await.unwrap().unwrap();
+    let e = s.app.directory.entry(mxid).await.unwrap().unwrap();
     (e.name, e.name_source, e.organisation)
 }
 
 async fn operator_search(s: &TestServer, term: &str) -> Vec<String> {
-    directory::search(&s.app, term, None, None, directory::Viewer::Operator)
+    s.app
+        .directory
+        .search(term, None, None, directory::Viewer::Operator)
         .await
         .unwrap()
         .results
@@ -145,7 +150,9 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
         Some("Finances"),
     )
     .await;
-    directory::set_admin_name(&s.app, "@jp:interieur.example", Some("JP Dupont-Moretti"))
+    s.app
+        .directory
+        .set_admin_name("@jp:interieur.example", Some("JP Dupont-Moretti"))
         .await
         .unwrap();
     assert_eq!(
@@ -154,7 +161,10 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     );
 
     // A dry run counts and writes nothing.
-    let dry = ldap_sync::sync(&s.app, &settings(&s), true, |_| {})
+    let dry = s
+        .app
+        .directory
+        .sync_ldap(&settings(&s), true, |_| {})
         .await
         .unwrap();
     assert_eq!(
@@ -175,7 +185,10 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     );
 
     let mut progress_calls = 0;
-    let summary = ldap_sync::sync(&s.app, &settings(&s), false, |_| progress_calls += 1)
+    let summary = s
+        .app
+        .directory
+        .sync_ldap(&settings(&s), false, |_| progress_calls += 1)
         .await
         .unwrap();
     assert_eq!(
@@ -248,7 +261,10 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     assert_eq!(name_of(&s, "@zoe:finances.example").await.0, "Zoé Rousseau");
 
     // Nothing changed: nothing updated.
-    let again = ldap_sync::sync(&s.app, &settings(&s), false, |_| {})
+    let again = s
+        .app
+        .directory
+        .sync_ldap(&settings(&s), false, |_| {})
         .await
         .unwrap();
     assert_eq!((again.matched, again.updated, again.removed), (9, 0, 0));
@@ -257,7 +273,10 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     // and her entry falls back to her address's name, without LDAP's organisation.
     let mut narrower = settings(&s);
     narrower.filter = "(&(objectClass=inetOrgPerson)(!(uid=helene.lefevre)))".into();
-    let left = ldap_sync::sync(&s.app, &narrower, true, |_| {})
+    let left = s
+        .app
+        .directory
+        .sync_ldap(&narrower, true, |_| {})
         .await
         .unwrap();
     assert_eq!((left.removed, left.reverted), (1, 1), "dry run counts");
@@ -265,7 +284,10 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
         name_of(&s, "@helene:finances.example").await.1,
         NameSource::Ldap
     );
-    let left = ldap_sync::sync(&s.app, &narrower, false, |_| {})
+    let left = s
+        .app
+        .directory
+        .sync_ldap(&narrower, false, |_| {})
         .await
         .unwrap();
     assert_eq!((left.read, left.removed, left.reverted), (PEOPLE - 1, 1, 1));
@@ -277,7 +299,10 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     // A failed search deletes nothing.
     let mut broken = settings(&s);
     broken.base_dn = "ou=nowhere,dc=agents,dc=example".into();
-    let e = ldap_sync::sync(&s.app, &broken, false, |_| {})
+    let e = s
+        .app
+        .directory
+        .sync_ldap(&broken, false, |_| {})
         .await
         .unwrap_err();
     assert!(e.to_string().contains("LDAP search failed"), "{e}");
@@ -295,7 +320,11 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     .await
     .unwrap()
     .unwrap();
-    let busy = ldap_sync::sync(&s.app, &settings(&s), false, |_| {}).await;
+    let busy = s
+        .app
+        .directory
+        .sync_ldap(&settings(&s), false, |_| {})
+        .await;
     match backend() {
         Backend::Postgres => assert!(
             matches!(busy, Err(directory::DirectoryError::SyncInProgress)),
@@ -304,7 +333,9 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
         Backend::Sqlite => assert!(busy.is_ok(), "{busy:?}"),
     }
     assert!(
-        ldap_sync::sync(&s.app, &settings(&s), true, |_| {})
+        s.app
+            .directory
+            .sync_ldap(&settings(&s), true, |_| {})
             .await
             .is_ok(),
         "dry runs do not lock"
@@ -312,7 +343,9 @@ async fn sync_sets_verified_names_and_follows_the_directory() {
     tokio::task::spawn_blocking(move || drop(lock))
         .await
         .unwrap();
-    ldap_sync::sync(&s.app, &settings(&s), false, |_| {})
+    s.app
+        .directory
+        .sync_ldap(&settings(&s), false, |_| {})
         .await
         .unwrap();
 
@@ -461,4 +494,113 @@ async fn serve_syncs_periodically_when_configured() {
         name_of(&s, "@b:bmi.example").await.2.as_deref(),
         Some("Bundesministerium des Innern")
     );
+}
+
+// ---- TLS: ldaps:// and StartTLS, with the throwaway CA of scripts/lib/ldap.sh ----
+
+/// `[ldap]` over TLS: `ldaps://` (`starttls` false) or StartTLS on the plain port, trusting
+/// `ca_file`.
+fn configure_ldap_tls(c: &mut Config, dir: &Path, starttls: bool, ca_file: &Path) {
+    configure_ldap(c, dir);
+    c.ldap.url = Some(if starttls {
+        env("TEST_LDAP_URL")
+    } else {
+        env("TEST_LDAPS_URL")
+    });
+    c.ldap.starttls = starttls;
+    c.ldap.ca_file = Some(ca_file.to_path_buf());
+}
+
+/// A CA that did not sign the test server's certificate (PEM in `dir`).
+fn unrelated_ca(dir: &Path) -> std::path::PathBuf {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "not the LDAP server's CA");
+    let cert = params.self_signed(&key).unwrap();
+    let path = dir.join("other-ca.pem");
+    std::fs::write(&path, cert.pem()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn sync_runs_over_ldaps_and_starttls() {
+    let ca = std::path::PathBuf::from(env("TEST_LDAP_CA_FILE"));
+    for starttls in [false, true] {
+        let ca = ca.clone();
+        let s = Builder::new()
+            .config(move |c, dir| configure_ldap_tls(c, dir, starttls, &ca))
+            .start()
+            .await;
+        bind(
+            &s,
+            "@helene:finances.example",
+            "helene.lefevre@finances.gouv.fr",
+            None,
+        )
+        .await;
+        let summary = s
+            .app
+            .directory
+            .sync_ldap(&settings(&s), false, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("starttls = {starttls}: {e}"));
+        assert_eq!(summary.read, PEOPLE, "starttls = {starttls}");
+        let (name, source, _) = name_of(&s, "@helene:finances.example").await;
+        assert_eq!(
+            (name.as_str(), source),
+            ("Hélène Lefèvre", NameSource::Ldap),
+            "starttls = {starttls}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_server_certificate_from_another_ca_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = unrelated_ca(dir.path());
+    for starttls in [false, true] {
+        let ca = wrong.clone();
+        let s = Builder::new()
+            .config(move |c, dir| configure_ldap_tls(c, dir, starttls, &ca))
+            .start()
+            .await;
+        let settings = settings(&s);
+        let e = ldap::connect(&settings).await.unwrap_err();
+        let message = e.to_string();
+        assert!(matches!(e, ldap::LdapError::Tls(_)), "{starttls}: {e:?}");
+        assert!(
+            message.contains("certificate is not trusted"),
+            "{starttls}: {message}"
+        );
+        assert!(message.contains("ldap.ca_file"), "{starttls}: {message}");
+        assert!(
+            message.contains(&wrong.display().to_string()),
+            "{starttls}: {message}"
+        );
+        // The sync says the same, and writes nothing.
+        let e = s
+            .app
+            .directory
+            .sync_ldap(&settings, false, |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("certificate is not trusted"),
+            "{starttls}: {e}"
+        );
+    }
+    // Without ldap.ca_file the platform's roots do not know the throwaway CA either.
+    let s = Builder::new()
+        .config(|c, dir| {
+            configure_ldap(c, dir);
+            c.ldap.url = Some(env("TEST_LDAPS_URL"));
+        })
+        .start()
+        .await;
+    let message = ldap::connect(&settings(&s)).await.unwrap_err().to_string();
+    assert!(message.contains("certificate is not trusted"), "{message}");
+    assert!(message.contains("set ldap.ca_file"), "{message}");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use annuaire::config::HumanDuration;
 use annuaire::mail::OutgoingMessage;
-use annuaire::mail::outbox::{enqueue, supersede, wake};
+use annuaire::mail::outbox::{enqueue, supersede};
 use annuaire::store::outbox as store;
 use diesel::Connection;
 
@@ -18,7 +18,7 @@ use crate::validation::{AGENT, base, drained, outbox, request, smtp};
 fn message(n: usize, to: &str) -> OutgoingMessage {
     let id = format!(
         "{}-{n}@id.test.example",
-        annuaire::app::random_id().to_lowercase()
+        annuaire::secret::random_id().to_lowercase()
     );
     OutgoingMessage {
         from: "noreply@id.test.example".into(),
@@ -47,7 +47,7 @@ async fn queue(s: &TestServer, messages: Vec<(OutgoingMessage, String)>) {
         })
         .await
         .unwrap();
-    wake(&s.app);
+    s.app.mailer.wake();
 }
 
 fn eml_names(dir: &Path) -> Vec<String> {
@@ -186,7 +186,7 @@ async fn two_workers_on_one_database_never_send_a_row_twice() {
         .map(|(m, _)| format!("{}.eml", m.message_id))
         .collect();
     queue(&a, messages).await;
-    wake(&b.app);
+    b.app.mailer.wake();
     drained(&a).await;
     let rows = outbox(&a).await;
     assert_eq!(rows.len(), N);

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod fixtures;
+pub mod homeserver;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -103,7 +106,7 @@ fn pg_template() -> &'static str {
 pub fn fresh_pg_database() -> String {
     let template = pg_template();
     let admin = pg_admin_url();
-    let name = format!("t_{}", annuaire::app::random_id().to_lowercase());
+    let name = format!("t_{}", annuaire::secret::random_id().to_lowercase());
     let mut conn = PgConnection::establish(&admin).unwrap();
     // Cloning fails while another session is connected to the template; retry briefly.
     let mut last = None;
@@ -162,6 +165,7 @@ pub struct Builder {
     clock: Option<Arc<ManualClock>>,
     client: Option<reqwest::Client>,
     account: Option<String>,
+    listen: Option<std::net::SocketAddr>,
 }
 
 impl Builder {
@@ -175,6 +179,7 @@ impl Builder {
             clock: None,
             client: None,
             account: None,
+            listen: None,
         }
     }
 
@@ -187,7 +192,15 @@ impl Builder {
             clock: None,
             client: None,
             account: None,
+            listen: None,
         }
+    }
+
+    /// Listens on `addr` rather than `http.bind` (which the server still believes it has: a
+    /// configuration off loopback, tested on loopback).
+    pub fn listen_on(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.parse().unwrap());
+        self
     }
 
     pub fn config(mut self, f: impl FnOnce(&mut Config, &Path)) -> Self {
@@ -223,6 +236,7 @@ impl Builder {
             clock,
             client,
             account,
+            listen,
         } = self;
         let shared: SharedClock = match &clock {
             Some(c) => c.clone(),
@@ -233,7 +247,7 @@ impl Builder {
         let thread = std::thread::spawn(move || {
             let system = actix_web::rt::System::new();
             system.block_on(async move {
-                let listener = TcpListener::bind(config.http.bind).unwrap();
+                let listener = TcpListener::bind(listen.unwrap_or(config.http.bind)).unwrap();
                 let addr = listener.local_addr().unwrap();
                 let app = match Annuaire::open_with_clock(config, shared).await {
                     Ok(app) => app,
@@ -243,7 +257,7 @@ impl Builder {
                     }
                 };
                 let server = annuaire::http::server(app.clone(), listener).unwrap();
-                annuaire::app::start_background_jobs(&app);
+                annuaire::runtime::start_background_jobs(&app);
                 tx.send(Ok((addr, app, server.handle()))).unwrap();
                 let _ = server.await;
             });
@@ -396,7 +410,8 @@ pub fn client() -> reqwest::Client {
 /// Runs the binary to completion; returns (exit code, stdout, stderr).
 pub fn run_cli(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = std::process::Command::new(binary());
-    cmd.current_dir(dir).args(args);
+    // The audit actor reads SUDO_USER first: a test run under sudo must not change it.
+    cmd.current_dir(dir).args(args).env_remove("SUDO_USER");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -425,7 +440,7 @@ pub async fn eventually(timeout: Duration, what: &str, mut f: impl AsyncFnMut() 
 /// A new, empty (unmigrated) PostgreSQL database; returns its URL.
 pub fn empty_pg_database() -> String {
     let admin = pg_admin_url();
-    let name = format!("e_{}", annuaire::app::random_id().to_lowercase());
+    let name = format!("e_{}", annuaire::secret::random_id().to_lowercase());
     let mut conn = PgConnection::establish(&admin).unwrap();
     diesel::sql_query(format!("CREATE DATABASE {name}"))
         .execute(&mut conn)

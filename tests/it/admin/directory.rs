@@ -1,10 +1,10 @@
 //! Directory moderation, erasure of an address, and the directory and outbox statistics,
 //! through the admin API.
 
-use annuaire::directory::{self, Viewer};
+use annuaire::directory::Viewer;
 use annuaire::identity::associations::{self, Association};
-use annuaire::policy::{Decision, Outcome, normalize_email};
-use annuaire::store::identity::InviteRow;
+use annuaire::policy::{Decision, Outcome, ReasonCode, normalize_email};
+use annuaire::store::invites::InviteRow;
 use annuaire::store::sessions::SessionRow;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -27,13 +27,16 @@ fn decision(outcome: Outcome, organisation: Option<&str>) -> Decision {
         rule: None,
         rule_id: None,
         reason: String::new(),
+        reason_code: ReasonCode::Allowed,
     }
 }
 
 /// Publishes a directory entry as a bind does.
 async fn publish(s: &TestServer, mxid: &str, email: &str, org: Option<&str>, outcome: Outcome) {
     let address = normalize_email(email).unwrap();
-    directory::on_bind(&s.app, mxid, &address, &decision(outcome, org))
+    s.app
+        .directory
+        .on_bind(mxid, &address, &decision(outcome, org))
         .await
         .unwrap();
 }
@@ -76,7 +79,9 @@ async fn people(s: &TestServer) {
 
 /// The user ids a user search returns.
 async fn user_search(s: &TestServer, term: &str) -> Vec<String> {
-    directory::search(&s.app, term, None, None, Viewer::Operator)
+    s.app
+        .directory
+        .search(term, None, None, Viewer::Operator)
         .await
         .unwrap()
         .results
@@ -197,7 +202,10 @@ async fn operators_find_every_entry_and_moderation_shows_in_user_searches() {
     assert_eq!(renamed["display_name"], "Jean-Marc Lenoir [Finances]");
     assert_eq!(user_search(&s, "lenoir").await, [JEAN]);
     assert_eq!(user_search(&s, "jean-marc").await, [JEAN]);
-    let shown = directory::search(&s.app, "lenoir", None, None, Viewer::Operator)
+    let shown = s
+        .app
+        .directory
+        .search("lenoir", None, None, Viewer::Operator)
         .await
         .unwrap();
     assert_eq!(shown.results[0].display_name, "Jean-Marc Lenoir [Finances]");
@@ -434,7 +442,7 @@ fn outbox_row(s: &TestServer, id: &str) -> annuaire::store::outbox::OutboxEntry 
 async fn looked_up(s: &TestServer, address: &str) -> Option<String> {
     let details = s.get("/_matrix/identity/v2/hash_details").await.assert_ok();
     let pepper = details["lookup_pepper"].as_str().unwrap();
-    let hash = annuaire::identity::hashing::lookup_hash(address, "email", pepper);
+    let hash = annuaire::matrix::hashing::lookup_hash(address, "email", pepper);
     let body = s
         .post(
             "/_matrix/identity/v2/lookup",
@@ -468,7 +476,9 @@ async fn erasure_forgets_an_address_and_the_directory_follows_the_unbind_path() 
     for (address, mxid) in [(a, JEAN), (m, MARIE)] {
         let parsed = normalize_email(address).unwrap();
         let decision = s.app.allowlist.decide(&parsed, now);
-        directory::on_bind(&s.app, mxid, &parsed, &decision)
+        s.app
+            .directory
+            .on_bind(mxid, &parsed, &decision)
             .await
             .unwrap();
     }
@@ -476,7 +486,7 @@ async fn erasure_forgets_an_address_and_the_directory_follows_the_unbind_path() 
     {
         let mut conn = s.app.db.get().unwrap();
         for (token, address) in [("inva", a), ("invc", c)] {
-            annuaire::store::identity::insert_invite(&mut conn, &invite(token, address, now))
+            annuaire::store::invites::insert_invite(&mut conn, &invite(token, address, now))
                 .unwrap();
         }
         for (sid, address) in [("sida", a), ("sidc", c)] {
@@ -508,6 +518,7 @@ async fn erasure_forgets_an_address_and_the_directory_follows_the_unbind_path() 
             "sessions": 1,
             "queued_mails": 1,
             "directory": [{"user_id": JEAN, "entry": "kept"}],
+            "audit_rows_pseudonymised": 1,
         })
     );
     // Lookups no longer find A; B still finds Jean.
@@ -519,12 +530,12 @@ async fn erasure_forgets_an_address_and_the_directory_follows_the_unbind_path() 
     {
         let mut conn = s.app.db.get().unwrap();
         assert!(
-            annuaire::store::identity::invites_to_address(&mut conn, "email", a)
+            annuaire::store::invites::invites_to_address(&mut conn, "email", a)
                 .unwrap()
                 .is_empty()
         );
         assert_eq!(
-            annuaire::store::identity::invites_to_address(&mut conn, "email", c)
+            annuaire::store::invites::invites_to_address(&mut conn, "email", c)
                 .unwrap()
                 .len(),
             1
@@ -583,12 +594,17 @@ async fn erasure_forgets_an_address_and_the_directory_follows_the_unbind_path() 
     assert_eq!(erased["unbound_from"], Value::Null);
     assert_eq!(erased["directory"], json!([]));
 
-    // Audited, with the address (the administrators' own record).
+    // Audited, the address replaced by its keyed pseudonym (the log keeps that it was erased
+    // and by whom, not which address).
     let log = audit(&s, &t, "?action=threepid.erase").await;
     assert_eq!(log.len(), 3);
-    assert_eq!(log[2]["target"], format!("threepid:email:{a}"));
+    let pseudonym = {
+        let mut conn = s.app.db.get().unwrap();
+        annuaire::audit::pseudonym(&mut conn, a, 0).unwrap()
+    };
+    assert_eq!(log[2]["target"], format!("threepid:email:{pseudonym}"));
     assert_eq!(log[2]["actor"], "ed");
-    assert_eq!(log[2]["before"]["address"], a);
+    assert_eq!(log[2]["before"]["address"], pseudonym);
     assert_eq!(log[2]["before"]["bound_to"], JEAN);
     assert_eq!(log[2]["before"]["invites"], 1);
     assert_eq!(log[2]["after"], Value::Null);
