@@ -90,7 +90,7 @@ pub(super) fn import_command(config: &Config, command: ImportCommand) -> Result<
                         ))
                     })?;
                     Some(
-                        crate::identity::signing::SigningKey::parse_sydent(&text).map_err(|e| {
+                        crate::matrix::signing::SigningKey::parse_sydent(&text).map_err(|e| {
                             CliError::config(format!(
                                 "server.signing_key_file ({}): {e}",
                                 path.display()

@@ -16,8 +16,8 @@ use std::sync::OnceLock;
 
 use annuaire::clock::Clock as _;
 use annuaire::identity::associations::Association;
-use annuaire::identity::keys::canonical_public_key;
-use annuaire::identity::signing::{SigningKey, sign_json, verify_json};
+use annuaire::matrix::keys::canonical_public_key;
+use annuaire::matrix::signing::{SigningKey, sign_json, verify_json};
 use annuaire::store::{Db, DbConn};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -285,7 +285,7 @@ async fn answers_match_the_real_sydent_after_import() {
     let invite = server
         .app
         .db
-        .run(move |conn| annuaire::store::identity::invite_by_token(conn, &invite_token))
+        .run(move |conn| annuaire::store::invites::invite_by_token(conn, &invite_token))
         .await
         .unwrap()
         .expect("the invitation was imported");
@@ -324,13 +324,16 @@ async fn answers_match_the_real_sydent_after_import() {
         not_after: row.not_after,
     };
     let resigned = association
-        .to_signed_json(&server_name, server.app.identity.signing_key())
+        .to_signed_json(&server_name, &server.app.identity.signing_key())
         .unwrap();
     assert_eq!(resigned, answers["bind"]);
 
     // The user is in the directory, as a bind in annuaire puts them there.
     let user_id = expected["user_id"].as_str().unwrap();
-    let entry = annuaire::directory::entries::get(&server.app, user_id)
+    let entry = server
+        .app
+        .directory
+        .entry(user_id)
         .await
         .unwrap()
         .expect("a directory entry");
@@ -694,7 +697,7 @@ fn bind_in_annuaire(conn: &mut DbConn, address: &str, mxid: &str, ts: i64) {
         },
     )
     .unwrap();
-    let hash = annuaire::identity::hashing::lookup_hash(address, "email", "old-pepper");
+    let hash = annuaire::matrix::hashing::lookup_hash(address, "email", "old-pepper");
     store::insert_hashes(conn, &[(1, hash, "email".into(), address.into())]).unwrap();
 }
 
@@ -829,13 +832,19 @@ async fn imports_a_filled_database(schema: Schema) {
         server.app.identity.signing_key().public_key_base64(),
         own.public_key_base64()
     );
-    let frank = annuaire::directory::entries::get(&server.app, "@frank:hs2.example")
+    let frank = server
+        .app
+        .directory
+        .entry("@frank:hs2.example")
         .await
         .unwrap()
         .expect("frank's latest bind gives him an entry");
     assert_eq!(frank.organisation.as_deref(), Some("Exemple"));
     assert!(
-        annuaire::directory::entries::get(&server.app, "@frank:hs.example")
+        server
+            .app
+            .directory
+            .entry("@frank:hs.example")
             .await
             .unwrap()
             .is_none(),
@@ -886,7 +895,7 @@ async fn imports_a_filled_database(schema: Schema) {
         })
     );
     // Hashed the same way annuaire's own binds are: found by the spec's hash.
-    let hash = annuaire::identity::hashing::lookup_hash("bob@example.org", "email", "pEpR5");
+    let hash = annuaire::matrix::hashing::lookup_hash("bob@example.org", "email", "pEpR5");
     let r = server
         .client
         .post(server.url("/_matrix/identity/v2/lookup"))
@@ -898,7 +907,7 @@ async fn imports_a_filled_database(schema: Schema) {
     let found = support::Reply::from(r).await.assert_ok();
     assert_eq!(found["mappings"][&hash], "@bob:hs.example");
     // annuaire's own association, rehashed under Sydent's pepper.
-    let henri = annuaire::identity::hashing::lookup_hash("henri@example.org", "email", "pEpR5");
+    let henri = annuaire::matrix::hashing::lookup_hash("henri@example.org", "email", "pEpR5");
     let r = server
         .client
         .post(server.url("/_matrix/identity/v2/lookup"))
@@ -924,7 +933,7 @@ async fn imports_a_filled_database(schema: Schema) {
         .app
         .db
         .run(|conn| {
-            annuaire::store::identity::invites_to_address(conn, "email", "invitee@example.org")
+            annuaire::store::invites::invites_to_address(conn, "email", "invitee@example.org")
         })
         .await
         .unwrap();

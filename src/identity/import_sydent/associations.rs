@@ -111,12 +111,14 @@ fn verify_global(row: &SydentGlobalAssociation, keys: &OriginKeys, own: Option<&
         return failed;
     };
     // The signed JSON must say what the row says, or the row is not what was signed.
-    let same = signed["medium"] == row.medium.as_str()
-        && signed["address"] == row.address.as_str()
-        && signed["mxid"] == row.mxid.as_str()
-        && signed["ts"].as_i64() == Some(row.ts)
-        && signed["not_before"].as_i64() == Some(row.not_before)
-        && signed["not_after"].as_i64() == Some(row.not_after);
+    let text = |field: &str| signed.get(field).and_then(Value::as_str);
+    let number = |field: &str| signed.get(field).and_then(Value::as_i64);
+    let same = text("medium") == Some(row.medium.as_str())
+        && text("address") == Some(row.address.as_str())
+        && text("mxid") == Some(row.mxid.as_str())
+        && number("ts") == Some(row.ts)
+        && number("not_before") == Some(row.not_before)
+        && number("not_after") == Some(row.not_after);
     if same && key.verifies(signed, &row.origin_server) {
         Verdict::Verified
     } else {
@@ -456,7 +458,7 @@ mod tests {
             "medium": "email", "address": "a@b.example", "mxid": mxid,
             "ts": 10, "not_before": 10, "not_after": 100,
         });
-        crate::identity::signing::sign_json(&mut signed, origin, key).unwrap();
+        crate::matrix::signing::sign_json(&mut signed, origin, key).unwrap();
         SydentGlobalAssociation {
             id: 1,
             medium: "email".into(),

@@ -29,8 +29,7 @@ fn pair_invites_with_keys(
         let cursor = next.entry(origin).or_insert(0);
         let mut probe = *cursor;
         while let Some(&k) = candidates.get(probe) {
-            let key = &keys[k];
-            match key.persistence_ts {
+            match keys.get(k).and_then(|key| key.persistence_ts) {
                 Some(t) if t == received || t + 1 == received => {
                     pairs.insert(invite.id, k);
                     *cursor = probe + 1;
@@ -111,7 +110,11 @@ pub(super) fn import_invites(
             .collect();
         let paired_keys: Vec<String> = page
             .iter()
-            .filter_map(|i| pairs.get(&i.id).and_then(|&k| canonical[k].clone()))
+            .filter_map(|i| {
+                pairs
+                    .get(&i.id)
+                    .and_then(|&k| canonical.get(k).cloned().flatten())
+            })
             .collect();
         let mut keys_in_use: HashSet<String> =
             source::invite_ephemeral_keys_in_use(conn, &paired_keys)?
@@ -145,7 +148,7 @@ pub(super) fn import_invites(
             counts.new += 1;
             let paired = pairs
                 .get(&invite.id)
-                .and_then(|&k| canonical[k].clone())
+                .and_then(|&k| canonical.get(k).cloned().flatten())
                 .filter(|k| !keys_in_use.contains(k));
             let ephemeral_public_key = match paired {
                 Some(k) => {
@@ -176,7 +179,7 @@ pub(super) fn import_invites(
         if !options.dry_run && !rows.is_empty() {
             crate::store::transaction(conn, |conn| {
                 for row in &rows {
-                    store::insert_invite(conn, row)?;
+                    invite_store::insert_invite(conn, row)?;
                 }
                 Ok::<_, StoreError>(())
             })?;

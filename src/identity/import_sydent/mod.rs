@@ -86,12 +86,14 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::identity::accounts::token_hash;
-use crate::identity::hashing::lookup_hash;
-use crate::identity::keys::{SIGNING_KEY_STATE, canonical_public_key};
+use crate::identity::keys::SIGNING_KEY_STATE;
 use crate::identity::lookup::{self, PepperAdoption};
-use crate::identity::signing::{LENIENT_BASE64, SigningKey, canonical_json};
+use crate::matrix::hashing::lookup_hash;
+use crate::matrix::keys::canonical_public_key;
+use crate::matrix::signing::{LENIENT_BASE64, SigningKey, canonical_json};
 use crate::policy::{Outcome, PolicyIndex, normalize_email};
-use crate::store::identity::{self as store, AssociationRow, InviteRow};
+use crate::store::identity::{self as store, AssociationRow};
+use crate::store::invites::{self as invite_store, InviteRow};
 use crate::store::sydent::{
     self as source, SydentDb, SydentDbError, SydentEphemeralKey, SydentGlobalAssociation,
     SydentInvite,
