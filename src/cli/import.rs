@@ -38,8 +38,10 @@ pub enum ImportCommand {
         /// Read and compare, write nothing; the summary says what would change.
         #[arg(long)]
         dry_run: bool,
-        /// Replace the different signing key annuaire already has (signatures annuaire made
-        /// with it stop verifying).
+        /// Replace the different signing key annuaire already has. Under another key id than
+        /// Sydent's (after `keys rotate-signing`) it stays published as a retired key, as a
+        /// rotation leaves it; under the same id, signatures annuaire made with it stop
+        /// verifying.
         #[arg(long)]
         replace_signing_key: bool,
         /// Rows written per transaction. Larger batches are faster (on SQLite the directory's

@@ -1022,6 +1022,80 @@ fn signing_key_conflicts_are_refused_unless_asked() {
     assert!(out.contains("already in server.signing_key_file"), "{out}");
 }
 
+/// annuaire's key after `keys rotate-signing` (another key id than Sydent's `ed25519:0`) stays
+/// published as a retired key when Sydent's replaces it; a retired key under Sydent's key id
+/// refuses the import.
+#[test]
+fn a_replaced_key_under_another_id_stays_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = support::database_url(dir.path());
+    let now = annuaire::clock::SystemClock.now_ms();
+    let (db, conf, own) = sydent_database(dir.path(), Schema::Mainline, now);
+    assert_eq!(own.key_id(), "ed25519:0");
+    let rotated = SigningKey::generate(&mut StdRng::seed_from_u64(98))
+        .with_key_id("ed25519:1")
+        .unwrap();
+    {
+        let (_db, mut conn) = conn_for(&url);
+        annuaire::store::state::set(&mut conn, "signing_key", &rotated.to_sydent_string(), now)
+            .unwrap();
+    }
+    let args = [
+        "--db",
+        db.to_str().unwrap(),
+        "--sydent-config",
+        conf.to_str().unwrap(),
+        "--replace-signing-key",
+    ];
+    let summary = import_json(dir.path(), &url, OWN, &args);
+    assert_eq!(summary["signing_key"], "replaced");
+    let (_db, mut conn) = conn_for(&url);
+    assert_eq!(
+        annuaire::store::state::get(&mut conn, "signing_key").unwrap(),
+        Some(own.to_sydent_string())
+    );
+    let retired = annuaire::store::keys::retired_key(&mut conn, "ed25519:1")
+        .unwrap()
+        .expect("annuaire's replaced key is retired");
+    assert_eq!(retired.public_key, rotated.public_key_base64());
+    // Again: nothing changes.
+    assert_eq!(
+        import_json(dir.path(), &url, OWN, &args)["signing_key"],
+        "unchanged"
+    );
+
+    // Another database whose retired ed25519:0 is not Sydent's key: refused, nothing written.
+    let other = tempfile::tempdir().unwrap();
+    let other_url = support::database_url(other.path());
+    let old = SigningKey::generate(&mut StdRng::seed_from_u64(97));
+    {
+        let (_db, mut conn) = conn_for(&other_url);
+        annuaire::store::keys::insert_retired_key(
+            &mut conn,
+            &annuaire::store::keys::RetiredKeyRow {
+                key_id: "ed25519:0".into(),
+                public_key: old.public_key_base64(),
+                retired_at: now,
+            },
+        )
+        .unwrap();
+        annuaire::store::state::set(&mut conn, "signing_key", &rotated.to_sydent_string(), now)
+            .unwrap();
+    }
+    let before = snapshot(&other_url);
+    let (code, out, err) = import(other.path(), &other_url, OWN, &args);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("retired another key under Sydent's key id ed25519:0"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(&other_url),
+        before,
+        "a refused import wrote something"
+    );
+}
+
 #[test]
 fn refuses_files_that_are_not_sydent_databases() {
     let dir = tempfile::tempdir().unwrap();

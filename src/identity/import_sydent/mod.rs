@@ -94,6 +94,7 @@ use crate::matrix::signing::{LENIENT_BASE64, SigningKey, canonical_json};
 use crate::policy::{Outcome, PolicyIndex, normalize_email};
 use crate::store::identity::{self as store, AssociationRow};
 use crate::store::invites::{self as invite_store, InviteRow};
+use crate::store::keys::{self as key_store, RetiredKeyRow};
 use crate::store::sydent::{
     self as source, SydentDb, SydentDbError, SydentEphemeralKey, SydentGlobalAssociation,
     SydentInvite,
@@ -112,12 +113,24 @@ pub enum ImportError {
     /// annuaire already has another signing key.
     #[error(
         "annuaire already has another signing key (public key {current}). Importing Sydent's \
-         replaces it: signatures annuaire made with it (invitations it stored) stop \
-         verifying. Run again with --replace-signing-key to do so"
+         replaces it: under the same key id, signatures annuaire made with it (invitations it \
+         stored) stop verifying; under another, it stays published as a retired key. Run \
+         again with --replace-signing-key to do so"
     )]
     SigningKeyConflict {
         /// annuaire's current public key.
         current: String,
+    },
+    /// annuaire published a retired key under the key id of Sydent's key.
+    #[error(
+        "annuaire has retired another key under Sydent's key id {key_id} (public key \
+         {retired}); it stays published, so Sydent's key cannot take that id"
+    )]
+    SigningKeyIdRetired {
+        /// The key id of Sydent's key.
+        key_id: String,
+        /// The public key annuaire retired under it.
+        retired: String,
     },
     /// `server.signing_key_file` holds another key.
     #[error(
@@ -369,7 +382,7 @@ pub fn import(
 
     source::prepare_bulk_import(conn)?;
     // Checks that may refuse the import come before any write.
-    let key_plan = plan_signing_key(conn, conf, options)?;
+    let key_plan = plan_signing_key(conn, conf, options, now_ms)?;
     let pepper = db.pepper()?;
     if pepper.is_some() && lookup::rotation_in_progress(conn)? {
         return Err(ImportError::RotationInProgress);
@@ -379,7 +392,12 @@ pub fn import(
     if !options.dry_run
         && let Some(text) = &key_plan.store
     {
-        state::set(conn, SIGNING_KEY_STATE, text, now_ms)?;
+        crate::store::transaction(conn, |conn| {
+            if let Some(retired) = &key_plan.retire {
+                key_store::insert_retired_key(conn, retired)?;
+            }
+            state::set(conn, SIGNING_KEY_STATE, text, now_ms)
+        })?;
     }
     if let Some(name) = &conf.server_name
         && *name != options.server_name
@@ -496,17 +514,22 @@ struct KeyPlan {
     outcome: KeyOutcome,
     /// The key to store in the database (Sydent's format), if any.
     store: Option<String>,
+    /// annuaire's key that Sydent's replaces, kept published as a retired key (as `keys
+    /// rotate-signing` does) when its key id differs from Sydent's.
+    retire: Option<RetiredKeyRow>,
 }
 
 fn plan_signing_key(
     conn: &mut DbConn,
     conf: &SydentConf,
     options: &ImportOptions,
+    now_ms: i64,
 ) -> Result<KeyPlan, ImportError> {
     let Some(key) = &conf.signing_key else {
         return Ok(KeyPlan {
             outcome: KeyOutcome::NotGiven,
             store: None,
+            retire: None,
         });
     };
     let text = key.to_sydent_string();
@@ -515,6 +538,7 @@ fn plan_signing_key(
             return Ok(KeyPlan {
                 outcome: KeyOutcome::InFile,
                 store: None,
+                retire: None,
             });
         }
         return Err(ImportError::SigningKeyFileDiffers {
@@ -522,25 +546,46 @@ fn plan_signing_key(
             sydent: key.public_key_base64(),
         });
     }
+    // A key id names one key: one that annuaire retired stays published under its id.
+    if let Some(retired) = key_store::retired_key(conn, key.key_id())?
+        && retired.public_key != key.public_key_base64()
+    {
+        return Err(ImportError::SigningKeyIdRetired {
+            key_id: retired.key_id,
+            retired: retired.public_key,
+        });
+    }
     match state::get(conn, SIGNING_KEY_STATE)? {
         None => Ok(KeyPlan {
             outcome: KeyOutcome::Imported,
             store: Some(text),
+            retire: None,
         }),
         Some(current) if current.trim() == text => Ok(KeyPlan {
             outcome: KeyOutcome::Unchanged,
             store: None,
+            retire: None,
         }),
         Some(current) => {
+            let current = SigningKey::parse_sydent(&current).ok();
             if options.replace_signing_key {
+                let retire =
+                    current
+                        .filter(|c| c.key_id() != key.key_id())
+                        .map(|c| RetiredKeyRow {
+                            key_id: c.key_id().to_owned(),
+                            public_key: c.public_key_base64(),
+                            retired_at: now_ms,
+                        });
                 return Ok(KeyPlan {
                     outcome: KeyOutcome::Replaced,
                     store: Some(text),
+                    retire,
                 });
             }
-            let current = SigningKey::parse_sydent(&current)
+            let current = current
                 .map(|k| k.public_key_base64())
-                .unwrap_or_else(|_| "unreadable".into());
+                .unwrap_or_else(|| "unreadable".into());
             Err(ImportError::SigningKeyConflict { current })
         }
     }
