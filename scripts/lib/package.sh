@@ -263,6 +263,20 @@ package_stage() {
         /usr/bin/annuaire --config "$PACKAGE_CONFIG" check-config >/dev/null ||
         die "the service's user cannot use $PACKAGE_CONFIG"
 
+    # The Synapse module's sources: as in the repository, and installable as docs/operations.md
+    # 4.3 says (a copy, pip into a fresh venv; Twisted is Synapse's, so only its metadata is read).
+    diff -r contrib/synapse/annuaire_synapse /usr/share/annuaire/synapse-module/annuaire_synapse \
+        -x __pycache__ >/dev/null || die "/usr/share/annuaire/synapse-module differs from contrib/synapse"
+    cp -r /usr/share/annuaire/synapse-module "$dir/synapse-module"
+    python3 -m venv "$dir/module-venv" >/dev/null
+    "$dir/module-venv/bin/pip" install -q "$dir/synapse-module" >"$dir/module-pip.log" 2>&1 || {
+        cat "$dir/module-pip.log" >&2
+        die "pip install of /usr/share/annuaire/synapse-module failed"
+    }
+    echo "   Synapse module from /usr/share/annuaire/synapse-module: annuaire-synapse $(
+        "$dir/module-venv/bin/python" -c 'import importlib.metadata as m; print(m.version("annuaire-synapse"))'
+    ) installs with pip"
+
     _pkg_smoke_start "$dir"
     if [[ -d /run/systemd/system ]]; then
         _pkg_unit_start

@@ -47,13 +47,7 @@ impl std::fmt::Debug for ConsoleSession {
 impl ConsoleSession {
     /// Fails unless the administrator may change things.
     pub fn require_editor(&self) -> Result<(), AdminError> {
-        match self.role {
-            Role::Editor => Ok(()),
-            Role::Viewer => Err(AdminError::Forbidden(format!(
-                "{} has the viewer role: it may read, not change",
-                self.username
-            ))),
-        }
+        self.role.require_editor(&self.username)
     }
 
     /// Whether `given` is this session's CSRF token (compared in constant time).

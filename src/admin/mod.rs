@@ -60,6 +60,16 @@ impl Role {
         }
     }
 
+    /// Fails unless this role may change things; `who` names the administrator in the error.
+    pub fn require_editor(self, who: &str) -> Result<(), AdminError> {
+        match self {
+            Role::Editor => Ok(()),
+            Role::Viewer => Err(AdminError::Forbidden(format!(
+                "{who} has the viewer role: it may read, not change"
+            ))),
+        }
+    }
+
     /// Parses "viewer" or "editor".
     pub fn parse(text: &str) -> Option<Role> {
         match text {

@@ -92,13 +92,7 @@ pub struct Session {
 impl Session {
     /// Fails unless the caller may change things.
     pub fn require_editor(&self) -> Result<(), AdminError> {
-        match self.role {
-            Role::Editor => Ok(()),
-            Role::Viewer => Err(AdminError::Forbidden(format!(
-                "{} has the viewer role: it may read, not change",
-                self.username
-            ))),
-        }
+        self.role.require_editor(&self.username)
     }
 
     /// The audit actor for this administrator.

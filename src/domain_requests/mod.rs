@@ -29,7 +29,7 @@ use crate::config::{Config, Language};
 use crate::mail::MailError;
 use crate::mail::domain_request::{DomainRequestMail, DomainRequestStage, DomainRequestTemplates};
 use crate::mail::outbox::{self, Mailer};
-use crate::policy::{Outcome, RuleKind, RuleTarget, normalize_domain, normalize_email};
+use crate::policy::{Outcome, ReasonCode, normalize_domain, normalize_email, public_provider};
 use crate::ratelimit::KeyedLimit;
 use crate::store::domain_requests::{self as store, DomainRequestRow};
 use crate::store::{Db, DbConn, StoreError};
@@ -125,40 +125,6 @@ impl std::fmt::Display for FieldProblem {
     }
 }
 
-/// Why an address may or may not register, in words a page can translate: the policy's
-/// decision (its outcome and the kind of rule that decided). The codes are those issue 16
-/// plans for `reason_code`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// May register.
-    Allowed,
-    /// May register once invited by a member.
-    InviteRequired,
-    /// Nothing is known about the domain (the default policy refused it).
-    UnknownDomain,
-    /// A rule refuses the domain.
-    DeniedDomain,
-    /// A rule refuses this one address.
-    DeniedAddress,
-    /// A public mail provider: anyone can have an address there.
-    PublicMailProvider,
-}
-
-impl Verdict {
-    /// The code.
-    pub fn code(self) -> &'static str {
-        match self {
-            Verdict::Allowed => "allowed",
-            Verdict::InviteRequired => "invite_required",
-            Verdict::UnknownDomain => "unknown_domain",
-            Verdict::DeniedDomain => "denied_domain",
-            Verdict::DeniedAddress => "denied_address",
-            Verdict::PublicMailProvider => "public_mail_provider",
-        }
-    }
-}
-
 /// The answer to "which homeserver is mine?".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AddressCheck {
@@ -166,8 +132,9 @@ pub struct AddressCheck {
     pub address: String,
     /// Its domain (Unicode).
     pub domain: String,
-    /// The verdict.
-    pub verdict: Verdict,
+    /// What the agent is told: `allowed`, `invite_required`, or why they are refused (the
+    /// policy's `reason_code`).
+    pub verdict: ReasonCode,
     /// Where to register (the public name of the homeserver); none when refused.
     pub homeserver: Option<String>,
     /// The organisation label.
@@ -403,31 +370,20 @@ impl DomainRequests {
         let index = self.allowlist.index();
         let decision = index.decide(&address, now);
         let unknown_domain = decision.rule_id.is_none();
-        let verdict = match (decision.outcome, decision.rule_id.as_deref()) {
-            (Outcome::Allowed, _) => Verdict::Allowed,
-            (Outcome::InviteRequired, _) => Verdict::InviteRequired,
-            (Outcome::Denied, None) => {
-                if crate::policy::public_provider(address.ascii_domain()).is_some() {
-                    Verdict::PublicMailProvider
-                } else {
-                    Verdict::UnknownDomain
-                }
-            }
-            (Outcome::Denied, Some(_))
-                if crate::policy::public_provider(address.ascii_domain()).is_some() =>
+        let verdict = match decision.outcome {
+            Outcome::Allowed => ReasonCode::Allowed,
+            Outcome::InviteRequired => ReasonCode::InviteRequired,
+            // A deny rule on a public provider's domain (gmail.com) is told as what it is.
+            Outcome::Denied
+                if decision.reason_code == ReasonCode::DeniedDomain
+                    && public_provider(address.ascii_domain()).is_some() =>
             {
-                Verdict::PublicMailProvider
+                ReasonCode::PublicMailProvider
             }
-            (Outcome::Denied, Some(id)) => {
-                let rule = index.rules().iter().find(|r| r.id == id);
-                match rule.map(|r| (r.kind, &r.target)) {
-                    Some((RuleKind::Deny, RuleTarget::Email(_))) => Verdict::DeniedAddress,
-                    _ => Verdict::DeniedDomain,
-                }
-            }
+            Outcome::Denied => decision.reason_code,
         };
         let may_request =
-            self.enabled() && unknown_domain && verdict != Verdict::PublicMailProvider;
+            self.enabled() && unknown_domain && verdict != ReasonCode::PublicMailProvider;
         let organisation = decision.organisation.clone();
         let answer = shard_answer(decision, false);
         let client_link = self.client_link(answer.hs.as_deref());

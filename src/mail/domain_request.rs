@@ -15,8 +15,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use minijinja::{Environment, UndefinedBehavior, Value, context};
+use minijinja::{Environment, UndefinedBehavior, context};
 
+use super::templates::{clean_inline, render_mail};
 use super::{Language, MailError, RenderedMail};
 use crate::templates::{OverrideFile, describe_error, describe_origin, html_formatter};
 
@@ -221,35 +222,7 @@ impl DomainRequestTemplates {
             client_link => client_link,
             message => message,
         };
-        let subject =
-            clean_inline(&self.render_one(&format!("domain_request.{lang}.subject.txt"), &ctx)?);
-        let ctx = context! { subject => subject.as_str(), ..ctx };
-        let mut text = self.render_one(&format!("domain_request.{lang}.txt"), &ctx)?;
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
-        let mut html = self.render_one(&format!("domain_request.{lang}.html"), &ctx)?;
-        if !html.ends_with('\n') {
-            html.push('\n');
-        }
-        Ok(RenderedMail {
-            language: lang,
-            subject,
-            text,
-            html,
-        })
-    }
-
-    fn render_one(&self, name: &str, ctx: &Value) -> Result<String, MailError> {
-        let render_error = |e: minijinja::Error| MailError::Render {
-            template: e.name().unwrap_or(name).to_string(),
-            reason: describe_error(&e),
-        };
-        self.env
-            .get_template(name)
-            .map_err(render_error)?
-            .render(ctx)
-            .map_err(render_error)
+        render_mail(&self.env, "domain_request", lang, ctx)
     }
 
     fn check_with_samples(&self) -> Result<(), MailError> {
@@ -363,14 +336,6 @@ fn check_link(url: &str) -> Result<(), MailError> {
     } else {
         Err(MailError::Link("not a plain http(s) URL"))
     }
-}
-
-/// One line: control characters become spaces, runs of whitespace collapse.
-fn clean_inline(s: &str) -> String {
-    s.split(|c: char| c.is_control() || c.is_whitespace())
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Several lines: line breaks kept, other control characters dropped.

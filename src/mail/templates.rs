@@ -423,35 +423,7 @@ impl Templates {
     }
 
     fn render(&self, kind: &str, lang: Language, ctx: Value) -> Result<RenderedMail, MailError> {
-        let subject =
-            sanitize_subject(&self.render_one(&format!("{kind}.{lang}.subject.txt"), &ctx)?);
-        let ctx = context! { subject => subject.as_str(), ..ctx };
-        let mut text = self.render_one(&format!("{kind}.{lang}.txt"), &ctx)?;
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
-        let mut html = self.render_one(&format!("{kind}.{lang}.html"), &ctx)?;
-        if !html.ends_with('\n') {
-            html.push('\n');
-        }
-        Ok(RenderedMail {
-            language: lang,
-            subject,
-            text,
-            html,
-        })
-    }
-
-    fn render_one(&self, name: &str, ctx: &Value) -> Result<String, MailError> {
-        let render_error = |e: minijinja::Error| MailError::Render {
-            template: e.name().unwrap_or(name).to_string(),
-            reason: describe_error(&e),
-        };
-        self.env
-            .get_template(name)
-            .map_err(render_error)?
-            .render(ctx)
-            .map_err(render_error)
+        render_mail(&self.env, kind, lang, ctx)
     }
 
     /// Renders every kind in every language with sample values (both branches of the optional
@@ -660,9 +632,56 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Renders mail `kind` in `lang` from `env`'s templates `{kind}.{lang}.subject.txt`, `.txt` and
+/// `.html`: the subject made one clean line (and given to the bodies as `subject`), each body
+/// ending with a newline. Every kind of mail goes through here.
+pub(super) fn render_mail(
+    env: &Environment<'static>,
+    kind: &str,
+    lang: Language,
+    ctx: Value,
+) -> Result<RenderedMail, MailError> {
+    let subject = sanitize_subject(&render_template(
+        env,
+        &format!("{kind}.{lang}.subject.txt"),
+        &ctx,
+    )?);
+    let ctx = context! { subject => subject.as_str(), ..ctx };
+    let mut text = render_template(env, &format!("{kind}.{lang}.txt"), &ctx)?;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let mut html = render_template(env, &format!("{kind}.{lang}.html"), &ctx)?;
+    if !html.ends_with('\n') {
+        html.push('\n');
+    }
+    Ok(RenderedMail {
+        language: lang,
+        subject,
+        text,
+        html,
+    })
+}
+
+/// Renders one template, a failure naming the template (the operator's file) and what is wrong.
+fn render_template(
+    env: &Environment<'static>,
+    name: &str,
+    ctx: &Value,
+) -> Result<String, MailError> {
+    let render_error = |e: minijinja::Error| MailError::Render {
+        template: e.name().unwrap_or(name).to_string(),
+        reason: describe_error(&e),
+    };
+    env.get_template(name)
+        .map_err(render_error)?
+        .render(ctx)
+        .map_err(render_error)
+}
+
 /// One line of display text: control characters become spaces, bidi controls go, runs of
 /// whitespace collapse, ends are trimmed.
-fn clean_inline(s: &str) -> String {
+pub(super) fn clean_inline(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut pending_space = false;
     for c in s.chars() {

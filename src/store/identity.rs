@@ -39,7 +39,7 @@ pub fn insert_token(
 ) -> Result<(), StoreError> {
     use identity_accounts::dsl as a;
     use identity_tokens::dsl as t;
-    conn.transaction(|conn| {
+    super::transaction(conn, |conn| {
         db_dispatch!(conn, c => diesel::insert_into(a::identity_accounts)
             .values((a::user_id.eq(user_id), a::created_at.eq(now_ms)))
             .on_conflict(a::user_id)
@@ -111,7 +111,7 @@ pub fn add_accepted_terms(
     if urls.is_empty() {
         return Ok(());
     }
-    conn.transaction(|conn| {
+    super::transaction(conn, |conn| {
         for url in urls {
             db_dispatch!(conn, c => diesel::insert_into(t::identity_accepted_terms)
                 .values((t::user_id.eq(user_id), t::url.eq(url), t::accepted_at.eq(now_ms)))
@@ -212,7 +212,7 @@ pub fn delete_association(
 ) -> Result<bool, StoreError> {
     use association_hashes::dsl as h;
     use associations::dsl as a;
-    conn.transaction(|conn| {
+    super::transaction(conn, |conn| {
         // Explicitly, not only by the foreign key: it must hold on connections without it.
         db_dispatch!(conn, c => diesel::delete(
             h::association_hashes.filter(h::medium.eq(medium)).filter(h::address.eq(address)),
@@ -237,7 +237,7 @@ pub fn delete_association_of(
 ) -> Result<bool, StoreError> {
     use association_hashes::dsl as h;
     use associations::dsl as a;
-    conn.transaction(|conn| {
+    super::transaction(conn, |conn| {
         let n = db_dispatch!(conn, c => diesel::delete(
             a::associations
                 .filter(a::medium.eq(medium))

@@ -35,7 +35,7 @@ pub mod sydent;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use diesel::connection::SimpleConnection;
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::prelude::*;
 use diesel::r2d2::{ManageConnection, Pool, PooledConnection};
 use diesel::{PgConnection, SqliteConnection};
@@ -374,11 +374,47 @@ pub fn transaction<T, E: From<StoreError>>(
             Failure::Database(e)
         }
     }
-    conn.transaction(|conn| f(conn).map_err(Failure::Caller))
-        .map_err(|failure| match failure {
-            Failure::Database(e) => E::from(StoreError::Query(e)),
-            Failure::Caller(e) => e,
-        })
+    // SQLite: an outermost transaction takes the write lock when it begins (`BEGIN IMMEDIATE`).
+    // A deferred one that reads first and writes later cannot wait for another writer: SQLite
+    // answers "database is locked" at once instead of honouring busy_timeout.
+    let outermost_sqlite = match conn {
+        DbConn::Sqlite(c) => matches!(
+            AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth(),
+            Ok(None)
+        ),
+        DbConn::Pg(_) => false,
+    };
+    let result = if outermost_sqlite {
+        immediate_transaction(conn, |conn| f(conn).map_err(Failure::Caller))
+    } else {
+        conn.transaction(|conn| f(conn).map_err(Failure::Caller))
+    };
+    result.map_err(|failure| match failure {
+        Failure::Database(e) => E::from(StoreError::Query(e)),
+        Failure::Caller(e) => e,
+    })
+}
+
+/// `BEGIN IMMEDIATE` on the SQLite connection inside `conn`, then `f`, then commit (or roll back
+/// when `f` fails), as diesel's `SqliteConnection::immediate_transaction` does but with `f` given
+/// the backend-neutral connection.
+fn immediate_transaction<T, E: From<diesel::result::Error>>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> Result<T, E>,
+) -> Result<T, E> {
+    if let DbConn::Sqlite(c) = conn {
+        AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?;
+    }
+    match f(conn) {
+        Ok(value) => {
+            <DbConn as Connection>::TransactionManager::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(e) => {
+            <DbConn as Connection>::TransactionManager::rollback_transaction(conn)?;
+            Err(e)
+        }
+    }
 }
 
 /// Applies pending migrations on `conn` (the caller holds the start-up lock).

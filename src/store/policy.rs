@@ -154,7 +154,7 @@ pub fn delete_rule(conn: &mut DbConn, id: &str) -> Result<bool, StoreError> {
 
 /// Applies an import's diff in one transaction and bumps the change counter.
 pub fn apply_diff(conn: &mut DbConn, diff: &RuleDiff, now_ms: i64) -> Result<i64, StoreError> {
-    conn.transaction(|conn| {
+    super::transaction(conn, |conn| {
         for rule in &diff.removed {
             delete_rule(conn, &rule.id)?;
         }
@@ -189,7 +189,7 @@ pub fn add_attempts(conn: &mut DbConn, counts: &[AttemptCount]) -> Result<(), St
     if counts.is_empty() {
         return Ok(());
     }
-    conn.transaction(|conn| {
+    super::transaction(conn, |conn| {
         for n in counts {
             db_dispatch!(conn, c => diesel::insert_into(a::policy_attempts)
                 .values((

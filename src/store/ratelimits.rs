@@ -36,7 +36,7 @@ pub fn take(
     now_ms: i64,
 ) -> Result<Result<(), u64>, StoreError> {
     let every_ms = limit.every.as_millis_i64();
-    conn.transaction(|conn| {
+    super::transaction(conn, |conn| {
         // A write first: on SQLite it takes the write lock before anything is read (a read
         // transaction cannot always be upgraded); on PostgreSQL it makes sure the row exists,
         // and the no-op update below locks it until the end of the transaction.

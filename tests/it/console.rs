@@ -788,10 +788,31 @@ async fn a_domain_request_goes_from_the_form_to_the_mail_to_the_console_to_accep
         .await;
     assert!(r.text.contains("is not on the service yet"), "{}", r.text);
     assert!(r.text.contains("action=\"/request\""));
-    // A public provider: no form.
+    // A public provider (refused by a deny rule here): said as such, and no form.
     let r = agent
-        .post("/", &[("csrf", &csrf), ("address", "someone@gmail.com")])
+        .post(
+            "/?lang=en",
+            &[("csrf", &csrf), ("address", "someone@gmail.com")],
+        )
         .await;
+    assert!(r.text.contains("is a public mail provider"), "{}", r.text);
+    assert!(!r.text.contains("action=\"/request\""), "{}", r.text);
+    // Still said as such when a deny rule is what refuses it (the policy's reason: denied_domain).
+    s.app
+        .admin
+        .create_rule(
+            serde_json::json!({"kind": "deny", "name": "gmail.com"}),
+            &annuaire::admin::Actor::cli("test"),
+        )
+        .await
+        .unwrap();
+    let r = agent
+        .post(
+            "/?lang=en",
+            &[("csrf", &csrf), ("address", "someone@gmail.com")],
+        )
+        .await;
+    assert!(r.text.contains("is a public mail provider"), "{}", r.text);
     assert!(!r.text.contains("action=\"/request\""), "{}", r.text);
     // Missing name: the error beside the field.
     let r = agent
