@@ -202,7 +202,7 @@ fn print_sync_summary(s: &crate::directory::ldap_sync::SyncSummary) {
 
 /// Progress on stderr: a redrawn line with a moving bar on a terminal; otherwise plain lines,
 /// at most one every few seconds (logs and CI output stay short).
-struct Progress {
+pub(super) struct Progress {
     label: &'static str,
     tty: bool,
     frame: usize,
@@ -211,7 +211,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(label: &'static str) -> Progress {
+    pub(super) fn new(label: &'static str) -> Progress {
         use std::io::IsTerminal;
         Progress {
             label,
@@ -255,7 +255,39 @@ impl Progress {
         }
     }
 
-    fn done(&mut self) {
+    /// Progress of a phase whose total is known: a filling bar on a terminal.
+    pub(super) fn ratio(&mut self, phase: &str, done: u64, total: u64) {
+        use std::io::Write;
+        let percent = (done.saturating_mul(100))
+            .checked_div(total)
+            .unwrap_or(100)
+            .min(100);
+        let text = format!("{phase}: {done}/{total} ({percent}%)");
+        let finished = done >= total;
+        if self.tty {
+            const WIDTH: u64 = 24;
+            let filled = (percent * WIDTH / 100) as usize;
+            let bar = format!(
+                "{}{}",
+                "#".repeat(filled),
+                "-".repeat(WIDTH as usize - filled)
+            );
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K{} [{bar}] {text}", self.label);
+            let _ = err.flush();
+            self.drawn = true;
+        } else {
+            let due = self
+                .last_line
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(2));
+            if due || finished {
+                eprintln!("{}: {text}", self.label);
+                self.last_line = Some(std::time::Instant::now());
+            }
+        }
+    }
+
+    pub(super) fn done(&mut self) {
         if self.tty && self.drawn {
             eprintln!();
             self.drawn = false;

@@ -13,18 +13,21 @@ mod admin;
 mod allowlist;
 mod directory;
 mod homeserver;
+mod import;
 mod keys;
 
 pub use admin::AdminCommand;
 pub use allowlist::AllowlistCommand;
 pub use directory::{DirectoryCommand, LdapCommand};
 pub use homeserver::HomeserverCommand;
+pub use import::ImportCommand;
 pub use keys::KeysCommand;
 
 use admin::{admin_command, unix_user};
 use allowlist::allowlist_command;
 use directory::{directory_command, ldap_command};
 use homeserver::homeserver_command;
+use import::import_command;
 use keys::keys_command;
 
 /// annuaire: identity and directory service for sovereign, sharded Matrix deployments.
@@ -78,6 +81,9 @@ pub enum Command {
     /// The agency LDAP directory: sync verified names from it, look one address up.
     #[command(subcommand)]
     Ldap(LdapCommand),
+    /// Bring in the data of another identity server (Sydent).
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// The tokens of the homeserver API (/_annuaire/homeserver/v1), one per homeserver, which
     /// the Synapse module of contrib/synapse uses. Changes are written to the audit log as
     /// `cli:<unix user>`.
@@ -134,6 +140,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Admin(cmd) => admin_command(&config, cmd),
         Command::Directory(command) => block_on(directory_command(config, command)),
         Command::Ldap(command) => block_on(ldap_command(config, command)),
+        Command::Import(command) => import_command(&config, command),
         Command::Homeserver(cmd) => homeserver_command(&config, cmd),
     }
 }

@@ -213,6 +213,66 @@ pub(crate) fn label(organisation: Option<&str>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The entry a bind of `address` to `mxid` makes (before [`refresh`] computes its name): the
+/// policy's `decision` gives its organisation label, and makes it external unless plainly
+/// allowed.
+fn bound_row(
+    mxid: &str,
+    address: &Address,
+    decision: &Decision,
+    now_ms: i64,
+) -> Result<EntryRow, DirectoryError> {
+    let (_, server) = split_user_id(mxid)?;
+    Ok(EntryRow {
+        mxid: mxid.to_owned(),
+        homeserver: server.to_owned(),
+        name: String::new(),
+        name_source: NameSource::Email.as_str().to_owned(),
+        fallback_name: name_from_local_part(address.local()),
+        admin_name: None,
+        organisation: None,
+        policy_organisation: label(decision.organisation.as_deref()),
+        avatar_url: None,
+        visibility: Visibility::Visible.as_str().to_owned(),
+        external: decision.outcome != Outcome::Allowed,
+        active: true,
+        email_key: email_lookup_key(address.as_str()),
+        search_name: String::new(),
+        search_organisation: String::new(),
+        search_localpart: String::new(),
+        search_all: String::new(),
+        organisation_key: String::new(),
+        created_at: now_ms,
+        updated_at: now_ms,
+        user_displayname: None,
+    })
+}
+
+/// Creates the entries of binds brought in from another identity server (`annuaire import
+/// sydent`) as [`DirectoryService::on_bind`] makes them, for users who have none yet
+/// (blocking; the caller holds the transaction): `(mxid, address, decision)`, the user IDs
+/// already checked with [`split_user_id`]. Returns how many were created.
+pub fn add_imported_binds(
+    conn: &mut DbConn,
+    binds: &[(String, Address, Decision)],
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    let mut rows: Vec<EntryRow> = binds
+        .iter()
+        .filter_map(|(mxid, address, decision)| bound_row(mxid, address, decision, now_ms).ok())
+        .collect();
+    let keys: Vec<String> = rows.iter().map(|r| r.email_key.clone()).collect();
+    let ldap: std::collections::HashMap<String, LdapNameRow> =
+        store::ldap_names_by_keys(conn, &keys)?
+            .into_iter()
+            .map(|r| (r.email_key.clone(), r))
+            .collect();
+    for row in &mut rows {
+        refresh(row, ldap.get(&row.email_key));
+    }
+    store::insert_new(conn, &rows)
+}
+
 impl DirectoryService {
     /// Creates or refreshes the entry of `mxid`, which just bound `address` (whose policy decision
     /// is `decision`). An admin override and the moderation state of an existing entry are kept;
@@ -223,30 +283,7 @@ impl DirectoryService {
         address: &Address,
         decision: &Decision,
     ) -> Result<DirectoryEntry, DirectoryError> {
-        let (_, server) = split_user_id(mxid)?;
-        let mut fresh = EntryRow {
-            mxid: mxid.to_owned(),
-            homeserver: server.to_owned(),
-            name: String::new(),
-            name_source: NameSource::Email.as_str().to_owned(),
-            fallback_name: name_from_local_part(address.local()),
-            admin_name: None,
-            organisation: None,
-            policy_organisation: label(decision.organisation.as_deref()),
-            avatar_url: None,
-            visibility: Visibility::Visible.as_str().to_owned(),
-            external: decision.outcome != Outcome::Allowed,
-            active: true,
-            email_key: email_lookup_key(address.as_str()),
-            search_name: String::new(),
-            search_organisation: String::new(),
-            search_localpart: String::new(),
-            search_all: String::new(),
-            organisation_key: String::new(),
-            created_at: self.clock.now_ms(),
-            updated_at: self.clock.now_ms(),
-            user_displayname: None,
-        };
+        let mut fresh = bound_row(mxid, address, decision, self.clock.now_ms())?;
         let row = self
             .db
             .run(move |conn| {

@@ -369,11 +369,15 @@ impl IdentityService {
                 "mxid must be a Matrix user ID (`@user:server`)".into(),
             ));
         }
-        let key = SigningKey::from_seed_base64(DEFAULT_KEY_ID, private_key).map_err(|_| {
-            IdentityError::InvalidParam(
-                "private_key must be an unpadded base64 ed25519 seed".into(),
-            )
-        })?;
+        // Sydent mailed its ephemeral private keys in URL-safe base64: invitations it sent
+        // (imported by `annuaire import sydent`) come back in that form.
+        let key = canonical_public_key(private_key)
+            .and_then(|seed| SigningKey::from_seed_base64(DEFAULT_KEY_ID, &seed).ok())
+            .ok_or_else(|| {
+                IdentityError::InvalidParam(
+                    "private_key must be an unpadded base64 ed25519 seed".into(),
+                )
+            })?;
         let lookup = token.to_string();
         let invite = self
             .db

@@ -194,15 +194,29 @@ pub fn rotate_pepper(
     now_ms: i64,
     progress: &mut dyn FnMut(&str, usize),
 ) -> Result<Rotation, StoreError> {
-    let batch_size = batch_size.max(1);
     let current = current_pepper(conn, rng, now_ms)?;
+    let value = generate_pepper(rng);
+    rotate_to(conn, current, value, batch_size, now_ms, progress)
+}
+
+/// A rotation from `current` to a pepper of `value` (unless a rotation is already under way:
+/// then that one is resumed).
+fn rotate_to(
+    conn: &mut DbConn,
+    current: Pepper,
+    value: String,
+    batch_size: i64,
+    now_ms: i64,
+    progress: &mut dyn FnMut(&str, usize),
+) -> Result<Rotation, StoreError> {
+    let batch_size = batch_size.max(1);
     if read_pepper(conn, NEXT_PEPPER_STATE)?.is_some_and(|n| n.id <= current.id) {
         // Left over from a rotation that switched but was interrupted before cleaning up.
         store::delete_state(conn, NEXT_PEPPER_STATE)?;
     }
     let candidate = encode(&Pepper {
         id: current.id + 1,
-        value: generate_pepper(rng),
+        value,
     })?;
     let next: Pepper = serde_json::from_str(&state::get_or_insert(
         conn,
@@ -268,6 +282,77 @@ pub fn rotate_pepper(
         swept,
         deleted,
     })
+}
+
+/// What [`adopt_pepper`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PepperAdoption {
+    /// The pepper was already the current one.
+    Unchanged(Pepper),
+    /// There was no pepper yet: this one is the first.
+    Created(Pepper),
+    /// Another pepper was current: every association was rehashed with this one.
+    Rotated(Rotation),
+}
+
+/// A pepper rotation that has not switched yet (`keys rotate-pepper` interrupted, or running).
+pub fn rotation_in_progress(conn: &mut DbConn) -> Result<bool, StoreError> {
+    let next = read_pepper(conn, NEXT_PEPPER_STATE)?;
+    let current = read_pepper(conn, PEPPER_STATE)?;
+    Ok(match (next, current) {
+        (Some(next), Some(current)) => next.id > current.id,
+        (Some(_), None) => true,
+        (None, _) => false,
+    })
+}
+
+/// Makes `value` the current lookup pepper (blocking; `annuaire import sydent`, so that the
+/// clients' cached `hash_details` stay valid): stored as is when there is none yet, else a
+/// rotation to it, which rehashes the associations already bound. The caller makes sure that
+/// no other rotation is under way ([`rotation_in_progress`]): it would be resumed instead.
+pub fn adopt_pepper(
+    conn: &mut DbConn,
+    value: &str,
+    batch_size: i64,
+    now_ms: i64,
+    progress: &mut dyn FnMut(&str, usize),
+) -> Result<PepperAdoption, StoreError> {
+    let current = match read_pepper(conn, PEPPER_STATE)? {
+        Some(p) if p.value == value => return Ok(PepperAdoption::Unchanged(p)),
+        Some(p) => p,
+        None => {
+            let candidate = encode(&Pepper {
+                id: 1,
+                value: value.to_string(),
+            })?;
+            let stored: Pepper = serde_json::from_str(&state::get_or_insert(
+                conn,
+                PEPPER_STATE,
+                &candidate,
+                now_ms,
+            )?)
+            .map_err(|e| StoreError::Corrupt(format!("state `{PEPPER_STATE}`: {e}")))?;
+            if stored.value == value {
+                return Ok(PepperAdoption::Created(stored));
+            }
+            // An instance starting meanwhile created another one.
+            stored
+        }
+    };
+    let rotation = rotate_to(
+        conn,
+        current,
+        value.to_string(),
+        batch_size,
+        now_ms,
+        progress,
+    )?;
+    if rotation.pepper.value != value {
+        return Err(StoreError::Corrupt(
+            "another pepper rotation was under way; the pepper was not adopted".into(),
+        ));
+    }
+    Ok(PepperAdoption::Rotated(rotation))
 }
 
 fn hash_rows(pepper: &Pepper, keys: &[(String, String)]) -> Vec<(i64, String, String, String)> {

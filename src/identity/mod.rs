@@ -21,6 +21,7 @@ pub mod associations;
 pub mod bindings;
 pub mod delivery;
 pub mod erasure;
+pub mod import_sydent;
 pub mod invites;
 pub mod keys;
 pub mod lookup;

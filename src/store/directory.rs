@@ -326,6 +326,33 @@ pub fn ldap_name(conn: &mut DbConn, email_key: &str) -> Result<Option<LdapNameRo
         .optional()?))
 }
 
+/// The LDAP records of these email lookup keys.
+pub fn ldap_names_by_keys(
+    conn: &mut DbConn,
+    keys: &[String],
+) -> Result<Vec<LdapNameRow>, StoreError> {
+    let mut rows = Vec::new();
+    for chunk in keys.chunks(BULK_ROWS) {
+        rows.extend(db_dispatch!(conn, c => l::ldap_names
+            .filter(l::email_key.eq_any(chunk))
+            .select(LdapNameRow::as_select())
+            .load(c)?));
+    }
+    Ok(rows)
+}
+
+/// Which of these user IDs have an entry.
+pub fn existing_mxids(conn: &mut DbConn, mxids: &[String]) -> Result<Vec<String>, StoreError> {
+    let mut found = Vec::new();
+    for chunk in mxids.chunks(BULK_ROWS) {
+        found.extend(db_dispatch!(conn, c => e::directory_entries
+            .filter(e::mxid.eq_any(chunk))
+            .select(e::mxid)
+            .load::<String>(c)?));
+    }
+    Ok(found)
+}
+
 /// Creates or replaces LDAP records.
 pub fn upsert_ldap_names(conn: &mut DbConn, rows: &[LdapNameRow]) -> Result<(), StoreError> {
     for row in rows {

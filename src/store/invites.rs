@@ -3,7 +3,7 @@
 use diesel::dsl::{count_star, exists, min};
 use diesel::prelude::*;
 
-use super::schema::invites;
+use super::schema::{imported_ephemeral_keys, invites};
 use super::{DbConn, StoreError};
 use crate::db_dispatch;
 
@@ -128,12 +128,14 @@ pub fn pending_invite_exists(
 }
 
 /// Whether `public_key` (canonical form) is the ephemeral key of an invitation that is still
-/// waiting, or that was delivered (the invitee's homeserver checks it when they join).
+/// waiting, or that was delivered (the invitee's homeserver checks it when they join), or one
+/// imported from Sydent (which never expired them).
 pub fn ephemeral_key_is_valid(
     conn: &mut DbConn,
     public_key: &str,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
+    use imported_ephemeral_keys::dsl as k;
     use invites::dsl as i;
     let found = db_dispatch!(conn, c => diesel::select(exists(
         i::invites
@@ -141,7 +143,14 @@ pub fn ephemeral_key_is_valid(
             .filter(i::expires_at.gt(now_ms).or(i::delivered_at.is_not_null())),
     ))
     .get_result::<bool>(c)?);
-    Ok(found)
+    if found {
+        return Ok(true);
+    }
+    let imported = db_dispatch!(conn, c => diesel::select(exists(
+        k::imported_ephemeral_keys.filter(k::public_key.eq(public_key)),
+    ))
+    .get_result::<bool>(c)?);
+    Ok(imported)
 }
 
 /// Hands the unexpired invitations waiting for the address over to delivery to `mxid`,

@@ -30,6 +30,7 @@ pub mod ratelimits;
 pub mod schema;
 pub mod sessions;
 pub mod state;
+pub mod sydent;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -166,6 +166,15 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Ephemeral invitation keys imported from Sydent (valid forever, as in Sydent).
+    imported_ephemeral_keys (public_key) {
+        public_key -> Text,
+        created_at -> BigInt,
+        imported_at -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(associations, association_hashes);
 diesel::allow_tables_to_appear_in_same_query!(identity_accounts, identity_tokens);
 

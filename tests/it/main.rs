@@ -24,4 +24,5 @@ mod policy;
 mod production;
 mod robustness;
 mod snapshots;
+mod sydent_import;
 mod validation;
