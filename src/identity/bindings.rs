@@ -212,7 +212,7 @@ impl IdentityService {
         );
         let removed = self
             .db
-            .run(move |conn| store::delete_association_of(conn, &medium, &bound, &mxid))
+            .run(move |conn| store::delete_association_of(conn, &medium, &bound, &mxid, now_ms))
             .await?;
         if removed {
             self.after_unbind(&request.mxid, &address).await;
@@ -327,6 +327,8 @@ impl IdentityService {
         replaced: Option<&str>,
         invites_scheduled: usize,
     ) {
+        // This instance's lookups and `/info` see the new association at once.
+        self.sync_after_write().await;
         metrics::counter!("annuaire_identity_binds_total").increment(1);
         tracing::info!(
             domain = %address.domain(),
@@ -389,6 +391,8 @@ impl IdentityService {
     /// Runs once an unbind has committed: logs and counts it, and tells the other parts of the
     /// service.
     pub async fn after_unbind(&self, mxid: &str, address: &Address) {
+        // This instance's lookups and `/info` see the association gone at once.
+        self.sync_after_write().await;
         metrics::counter!("annuaire_identity_unbinds_total").increment(1);
         tracing::info!(
             domain = %address.domain(),

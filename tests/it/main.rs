@@ -8,6 +8,7 @@
 mod support;
 
 mod admin;
+mod caches;
 mod directory;
 mod foundation;
 mod identity;
