@@ -98,12 +98,22 @@ impl Allowlist {
     }
 
     /// Reloads the rules when another writer changed them (blocking); whether it reloaded.
-    pub fn reload_if_changed(&self, conn: &mut DbConn) -> Result<bool, AllowlistError> {
-        let stored = rules_store::generation(conn)?;
+    /// Metrics: when the rules were last checked, and how long after the change a reload came
+    /// (`annuaire_policy_reload_lag_seconds`).
+    pub fn reload_if_changed(
+        &self,
+        conn: &mut DbConn,
+        now_ms: i64,
+    ) -> Result<bool, AllowlistError> {
+        let (stored, changed_at) = rules_store::generation_changed_at(conn)?;
+        metrics::gauge!("annuaire_policy_last_check_timestamp_seconds").set(seconds(now_ms));
         if stored == self.generation() {
             return Ok(false);
         }
         self.reload(conn, stored)?;
+        let lag = (now_ms.saturating_sub(changed_at)).max(0);
+        metrics::gauge!("annuaire_policy_reload_lag_seconds").set(seconds(lag));
+        metrics::counter!("annuaire_policy_reloads_total").increment(1);
         Ok(true)
     }
 
@@ -173,6 +183,14 @@ impl Allowlist {
             }
         }
     }
+}
+
+/// Milliseconds as (fractional) seconds, for a gauge.
+fn seconds(ms: i64) -> f64 {
+    // Precision beyond 2^53 ms (285,000 years) does not matter here.
+    #[allow(clippy::cast_precision_loss)]
+    let s = ms as f64 / 1000.0;
+    s
 }
 
 /// Builds the index from every stored rule.

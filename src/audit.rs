@@ -1,6 +1,8 @@
 //! The audit log: every administrative change (rules, accounts, directory moderation, erasures,
-//! homeserver tokens) with who, when, what, before and after. Written in the same transaction as the change; read with
-//! filters, newest first; never deleted or edited by the application.
+//! homeserver tokens, key rotations) with who, when, what, before and after. Written in the same
+//! transaction as the change; read with filters, newest first. The application changes it in
+//! two ways only: an erasure replaces the erased address by a keyed pseudonym in every row
+//! ([`pseudonymise`]), and the retention purge deletes rows older than `retention.audit`.
 
 // Input from strangers passes through here: no index may panic.
 #![deny(clippy::indexing_slicing)]
@@ -16,8 +18,10 @@ use crate::store::audit::{self as audit_store, AuditQuery, NewAuditRow};
 use crate::store::{DbConn, StoreError};
 
 /// Who made a change, as written in the audit log: an admin's username, `cli:<unix user>` for
-/// the command line, `startup` for the import `serve` runs at start, `system` for automatic
-/// changes (an account locked after failed logins).
+/// the command line, `startup` (`reload`) for the import `serve` runs at start (on SIGHUP),
+/// `system` for automatic changes (an account locked after failed logins), `user:<mxid>` for a
+/// user's own choice, `homeserver:<server name>` for what a homeserver asks through the
+/// homeserver API (an erasure at deactivation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor(pub String);
 
@@ -40,6 +44,21 @@ impl Actor {
     /// The allowlist import that `serve` runs at start.
     pub fn startup() -> Actor {
         Actor("startup".to_owned())
+    }
+
+    /// A homeserver acting through the homeserver API (an erasure it asked for).
+    pub fn homeserver(server_name: &str) -> Actor {
+        Actor(format!("homeserver:{server_name}"))
+    }
+
+    /// The allowlist import that `serve` runs on SIGHUP.
+    pub fn reload() -> Actor {
+        Actor("reload".to_owned())
+    }
+
+    /// A user acting on their own data (`/_annuaire/account/v1/…`).
+    pub fn user(user_id: &str) -> Actor {
+        Actor(format!("user:{user_id}"))
     }
 
     /// As written in the audit log.
@@ -88,6 +107,22 @@ pub mod action {
     pub const DIRECTORY_REMOVE: &str = "directory.remove";
     /// An address erased: association, lookup hashes, invitations, sessions, queued mails.
     pub const THREEPID_ERASE: &str = "threepid.erase";
+    /// A homeserver API token made (`annuaire homeserver add`); the token itself is not kept.
+    pub const HOMESERVER_ADD: &str = "homeserver.add";
+    /// A homeserver API token revoked (`annuaire homeserver revoke`).
+    pub const HOMESERVER_REVOKE: &str = "homeserver.revoke";
+    /// The identity server's signing key rotated (`annuaire keys rotate-signing`).
+    pub const SIGNING_KEY_ROTATE: &str = "signing_key.rotate";
+    /// The admin token secret rotated (`annuaire admin rotate-secret`).
+    pub const ADMIN_SECRET_ROTATE: &str = "admin_secret.rotate";
+    /// A user left the directory (`POST /_annuaire/account/v1/directory {visible: false}`).
+    pub const DIRECTORY_OPT_OUT: &str = "directory.opt_out";
+    /// A user came back to the directory.
+    pub const DIRECTORY_OPT_IN: &str = "directory.opt_in";
+    /// Agents' requests for a domain accepted (a rule now lets it in; they were told by mail).
+    pub const DOMAIN_REQUEST_ACCEPT: &str = "domain_request.accept";
+    /// Agents' requests for a domain declined (they were told by mail, with the message).
+    pub const DOMAIN_REQUEST_DECLINE: &str = "domain_request.decline";
 }
 
 /// The audit target naming a rule.
@@ -103,6 +138,11 @@ pub fn account_target(username: &str) -> String {
 /// The audit target naming a directory entry.
 pub fn directory_target(user_id: &str) -> String {
     format!("directory:{user_id}")
+}
+
+/// The audit target naming a homeserver (its API token).
+pub fn homeserver_target(server_name: &str) -> String {
+    format!("homeserver:{server_name}")
 }
 
 /// The audit target naming a 3PID.
@@ -176,6 +216,74 @@ pub fn record_rule_diff(
         )?;
     }
     Ok(())
+}
+
+/// Where the key of the erased addresses' pseudonyms is kept (`instance_state`).
+pub const PSEUDONYM_KEY_STATE: &str = "audit_pseudonym_key";
+
+/// The pseudonym that stands for an erased address in the audit log: `erased:<keyed hash>`.
+/// The key is created once in the database; the same address always gives the same pseudonym,
+/// so the log still shows that two rows concerned one person.
+pub fn pseudonym(conn: &mut DbConn, address: &str, now_ms: i64) -> Result<String, StoreError> {
+    use base64::Engine as _;
+    let mut candidate = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut candidate);
+    let stored = crate::store::state::get_or_insert(
+        conn,
+        PSEUDONYM_KEY_STATE,
+        &base64::engine::general_purpose::STANDARD.encode(candidate),
+        now_ms,
+    )?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(stored.as_bytes())
+        .map_err(|e| StoreError::Corrupt(format!("state `{PSEUDONYM_KEY_STATE}`: {e}")))?;
+    Ok(format!(
+        "erased:{}",
+        crate::secret::keyed_hash(&key, address)
+    ))
+}
+
+/// Replaces every mention of `address` in the audit log (targets, before and after) by its
+/// [`pseudonym`]; how many rows changed. Call in the erasure's transaction.
+pub fn pseudonymise(conn: &mut DbConn, address: &str, now_ms: i64) -> Result<usize, StoreError> {
+    if address.is_empty() {
+        return Ok(0);
+    }
+    let pseudonym = pseudonym(conn, address, now_ms)?;
+    // The address as it appears inside a JSON string (quotes and backslashes escaped).
+    let json_form = serde_json::to_string(address)
+        .map_err(|e| StoreError::Corrupt(format!("address as JSON: {e}")))?;
+    let json_form = json_form
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(&json_form)
+        .to_owned();
+    // Whole values only: `jo@x.fr` must not touch `bjo@x.fr`. In JSON the address is a whole
+    // string; in a target it follows the last `:` (`threepid:email:<address>`).
+    let quoted = format!("\"{json_form}\"");
+    let suffix = format!(":{address}");
+    let rows = audit_store::rows_mentioning(conn, &suffix, &quoted)?;
+    let mut changed = 0;
+    for row in rows {
+        let target = match row.target.strip_suffix(&suffix) {
+            Some(prefix) => format!("{prefix}:{pseudonym}"),
+            None => row.target.clone(),
+        };
+        let replace = |t: &String| t.replace(&quoted, &format!("\"{pseudonym}\""));
+        let before = row.before_json.as_ref().map(replace);
+        let after = row.after_json.as_ref().map(replace);
+        if target == row.target && before == row.before_json && after == row.after_json {
+            continue;
+        }
+        audit_store::rewrite_row(conn, row.seq, &target, before.as_deref(), after.as_deref())?;
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+/// Deletes the rows older than `before_ms` (the retention purge); how many.
+pub fn purge_before(conn: &mut DbConn, before_ms: i64) -> Result<usize, StoreError> {
+    audit_store::purge_before(conn, before_ms)
 }
 
 /// Which entries to read.

@@ -87,9 +87,12 @@ pub enum LdapError {
     /// The settings cannot be used (password file, CA file).
     #[error("{0}")]
     Config(String),
-    /// The server cannot be reached, or TLS failed.
+    /// The server cannot be reached.
     #[error("cannot connect to the LDAP server: {0}")]
     Connect(String),
+    /// TLS with the server failed (its certificate is not trusted, or the handshake failed).
+    #[error("TLS with the LDAP server failed: {0}")]
+    Tls(String),
     /// The server refused the bind.
     #[error("LDAP bind as {dn} failed: {reason}")]
     Bind {
@@ -215,13 +218,44 @@ pub async fn open(settings: &LdapSettings) -> Result<Ldap, LdapError> {
         .set_config(Arc::new(tls));
     let (conn, ldap) = LdapConnAsync::with_settings(conn_settings, &settings.url)
         .await
-        .map_err(|e| LdapError::Connect(e.to_string()))?;
+        .map_err(|e| connect_error(settings, &e))?;
     tokio::spawn(async move {
         if let Err(e) = conn.drive().await {
             tracing::warn!(error = %e, "LDAP connection ended with an error");
         }
     });
     Ok(ldap)
+}
+
+/// Says what failed while connecting: an untrusted certificate names the CA setting to fix.
+fn connect_error(settings: &LdapSettings, e: &ldap3::LdapError) -> LdapError {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("certificate") {
+        let fix = match &settings.ca_file {
+            Some(path) => format!(
+                "ldap.ca_file ({}) is not the CA that signed it",
+                path.display()
+            ),
+            None => "set ldap.ca_file to the CA that signed it".to_owned(),
+        };
+        return LdapError::Tls(format!(
+            "the server's certificate is not trusted ({text}); {fix}"
+        ));
+    }
+    if lower.contains("tls") || lower.contains("handshake") {
+        return LdapError::Tls(text);
+    }
+    LdapError::Connect(text)
 }
 
 /// A simple bind as `dn`.

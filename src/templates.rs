@@ -93,3 +93,38 @@ pub fn describe_error(e: &minijinja::Error) -> String {
     }
     out
 }
+
+/// Escapes the characters that matter in HTML text and quoted attribute values (not `/`, unlike
+/// minijinja's default: links stay readable and need no `|safe`).
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + s.len() / 8);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A minijinja formatter that escapes HTML with [`escape_html`] in `.html` templates (values
+/// marked safe pass through, as do non-string values, formatted by minijinja).
+pub fn html_formatter(
+    out: &mut minijinja::Output,
+    state: &mut minijinja::State,
+    value: &minijinja::Value,
+) -> Result<(), minijinja::Error> {
+    if matches!(state.auto_escape(), minijinja::AutoEscape::Html)
+        && !value.is_safe()
+        && let Some(s) = value.as_str()
+    {
+        return out
+            .write_str(&escape_html(s))
+            .map_err(minijinja::Error::from);
+    }
+    minijinja::escape_formatter(out, state, value)
+}

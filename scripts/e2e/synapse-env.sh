@@ -3,7 +3,9 @@
 #
 # As a library (source it):
 #   synapse_install                       .venv/synapse with matrix-synapse and threepid-checker
-#                                         (pinned below); quick when already there
+#                                         (pinned below), quick when already there; then the
+#                                         annuaire-synapse module from contrib/synapse, as
+#                                         operators install it (pip install contrib/synapse)
 #   synapse_configure DIR SERVER_NAME PORT SMTP_PORT IS_URL
 #                                         write DIR/homeserver.yaml (+ log config) and the
 #                                         signing key, for a homeserver on 127.0.0.1:PORT whose
@@ -24,6 +26,12 @@
 #                                         outbound certificate checks are then off (test only)
 #   SYNAPSE_SHARED_SECRET                 registration_shared_secret (default: random, kept in DIR)
 #   SYNAPSE_EXTRA_YAML                    text appended to homeserver.yaml
+#   SYNAPSE_ANNUAIRE_URL, SYNAPSE_ANNUAIRE_TOKEN_FILE
+#                                         run annuaire's module (annuaire_synapse.AnnuaireModule)
+#                                         with this url and token_file
+# Optional environment for synapse_start:
+#   SYNAPSE_CA_FILE                       the CA the module trusts for annuaire's certificate
+#                                         (SSL_CERT_FILE in Synapse's environment)
 #
 # As a command: scripts/e2e/synapse-env.sh install | selftest
 #   selftest installs, starts two homeservers over TLS (server names 127.0.0.1:<port>), registers
@@ -56,6 +64,22 @@ sys.exit(not (u.find_spec("synapse") and u.find_spec("threepid_checker")))' 2>/d
     echo "$want" >"$SYNAPSE_VENV/.annuaire-stamp"
 }
 
+# annuaire's module from this checkout, reinstalled every time (it is small), exactly as
+# operators install it: `pip install contrib/synapse` (pip builds it in an isolated environment
+# with setuptools from PyPI; --no-deps: it has none, and Synapse's own stay as they are). The
+# build folder it may leave in the checkout is removed.
+synapse_install_module() {
+    local src="$ANNUAIRE_ROOT/contrib/synapse"
+    "$SYNAPSE_PYTHON" -m pip install --quiet --disable-pip-version-check --no-input --no-deps \
+        --force-reinstall "$src" >"$SYNAPSE_VENV/module-install.log" 2>&1 || {
+        log_tail "$SYNAPSE_VENV/module-install.log"
+        die "pip install contrib/synapse into $SYNAPSE_VENV failed"
+    }
+    rm -rf "$src/build" "$src"/*.egg-info
+    (cd / && "$SYNAPSE_PYTHON" -c 'import annuaire_synapse') ||
+        die "annuaire_synapse is not importable from $SYNAPSE_VENV"
+}
+
 _random_secret() { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9'; }
 
 # A generous rate limit: the journey is scripted and fast, Synapse's defaults would throttle it.
@@ -75,6 +99,16 @@ synapse_configure() {
 tls_private_key_path: \"$SYNAPSE_TLS_KEY\"
 # Test only: the other homeservers' certificates come from a throwaway CA.
 federation_verify_certificates: false"
+    fi
+    local annuaire_module=""
+    if [[ -n "${SYNAPSE_ANNUAIRE_URL:-}" ]]; then
+        [[ -n "${SYNAPSE_ANNUAIRE_TOKEN_FILE:-}" ]] || die "SYNAPSE_ANNUAIRE_URL needs SYNAPSE_ANNUAIRE_TOKEN_FILE"
+        annuaire_module="  # annuaire's module (contrib/synapse): binds, verified names, profiles, deactivations.
+  - module: annuaire_synapse.AnnuaireModule
+    config:
+      url: \"$SYNAPSE_ANNUAIRE_URL\"
+      token_file: \"$SYNAPSE_ANNUAIRE_TOKEN_FILE\"
+      timeout: 5"
     fi
     local secret="${SYNAPSE_SHARED_SECRET:-$(_random_secret)}"
     echo "$secret" >"$dir/shared_secret"
@@ -157,6 +191,10 @@ modules:
     config:
       url: "$is_url/_matrix/identity/api/v1/internal-info"
       only_check_at_registration: false
+$annuaire_module
+
+# The verified name stays: users cannot change their display name (annuaire's recommendation).
+enable_set_displayname: false
 
 # Test only: annuaire and the other homeservers listen on loopback with a throwaway CA.
 # ip_range_whitelist opens loopback to modules' HTTP calls (threepid-checker); federation and
@@ -243,9 +281,11 @@ synapse_start() {
     url="$(synapse_url "$dir")"
     rm -f "$dir/group.pid"
     # Its own process group (setsid), whose id is written first, so synapse_stop kills exactly it.
+    local env_args=()
+    if [[ -n "${SYNAPSE_CA_FILE:-}" ]]; then env_args+=("SSL_CERT_FILE=$SYNAPSE_CA_FILE"); fi
     # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
     setsid sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$dir/group.pid" \
-        "$SYNAPSE_PYTHON" -m synapse.app.homeserver -c "$dir/homeserver.yaml" \
+        env "${env_args[@]}" "$SYNAPSE_PYTHON" -m synapse.app.homeserver -c "$dir/homeserver.yaml" \
         </dev/null >"$dir/stdout.log" 2>&1 &
     wait_until 5 "$dir/group.pid" test -s "$dir/group.pid" || die "synapse did not start"
     local pid deadline=$((SECONDS + 60))
@@ -355,7 +395,7 @@ _synapse_selftest() {
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     set -euo pipefail
     case "${1:-}" in
-    install) synapse_install ;;
+    install) synapse_install && synapse_install_module ;;
     selftest) _synapse_selftest ;;
     *)
         sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2

@@ -136,6 +136,14 @@ _pkg_smoke_start() {
     [[ "$code" == 404 ]] || die "the public listener answers $code for /metrics (http.admin_bind should keep it off)"
     curl -fsS "http://127.0.0.1:$admin/metrics" | grep -q '^annuaire_http_requests_total' ||
         die "no annuaire_http_requests_total on the admin listener's /metrics"
+    # What `systemctl reload annuaire` sends (ExecReload): a reload, not the end of the process.
+    kill -HUP "$_pkg_server_pgid"
+    wait_until 30 "the reload on SIGHUP" grep -q 'configuration reloaded' "$dir/serve.log" || {
+        log_tail "$dir/serve.log"
+        die "the installed annuaire did not reload on SIGHUP"
+    }
+    curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null ||
+        die "the installed annuaire does not answer after SIGHUP"
     kill -TERM "$_pkg_server_pgid"
     local rc=0
     wait "$_pkg_server_pgid" || rc=$?
@@ -147,7 +155,7 @@ _pkg_smoke_start() {
     grep -q 'annuaire stopped' "$dir/serve.log" || die "the installed annuaire did not log its stop"
     [[ "$(stat -c '%U' /var/lib/annuaire/annuaire.db)" == annuaire ]] ||
         die "the SQLite database is not owned by annuaire"
-    echo "   served /health/ready on 127.0.0.1:$port and /metrics on 127.0.0.1:$admin as user annuaire; stopped cleanly"
+    echo "   served /health/ready on 127.0.0.1:$port and /metrics on 127.0.0.1:$admin as user annuaire; reloaded on SIGHUP; stopped cleanly"
 }
 
 # When systemd runs this machine: the unit itself, hardening included, serves /health/ready
@@ -166,9 +174,14 @@ _pkg_unit_start() {
         journalctl -u annuaire.service --no-pager -n 40 >&2 || true
         die "annuaire.service did not become ready"
     fi
+    systemctl reload annuaire.service
+    curl -fsS "http://127.0.0.1:$port/health/ready" >/dev/null || {
+        journalctl -u annuaire.service --no-pager -n 40 >&2 || true
+        die "annuaire.service does not answer after systemctl reload"
+    }
     systemctl stop annuaire.service
     _pkg_remove_dropin
-    echo "   annuaire.service (systemd) served /health/ready on 127.0.0.1:$port and stopped"
+    echo "   annuaire.service (systemd) served /health/ready on 127.0.0.1:$port, reloaded and stopped"
 }
 
 _pkg_remove_dropin() {

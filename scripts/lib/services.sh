@@ -15,7 +15,9 @@
 #   TEST_POSTGRES_URL        postgres://annuaire:annuaire@127.0.0.1:<port>/postgres (superuser:
 #                            tests CREATE DATABASE their own)
 #   TEST_PYTHON              <repo>/.venv/test/bin/python (aiosmtpd installed)
-#   TEST_LDAP_URL            ldap://127.0.0.1:<port>
+#   TEST_LDAP_URL            ldap://127.0.0.1:<port> (StartTLS offered)
+#   TEST_LDAPS_URL           ldaps://127.0.0.1:<port> (the same server over TLS)
+#   TEST_LDAP_CA_FILE        the throwaway CA that signed the server's certificate (PEM)
 #   TEST_LDAP_BASE_DN        dc=agents,dc=example
 #   TEST_LDAP_BIND_DN        cn=annuaire,ou=services,dc=agents,dc=example (read-only service account)
 #   TEST_LDAP_BIND_PASSWORD  its password

@@ -217,6 +217,42 @@ pub fn remove_account(
         .ok_or_else(|| AdminError::NotFound(format!("no admin account {username}")))
 }
 
+/// Changes an account's role (audited as `account.update`); the account's console sessions and
+/// tokens carry the new role from their next request.
+pub fn set_role(
+    conn: &mut DbConn,
+    username: &str,
+    role: Role,
+    actor: &Actor,
+    now_ms: i64,
+) -> Result<AccountSummary, AdminError> {
+    let username = normalize_username(username);
+    let changed = crate::store::transaction(conn, |conn| {
+        let Some(before) = admin_store::get_account(conn, &username)? else {
+            return Ok(None);
+        };
+        if before.role == role.as_str() {
+            return Ok(Some(before));
+        }
+        admin_store::set_account_role(conn, &username, role.as_str(), now_ms)?;
+        let after = admin_store::get_account(conn, &username)?
+            .ok_or_else(|| StoreError::Corrupt(format!("account {username} vanished")))?;
+        audit::record(
+            conn,
+            actor,
+            action::ACCOUNT_UPDATE,
+            &audit::account_target(&username),
+            Some(&account_json(&before)),
+            Some(&account_json(&after)),
+            now_ms,
+        )?;
+        Ok::<_, StoreError>(Some(after))
+    })?;
+    changed
+        .map(|row| AccountSummary::of(&row, now_ms))
+        .ok_or_else(|| AdminError::NotFound(format!("no admin account {username}")))
+}
+
 /// Every account, by name.
 pub fn list_accounts(conn: &mut DbConn, now_ms: i64) -> Result<Vec<AccountSummary>, AdminError> {
     Ok(admin_store::list_accounts(conn)?

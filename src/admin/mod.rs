@@ -12,9 +12,11 @@
 #![deny(clippy::indexing_slicing)]
 
 pub mod accounts;
+pub mod console;
 pub mod ldap_login;
 pub mod login;
 pub mod moderation;
+pub mod retention;
 pub mod rules;
 pub mod service;
 pub mod stats;
@@ -30,6 +32,7 @@ use crate::store::StoreError;
 pub use crate::audit::{Actor, AuditEntry, AuditFilter, AuditPage};
 pub use crate::identity::erasure::Erasure;
 pub use accounts::AccountSummary;
+pub use console::{ConsoleSession, OpenedSession};
 pub use ldap_login::{LdapLogin, LdapVerdict};
 pub use login::{LoginStep, Logins};
 pub use moderation::{EntryFilter, EntryPage, ModeratedEntry};

@@ -21,6 +21,7 @@ use crate::directory::Visibility;
 use crate::directory::entries::{refresh, split_user_id};
 use crate::directory::names::{format_display_name, name_from_ldap};
 use crate::directory::search::{SearchKey, SearchQuery, parse_query, rank};
+use crate::store::account as account_store;
 use crate::store::admin::{self as admin_store, EntryQuery};
 use crate::store::directory::{self as directory_store, EntryRow};
 use crate::store::{DbConn, StoreError};
@@ -41,6 +42,9 @@ pub struct ModeratedEntry {
     pub name_source: String,
     /// The administrator's override of the name, if any.
     pub admin_name: Option<String>,
+    /// The display name the user set on their homeserver, as the homeserver API reported it
+    /// (never published: the verified name is).
+    pub user_displayname: Option<String>,
     /// The name as searches publish it (`directory.display_name_format`).
     pub display_name: String,
     /// The organisation label.
@@ -49,26 +53,30 @@ pub struct ModeratedEntry {
     pub avatar_url: Option<String>,
     /// `visible` or `hidden` (moderation).
     pub visibility: String,
+    /// The user asked to be left out of the directory (`POST /_annuaire/account/v1/directory`):
+    /// searches skip them whatever `visibility` says.
+    pub opted_out: bool,
     /// An external (invite-required) user.
     pub external: bool,
     /// False once the homeserver replicated the account as deactivated.
     pub active: bool,
-    /// Whether user searches return it now (visible, active, and not external unless
-    /// `directory.show_externals`).
+    /// Whether user searches return it now (visible, not opted out, active, and not external
+    /// unless `directory.show_externals`).
     pub searchable: bool,
     /// Last change (ms).
     pub updated_at: i64,
 }
 
 impl ModeratedEntry {
-    fn of(row: &EntryRow, config: &Config) -> ModeratedEntry {
-        let visible = row.visibility == Visibility::Visible.as_str();
+    fn of(row: &EntryRow, config: &Config, opted_out: bool) -> ModeratedEntry {
+        let visible = row.visibility == Visibility::Visible.as_str() && !opted_out;
         ModeratedEntry {
             user_id: row.mxid.clone(),
             homeserver: row.homeserver.clone(),
             name: row.name.clone(),
             name_source: row.name_source.clone(),
             admin_name: row.admin_name.clone(),
+            user_displayname: row.user_displayname.clone(),
             display_name: format_display_name(
                 &config.directory.display_name_format,
                 &row.name,
@@ -77,6 +85,7 @@ impl ModeratedEntry {
             organisation: row.organisation.clone(),
             avatar_url: row.avatar_url.clone(),
             visibility: row.visibility.clone(),
+            opted_out,
             external: row.external,
             active: row.active,
             searchable: visible && row.active && (!row.external || config.directory.show_externals),
@@ -165,7 +174,7 @@ pub fn list(
         None
     };
     Ok(EntryPage {
-        entries: rows.iter().map(|r| ModeratedEntry::of(r, config)).collect(),
+        entries: with_opt_outs(conn, config, rows.iter())?,
         next_batch,
         limited: false,
     })
@@ -259,11 +268,7 @@ pub fn search(
     });
     let limited = ranked.len() > limit || capped;
     Ok(EntryPage {
-        entries: ranked
-            .iter()
-            .take(limit)
-            .map(|(_, row)| ModeratedEntry::of(row, config))
-            .collect(),
+        entries: with_opt_outs(conn, config, ranked.iter().take(limit).map(|(_, row)| row))?,
         next_batch: None,
         limited,
     })
@@ -286,9 +291,28 @@ pub fn get(
     user_id_text: &str,
 ) -> Result<ModeratedEntry, AdminError> {
     let mxid = user_id(user_id_text)?;
-    directory_store::get(conn, mxid)?
-        .map(|row| ModeratedEntry::of(&row, config))
-        .ok_or_else(|| no_entry(mxid))
+    let row = directory_store::get(conn, mxid)?.ok_or_else(|| no_entry(mxid))?;
+    one(conn, config, &row)
+}
+
+/// The entries as operators see them, with the users' own choice to leave the directory.
+fn with_opt_outs<'a>(
+    conn: &mut DbConn,
+    config: &Config,
+    rows: impl Iterator<Item = &'a EntryRow> + Clone,
+) -> Result<Vec<ModeratedEntry>, AdminError> {
+    let ids: Vec<String> = rows.clone().map(|r| r.mxid.clone()).collect();
+    let out: HashSet<String> = account_store::opted_out_among(conn, &ids)?
+        .into_iter()
+        .collect();
+    Ok(rows
+        .map(|r| ModeratedEntry::of(r, config, out.contains(&r.mxid)))
+        .collect())
+}
+
+fn one(conn: &mut DbConn, config: &Config, row: &EntryRow) -> Result<ModeratedEntry, AdminError> {
+    let opted_out = account_store::opted_out_at(conn, &row.mxid)?.is_some();
+    Ok(ModeratedEntry::of(row, config, opted_out))
 }
 
 /// Loads the entry, lets `change` alter it, and stores and audits it, in one transaction. An
@@ -327,7 +351,7 @@ fn modify(
     })?;
     let row = row.ok_or_else(|| no_entry(mxid))?;
     tracing::info!(user_id = %mxid, action = action_name, actor = %actor, "directory entry moderated");
-    Ok(ModeratedEntry::of(&row, config))
+    one(conn, config, &row)
 }
 
 /// Hides an entry from every search, or shows it again.
@@ -418,7 +442,7 @@ pub fn remove(
     })?;
     let row = removed.ok_or_else(|| no_entry(mxid))?;
     tracing::info!(user_id = %mxid, actor = %actor, "directory entry removed by an administrator");
-    Ok(ModeratedEntry::of(&row, config))
+    one(conn, config, &row)
 }
 
 #[cfg(test)]

@@ -122,6 +122,66 @@ fn applies_to_domain(rule: &Rule, domain: &str) -> bool {
     }
 }
 
+/// What the rules' filters can choose from, and how many rules there are of each kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleFacets {
+    /// Every rule.
+    pub total: usize,
+    /// Rules created through the API or the console.
+    pub admin: usize,
+    /// Rules per kind, in [`RuleKind`] order.
+    pub per_kind: Vec<(RuleKind, usize)>,
+    /// Rules that expire at some point.
+    pub expiring: usize,
+    /// Organisation labels in use, sorted.
+    pub organisations: Vec<String>,
+    /// Homeservers in use, sorted.
+    pub homeservers: Vec<String>,
+    /// Sources: `admin` first, then the allowlist files, sorted.
+    pub sources: Vec<String>,
+}
+
+impl RuleFacets {
+    /// Counts `rules` (the live ones: no database query).
+    pub fn of(rules: &[Rule]) -> RuleFacets {
+        use std::collections::{BTreeMap, BTreeSet};
+        let mut per_kind: BTreeMap<RuleKind, usize> = BTreeMap::new();
+        let (mut organisations, mut homeservers, mut files) =
+            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        let mut admin = 0;
+        let mut expiring = 0;
+        for rule in rules {
+            *per_kind.entry(rule.kind).or_default() += 1;
+            if let Some(label) = &rule.label {
+                organisations.insert(label.clone());
+            }
+            if let Some(hs) = &rule.homeserver {
+                homeservers.insert(hs.clone());
+            }
+            match &rule.source {
+                RuleSource::Admin => admin += 1,
+                RuleSource::File { path, .. } => {
+                    files.insert(path.clone());
+                }
+            }
+            if rule.expires_at.is_some() {
+                expiring += 1;
+            }
+        }
+        let mut sources = vec!["admin".to_owned()];
+        sources.extend(files);
+        RuleFacets {
+            total: rules.len(),
+            admin,
+            per_kind: per_kind.into_iter().collect(),
+            expiring,
+            organisations: organisations.into_iter().collect(),
+            homeservers: homeservers.into_iter().collect(),
+            sources,
+        }
+    }
+}
+
 /// A page of rules, by id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RulePage {
@@ -214,8 +274,8 @@ fn stored_rules(conn: &mut DbConn) -> Result<Vec<Rule>, AdminError> {
 
 /// Reloads this instance's rules after a change, so that it applies here at once (the other
 /// instances follow within `policy.reload_interval`).
-fn refresh(conn: &mut DbConn, live: &Allowlist) {
-    if let Err(e) = live.reload_if_changed(conn) {
+fn refresh(conn: &mut DbConn, live: &Allowlist, now_ms: i64) {
+    if let Err(e) = live.reload_if_changed(conn, now_ms) {
         tracing::warn!(error = %e, "could not reload the rules after an admin change");
     }
 }
@@ -267,7 +327,7 @@ pub fn create(
         }
         Err(e) => return Err(e),
     }
-    refresh(conn, live);
+    refresh(conn, live, now_ms);
     Ok(rule)
 }
 
@@ -316,7 +376,7 @@ pub fn update(
         Ok(true)
     })?;
     if changed {
-        refresh(conn, live);
+        refresh(conn, live, now_ms);
     }
     Ok(rule)
 }
@@ -349,7 +409,7 @@ pub fn delete(
         )?;
         Ok(existing)
     })?;
-    refresh(conn, live);
+    refresh(conn, live, now_ms);
     Ok(removed)
 }
 
@@ -398,7 +458,7 @@ pub fn convert(
             rule,
         })
     })?;
-    refresh(conn, live);
+    refresh(conn, live, now_ms);
     Ok(converted)
 }
 
@@ -471,7 +531,7 @@ pub fn import(
         Ok(diff)
     })?;
     if !dry_run && !diff.is_empty() {
-        refresh(conn, live);
+        refresh(conn, live, now_ms);
     }
     Ok(diff)
 }
@@ -496,7 +556,7 @@ pub fn explain(
 ) -> Result<(Address, Explanation), AdminError> {
     let address = normalize_email(address)
         .map_err(|e| AdminError::InvalidAddress(format!("Invalid email address: {e}")))?;
-    refresh(conn, live);
+    refresh(conn, live, now_ms);
     let explanation = live.index().explain(&address, now_ms);
     Ok((address, explanation))
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::accounts::{self, AccountSummary};
+use super::console::{self, ConsoleSession, OpenedSession};
 use super::login::{LoginStep, Logins};
 use super::moderation::{self, EntryFilter, EntryPage, ModeratedEntry};
 use super::rules::{self, Converted, RuleFilter, RulePage};
@@ -40,13 +41,28 @@ pub struct AdminParts {
 /// Administration: accounts, tokens and logins, rules, the explainer, moderation, erasure, the
 /// audit log and statistics.
 pub struct Admin {
-    config: Arc<Config>,
-    db: Db,
-    clock: SharedClock,
+    pub(super) config: Arc<Config>,
+    pub(super) db: Db,
+    pub(super) clock: SharedClock,
     allowlist: Arc<Allowlist>,
     identity: Arc<IdentityService>,
     tokens: Arc<Tokens>,
     logins: Arc<Logins>,
+    directory_snapshot: Arc<DirectorySnapshot>,
+}
+
+/// Organisations and homeservers the dashboard lists (and the snapshot counts).
+pub const DASHBOARD_GROUPS: usize = 10;
+
+/// How long the dashboard's directory counts are reused before they are counted again (in
+/// the background: nobody waits for a count over a million entries but the very first).
+pub const DIRECTORY_SNAPSHOT_MS: i64 = 60_000;
+
+/// The directory counts last made, and whether a recount is under way.
+#[derive(Default)]
+struct DirectorySnapshot {
+    latest: std::sync::Mutex<Option<(i64, usize, DirectoryStats)>>,
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Admin {
@@ -76,6 +92,7 @@ impl Admin {
             clock: parts.clock,
             allowlist: parts.allowlist,
             identity: parts.identity,
+            directory_snapshot: Arc::new(DirectorySnapshot::default()),
         })
     }
 
@@ -96,6 +113,12 @@ impl Admin {
     /// Forgets full rate-limit buckets (call periodically).
     pub fn housekeep(&self) {
         self.logins.housekeep();
+    }
+
+    /// Rereads the admin token secrets (a rotation by another process).
+    pub async fn refresh_secrets(&self) -> Result<(), AdminError> {
+        let tokens = self.tokens.clone();
+        self.run(move |conn| tokens.refresh(conn)).await
     }
 
     // ---- logins and sessions ----
@@ -316,6 +339,57 @@ impl Admin {
         self.run(move |conn| stats::directory(conn, limit)).await
     }
 
+    /// Directory sizes as last counted (at most [`DIRECTORY_SNAPSHOT_MS`] old, or being
+    /// recounted in the background), and when they were counted.
+    pub async fn directory_stats_snapshot(
+        &self,
+        limit: usize,
+    ) -> Result<(DirectoryStats, i64), AdminError> {
+        use std::sync::atomic::Ordering;
+        let now_ms = self.clock.now_ms();
+        let latest = self
+            .directory_snapshot
+            .latest
+            .lock()
+            .ok()
+            .and_then(|guard| guard.clone());
+        if let Some((at, counted_limit, stats)) = latest
+            && counted_limit == limit
+        {
+            if now_ms.saturating_sub(at) > DIRECTORY_SNAPSHOT_MS
+                && !self
+                    .directory_snapshot
+                    .refreshing
+                    .swap(true, Ordering::SeqCst)
+            {
+                let (db, snapshot, clock) = (
+                    self.db.clone(),
+                    self.directory_snapshot.clone(),
+                    self.clock.clone(),
+                );
+                tokio::spawn(async move {
+                    let counted = db.run(move |conn| Ok(stats::directory(conn, limit))).await;
+                    match counted {
+                        Ok(Ok(stats)) => {
+                            if let Ok(mut guard) = snapshot.latest.lock() {
+                                *guard = Some((clock.now_ms(), limit, stats));
+                            }
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "directory recount failed"),
+                        Err(e) => tracing::warn!(error = %e, "directory recount failed"),
+                    }
+                    snapshot.refreshing.store(false, Ordering::SeqCst);
+                });
+            }
+            return Ok((stats, at));
+        }
+        let stats = self.directory_stats(limit).await?;
+        if let Ok(mut guard) = self.directory_snapshot.latest.lock() {
+            *guard = Some((now_ms, limit, stats.clone()));
+        }
+        Ok((stats, now_ms))
+    }
+
     /// The outbox's health.
     pub async fn outbox_stats(&self) -> Result<OutboxStats, AdminError> {
         let now_ms = self.clock.now_ms();
@@ -410,5 +484,62 @@ impl Admin {
                 IdentityError::Store(e) => AdminError::Store(e),
                 other => AdminError::Internal(other.to_string()),
             })
+    }
+    // ---- the console ----
+
+    /// Logs in as [`Admin::log_in`] does (rate limits checked by the caller, lockout, LDAP) and
+    /// opens a console session instead of handing out a token (the token the login issues is
+    /// dropped: it never leaves the server).
+    pub async fn open_console_session(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<OpenedSession, AdminError> {
+        let issued = self.log_in(username, password).await?;
+        let session = self.authenticate(&issued.access_token).await?;
+        let now_ms = self.clock.now_ms();
+        self.run(move |conn| console::open(conn, &session.username, now_ms, &mut rand::rngs::OsRng))
+            .await
+    }
+
+    /// The console session of a cookie's token (see [`console::authenticate`]).
+    pub async fn console_session(&self, token: &str) -> Result<ConsoleSession, AdminError> {
+        let now_ms = self.clock.now_ms();
+        let idle_ms = self.config.admin.console_idle_timeout.as_millis_i64();
+        let token = token.to_owned();
+        self.run(move |conn| console::authenticate(conn, &token, idle_ms, now_ms))
+            .await
+    }
+
+    /// Ends a console session.
+    pub async fn close_console_session(&self, session: ConsoleSession) -> Result<(), AdminError> {
+        self.run(move |conn| console::close(conn, &session)).await
+    }
+
+    /// Deletes console sessions that can no longer be used (call periodically).
+    pub async fn purge_console_sessions(&self) -> Result<usize, AdminError> {
+        let now_ms = self.clock.now_ms();
+        let idle_ms = self.config.admin.console_idle_timeout.as_millis_i64();
+        self.run(move |conn| console::purge(conn, idle_ms, now_ms))
+            .await
+    }
+
+    /// Changes an account's role.
+    pub async fn set_account_role(
+        &self,
+        username: &str,
+        role: Role,
+        actor: &Actor,
+    ) -> Result<AccountSummary, AdminError> {
+        let now_ms = self.clock.now_ms();
+        let (username, actor) = (username.to_owned(), actor.clone());
+        self.run(move |conn| accounts::set_role(conn, &username, role, &actor, now_ms))
+            .await
+    }
+
+    /// What the rule list's filters offer, and the rule counts: from the live rules (no
+    /// database query).
+    pub fn rule_facets(&self) -> rules::RuleFacets {
+        rules::RuleFacets::of(self.allowlist.index().rules())
     }
 }

@@ -1,4 +1,4 @@
-//! `annuaire admin add|remove|list|token`.
+//! `annuaire admin add|remove|list|token|rotate-secret`.
 
 use super::*;
 
@@ -39,10 +39,26 @@ pub enum AdminCommand {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// Make a new secret sign admin tokens. Tokens signed with the previous secret stay valid
+    /// until they expire (the previous secret is accepted for --keep-previous), unless
+    /// --revoke-previous. Running instances switch within 10 s (at once on SIGHUP). Audited.
+    /// Not with admin.jwt_secret_file (replace that file instead).
+    RotateSecret {
+        /// How long tokens of the previous secret stay accepted: the longest lifetime a token
+        /// of it can have (default: that of `admin token`, 366 days, plus 30 s of clock skew).
+        #[arg(long, value_name = "DURATION", conflicts_with = "revoke_previous")]
+        keep_previous: Option<String>,
+        /// Stop accepting tokens of the previous secret at once (it leaked).
+        #[arg(long)]
+        revoke_previous: bool,
+    },
 }
 
+/// The person running the command, for the audit log: the user who ran `sudo` (`SUDO_USER`)
+/// when there is one (`sudo annuaire …` and `sudo -u annuaire annuaire …` would otherwise say
+/// `root` or `annuaire`), else `USER`, `LOGNAME`, or the uid.
 pub(super) fn unix_user() -> String {
-    for var in ["USER", "LOGNAME"] {
+    for var in ["SUDO_USER", "USER", "LOGNAME"] {
         if let Ok(name) = std::env::var(var)
             && !name.is_empty()
         {
@@ -179,6 +195,45 @@ pub(super) fn admin_command(config: &Config, cmd: AdminCommand) -> Result<(), Cl
                     u64::try_from(token.expires_in).unwrap_or(0)
                 ))
             );
+        }
+        AdminCommand::RotateSecret {
+            keep_previous,
+            revoke_previous,
+        } => {
+            let keep_ms = match (revoke_previous, keep_previous) {
+                (true, _) => 0,
+                (false, Some(text)) => {
+                    let d = humantime::parse_duration(text.trim())
+                        .map_err(|e| CliError::config(format!("--keep-previous {text}: {e}")))?;
+                    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+                }
+                (false, None) => {
+                    admin::tokens::MAX_CLI_TOKEN_MS + admin::tokens::LEEWAY_SECS * 1000
+                }
+            };
+            let rotation = admin::tokens::rotate_secret(
+                &mut conn,
+                config,
+                keep_ms,
+                &actor,
+                now,
+                &mut rand::rngs::OsRng,
+            )
+            .map_err(fail)?;
+            println!(
+                "admin token secret rotated: kid {} signs from now on; tokens of kid {} are {}",
+                rotation.kid,
+                rotation.previous_kid,
+                if revoke_previous {
+                    "no longer accepted".to_string()
+                } else {
+                    format!(
+                        "accepted until {}",
+                        super::keys::rfc3339(Some(rotation.previous_accepted_until))
+                    )
+                }
+            );
+            println!("running instances switch within 10 s (systemctl reload annuaire: at once)");
         }
     }
     Ok(())

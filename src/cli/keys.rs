@@ -1,4 +1,4 @@
-//! `annuaire keys generate|rotate-pepper`.
+//! `annuaire keys generate|rotate-pepper|rotate-signing|list`.
 
 use super::*;
 
@@ -9,6 +9,9 @@ pub enum KeysCommand {
     /// `server.signing_key_file`. Without that key, annuaire creates its key once and keeps it
     /// in the database; this command does not change the key in use.
     Generate {
+        /// The key's version: its id is `ed25519:VERSION`.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        version: u64,
         /// Write the key to FILE (mode 0600) instead of printing it.
         #[arg(long, short = 'o', value_name = "FILE")]
         output: Option<PathBuf>,
@@ -25,12 +28,31 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = 1000, value_name = "N")]
         batch_size: i64,
     },
+    /// Make a new signing key `ed25519:N` (N = one more than any version used so far) sign from
+    /// now on. The previous key stays published at /_matrix/identity/v2/pubkey/ed25519:K and
+    /// valid for /pubkey/isvalid, so what it signed stays verifiable; its private half is
+    /// forgotten. Running instances switch within 10 s (at once on SIGHUP). Audited. Not with
+    /// server.signing_key_file (replace that file instead).
+    RotateSigning,
+    /// List the signing keys (current and retired), the lookup pepper and the admin token
+    /// secrets' ids (never a secret).
+    List {
+        /// One JSON object on standard output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(super) fn keys_command(config: &Config, cmd: KeysCommand) -> Result<(), CliError> {
     match cmd {
-        KeysCommand::Generate { output, force } => {
-            let key = crate::matrix::signing::SigningKey::generate(&mut rand::rngs::OsRng);
+        KeysCommand::Generate {
+            version,
+            output,
+            force,
+        } => {
+            let key = crate::matrix::signing::SigningKey::generate(&mut rand::rngs::OsRng)
+                .with_key_id(&format!("ed25519:{version}"))
+                .map_err(CliError::config)?;
             let line = format!("{}\n", key.to_sydent_string());
             match output {
                 None => print!("{line}"),
@@ -77,7 +99,118 @@ pub(super) fn keys_command(config: &Config, cmd: KeysCommand) -> Result<(), CliE
             );
             Ok(())
         }
+        KeysCommand::RotateSigning => {
+            let db = open_db(config)?;
+            let mut conn = db.get().map_err(CliError::runtime)?;
+            let rotation = crate::identity::keys::rotate_signing_key(
+                &mut conn,
+                config.server.signing_key_file.as_deref(),
+                &crate::audit::Actor::cli(&unix_user()),
+                &mut rand::rngs::OsRng,
+                now_ms(),
+            )
+            .map_err(|e| match e {
+                crate::identity::keys::RotationError::KeyInFile => CliError::config(e),
+                other => CliError::runtime(other),
+            })?;
+            println!(
+                "signing key rotated: {} ({}) signs from now on; {} ({}) stays published",
+                rotation.key_id,
+                rotation.public_key,
+                rotation.previous_key_id,
+                rotation.previous_public_key
+            );
+            println!("running instances switch within 10 s (systemctl reload annuaire: at once)");
+            Ok(())
+        }
+        KeysCommand::List { json } => list_keys(config, json),
     }
+}
+
+/// `keys list`.
+fn list_keys(config: &Config, json: bool) -> Result<(), CliError> {
+    let db = open_db(config)?;
+    let mut conn = db.get().map_err(CliError::runtime)?;
+    let now = now_ms();
+    let ring = crate::identity::keys::load_key_ring(
+        &mut conn,
+        config.server.signing_key_file.as_deref(),
+        &mut rand::rngs::OsRng,
+        now,
+    )
+    .map_err(CliError::runtime)?;
+    let pepper = crate::identity::lookup::current_pepper(&mut conn, &mut rand::rngs::OsRng, now)
+        .map_err(CliError::runtime)?;
+    let secrets =
+        crate::admin::tokens::list_secrets(&mut conn, config).map_err(CliError::runtime)?;
+    let source = match &config.server.signing_key_file {
+        Some(path) => format!("server.signing_key_file {}", path.display()),
+        None => "database".to_string(),
+    };
+    if json {
+        let value = serde_json::json!({
+            "signing_keys": std::iter::once(serde_json::json!({
+                "key_id": ring.current.key_id(),
+                "public_key": ring.current.public_key_base64(),
+                "status": "current",
+                "source": source,
+            }))
+            .chain(ring.retired.iter().map(|k| serde_json::json!({
+                "key_id": k.key_id,
+                "public_key": k.public_key,
+                "status": "retired",
+                "retired_at": k.retired_at,
+            })))
+            .collect::<Vec<_>>(),
+            "lookup_pepper": {"id": pepper.id},
+            "admin_token_secrets": secrets,
+        });
+        println!("{value}");
+        return Ok(());
+    }
+    println!("signing keys (published at /_matrix/identity/v2/pubkey/{{key_id}}):");
+    println!(
+        "  {:<12} {:<44} current, signs ({source})",
+        ring.current.key_id(),
+        ring.current.public_key_base64()
+    );
+    for k in &ring.retired {
+        println!(
+            "  {:<12} {:<44} retired {}, still published and valid",
+            k.key_id,
+            k.public_key,
+            rfc3339(Some(k.retired_at))
+        );
+    }
+    println!(
+        "lookup pepper: #{} (annuaire keys rotate-pepper)",
+        pepper.id
+    );
+    println!("admin token secrets (kid):");
+    for s in &secrets {
+        match (s.retired_at, s.accepted_until) {
+            (None, _) => println!("  {:<12} current, signs", s.kid),
+            (Some(retired), until) => println!(
+                "  {:<12} retired {}, its tokens accepted until {}",
+                s.kid,
+                rfc3339(Some(retired)),
+                rfc3339(until)
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// An instant (ms) as RFC 3339, or `-`.
+pub(super) fn rfc3339(ms: Option<i64>) -> String {
+    ms.and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+            )
+            .to_string()
+        })
+        .unwrap_or_else(|| "-".to_string())
 }
 
 /// Writes a secret to a new file readable by its owner only (`force`: replace an existing one).

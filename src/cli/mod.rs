@@ -12,16 +12,19 @@ use crate::{http, telemetry};
 mod admin;
 mod allowlist;
 mod directory;
+mod homeserver;
 mod keys;
 
 pub use admin::AdminCommand;
 pub use allowlist::AllowlistCommand;
 pub use directory::{DirectoryCommand, LdapCommand};
+pub use homeserver::HomeserverCommand;
 pub use keys::KeysCommand;
 
 use admin::{admin_command, unix_user};
 use allowlist::allowlist_command;
 use directory::{directory_command, ldap_command};
+use homeserver::homeserver_command;
 use keys::keys_command;
 
 /// annuaire: identity and directory service for sovereign, sharded Matrix deployments.
@@ -50,7 +53,8 @@ pub enum Command {
     /// then serves the Identity Service API, the policy endpoints (/info, /internal-info), the
     /// directory search, the administration API (/_annuaire, or on http.admin_bind) and the
     /// health and metrics endpoints, with the mail outbox and the periodic jobs, until SIGTERM
-    /// or Ctrl-C.
+    /// or Ctrl-C. SIGHUP reimports the allowlists folder and rereads the terms file, the mail
+    /// templates and rotated keys (the configuration file is read at start only).
     Serve,
     /// Apply pending database migrations and exit (serve also does it at start).
     Migrate,
@@ -61,7 +65,7 @@ pub enum Command {
     /// Manage and test the domain allowlists.
     #[command(subcommand)]
     Allowlist(AllowlistCommand),
-    /// The identity server's signing key and lookup pepper.
+    /// The identity server's signing keys and lookup pepper: generate, rotate, list.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Manage the accounts of the administration API (/_annuaire/admin/v1). Changes are written
@@ -74,6 +78,11 @@ pub enum Command {
     /// The agency LDAP directory: sync verified names from it, look one address up.
     #[command(subcommand)]
     Ldap(LdapCommand),
+    /// The tokens of the homeserver API (/_annuaire/homeserver/v1), one per homeserver, which
+    /// the Synapse module of contrib/synapse uses. Changes are written to the audit log as
+    /// `cli:<unix user>`.
+    #[command(subcommand)]
+    Homeserver(HomeserverCommand),
 }
 
 /// A failed command: its message, and the process exit code.
@@ -125,6 +134,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Admin(cmd) => admin_command(&config, cmd),
         Command::Directory(command) => block_on(directory_command(config, command)),
         Command::Ldap(command) => block_on(ldap_command(config, command)),
+        Command::Homeserver(cmd) => homeserver_command(&config, cmd),
     }
 }
 
@@ -153,6 +163,8 @@ async fn serve(config: Config) -> Result<(), CliError> {
         .transpose()
         .map_err(|e| CliError::runtime(format!("cannot listen on the admin address: {e}")))?;
     let app = Annuaire::open(config).await.map_err(CliError::runtime)?;
+    crate::runtime::reload_on_sighup(&app)
+        .map_err(|e| CliError::runtime(format!("cannot handle SIGHUP: {e}")))?;
     let server = http::server_with_admin(app.clone(), listener, admin_listener)
         .map_err(CliError::runtime)?;
     crate::runtime::start_background_jobs(&app);
@@ -160,6 +172,7 @@ async fn serve(config: Config) -> Result<(), CliError> {
         version = env!("CARGO_PKG_VERSION"),
         listen = %local,
         admin_listen = admin_local.map(|a| a.to_string()),
+        admin_api = http::AdminExposure::of(&app.config, admin_local.is_some()).describe(),
         public_base_url = %app.config.public_base_url(),
         database = app.db.backend().name(),
         data_dir = %app.config.server.data_dir.display(),
@@ -237,6 +250,25 @@ fn check_config(config: &Config) -> Result<(), CliError> {
         config.server.data_dir.display()
     );
     println!("  http.bind          = {}", config.http.bind);
+    println!(
+        "  http.admin_bind    = {}",
+        config
+            .http
+            .admin_bind
+            .map_or_else(|| "unset".to_string(), |a| a.to_string())
+    );
+    println!(
+        "  admin API, metrics = {}",
+        http::AdminExposure::of(config, config.http.admin_bind.is_some()).describe()
+    );
+    println!(
+        "  internal networks  = {}",
+        list_or_none(&config.http.internal_networks)
+    );
+    println!(
+        "  trusted proxies    = {}",
+        list_or_none(&config.http.trusted_proxies)
+    );
     println!("  public base URL    = {}", config.public_base_url());
     println!(
         "  TLS                = {}",
@@ -262,10 +294,16 @@ fn check_config(config: &Config) -> Result<(), CliError> {
             config.mail_file_dir().display()
         ),
         crate::config::MailTransportKind::Smtp => println!(
-            "  mail.transport     = smtp ({}:{}, {:?})",
+            "  mail.transport     = smtp ({}:{}, security {})",
             config.mail.smtp.host, config.mail.smtp.port, config.mail.smtp.security
         ),
     }
+    println!(
+        "  retention          = audit {}, attempts {}, purge every {}",
+        days(config.retention.audit.0),
+        days(config.retention.attempts.0),
+        config.retention.interval
+    );
     println!(
         "  signing key        = {}",
         match &config.server.signing_key_file {
@@ -296,6 +334,28 @@ fn check_config(config: &Config) -> Result<(), CliError> {
         ),
     }
     Ok(())
+}
+
+/// `a, b, c`, or `none`.
+fn list_or_none<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "none".to_string();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A retention period in whole days when it is one (`365days`), else humantime's form.
+fn days(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs.is_multiple_of(86_400) && d.subsec_nanos() == 0 {
+        format!("{}days", secs / 86_400)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
 }
 
 /// Opens the database for a command (applying pending migrations under the start-up lock).

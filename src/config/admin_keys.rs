@@ -28,6 +28,11 @@ pub struct AdminConfig {
     /// DN of a group whose members may log in with LDAP as viewers (an editor group member is
     /// an editor).
     pub ldap_viewer_group: Option<String>,
+    /// Serve `/_annuaire/*` and `/metrics` on a public listener that is not on loopback when
+    /// `http.admin_bind` is unset (off: they are not served there at all).
+    pub public_listener: bool,
+    /// A console session (`/_annuaire/console/`) ends after this long without a request.
+    pub console_idle_timeout: HumanDuration,
 }
 
 impl Default for AdminConfig {
@@ -48,6 +53,8 @@ impl Default for AdminConfig {
             ldap_user_filter: None,
             ldap_group: None,
             ldap_viewer_group: None,
+            public_listener: false,
+            console_idle_timeout: HumanDuration(Duration::from_secs(15 * 60)),
         }
     }
 }
@@ -74,6 +81,12 @@ impl AdminConfig {
         if self.lockout_duration.0.is_zero() {
             return Err(ConfigError(
                 "admin.lockout_duration: must be longer than 0s".into(),
+            ));
+        }
+        let idle = self.console_idle_timeout.0;
+        if idle < Duration::from_secs(1) || idle > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError(
+                "admin.console_idle_timeout: must be between 1s and 24h".into(),
             ));
         }
         self.login_per_ip.validate("admin.login_per_ip")?;
@@ -118,6 +131,48 @@ impl AdminConfig {
             if group.as_deref().is_some_and(|g| g.trim().is_empty()) {
                 return Err(ConfigError(format!("{key}: must not be empty")));
             }
+        }
+        Ok(())
+    }
+}
+
+/// `[retention]`: how long personal data and counters are kept, and the purge job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Audit log rows older than this are deleted.
+    pub audit: HumanDuration,
+    /// Per-domain attempt counters (`policy_attempts`) older than this are deleted.
+    pub attempts: HumanDuration,
+    /// How often the purge job runs (one instance at a time, under the job lock).
+    pub interval: HumanDuration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            audit: HumanDuration(Duration::from_secs(365 * 24 * 3600)),
+            attempts: HumanDuration(Duration::from_secs(90 * 24 * 3600)),
+            interval: HumanDuration(Duration::from_secs(3600)),
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let day = Duration::from_secs(24 * 3600);
+        for (key, value) in [
+            ("retention.audit", self.audit),
+            ("retention.attempts", self.attempts),
+        ] {
+            if value.0 < day {
+                return Err(ConfigError(format!("{key}: must be at least 1day")));
+            }
+        }
+        if self.interval.0 < Duration::from_secs(60) || self.interval.0 > day {
+            return Err(ConfigError(
+                "retention.interval: must be between 1m and 1day".into(),
+            ));
         }
         Ok(())
     }

@@ -30,6 +30,9 @@ pub struct DirectoryConfig {
     pub whoami_cache_ttl: HumanDuration,
     /// Homeservers allowed to use the Tchap-compatible search and profile replication.
     pub allowed_homeservers: Vec<String>,
+    /// Servers that may search the directory over federation (MSC4258), by server name; `"*"`
+    /// admits any server whose signature verifies. Empty: nobody.
+    pub federated_search_servers: Vec<String>,
     /// Candidates fetched from the index per search tier before exact ranking (see
     /// `directory::service`): more is closer to a perfect ordering, slower on common prefixes.
     pub search_candidates: u32,
@@ -44,6 +47,7 @@ impl Default for DirectoryConfig {
             client_hosts: std::collections::BTreeMap::new(),
             whoami_cache_ttl: HumanDuration(Duration::from_secs(60)),
             allowed_homeservers: Vec::new(),
+            federated_search_servers: Vec::new(),
             search_candidates: 200,
         }
     }
@@ -82,6 +86,15 @@ impl DirectoryConfig {
             validate_server_name(name).map_err(|e| {
                 ConfigError(format!("directory.allowed_homeservers: `{name}`: {e}"))
             })?;
+        }
+        for name in &self.federated_search_servers {
+            if name != "*" {
+                validate_server_name(name).map_err(|e| {
+                    ConfigError(format!(
+                        "directory.federated_search_servers: `{name}`: {e} (or \"*\" for any server)"
+                    ))
+                })?;
+            }
         }
         if !SEARCH_CANDIDATES_RANGE.contains(&self.search_candidates) {
             return Err(ConfigError(format!(

@@ -341,12 +341,88 @@ impl Config {
     }
 }
 
-/// `[web]`: the pages served to browsers (the link in the confirmation mail).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `[web]`: the pages served to browsers: the agents' pages (`/`, the domain request form,
+/// the confirmation link's page) and the administrators' console.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     /// A folder whose files override the embedded page templates (`templates/web/`).
     pub templates_dir: Option<PathBuf>,
+    /// The service's name as agents know it, shown on every page.
+    pub service_name: String,
+    /// Who runs the service, shown on the agents' home page; absent: not shown.
+    pub operator: Option<String>,
+    /// The Matrix web client agents register with (`https://…`); `{homeserver}` in it is
+    /// replaced by the homeserver the address belongs to. Absent: no link.
+    pub client_url: Option<String>,
+    /// Whether agents of an unknown administration may ask for it to be added.
+    pub domain_requests: bool,
+    /// How long domain requests are kept, whatever became of them.
+    pub domain_requests_retention: HumanDuration,
+    /// Domain requests per client IP (in each instance).
+    pub domain_requests_per_ip: RateLimit,
+    /// Domain requests per requested domain (in the database: it holds across instances).
+    pub domain_requests_per_domain: RateLimit,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            templates_dir: None,
+            service_name: "annuaire".into(),
+            operator: None,
+            client_url: None,
+            domain_requests: true,
+            domain_requests_retention: HumanDuration(Duration::from_secs(90 * 24 * 3600)),
+            domain_requests_per_ip: RateLimit {
+                burst: 5,
+                every: HumanDuration(Duration::from_secs(600)),
+            },
+            domain_requests_per_domain: RateLimit {
+                burst: 20,
+                every: HumanDuration(Duration::from_secs(600)),
+            },
+        }
+    }
+}
+
+impl WebConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let name = self.service_name.trim();
+        if name.is_empty() || name.chars().any(char::is_control) || name.chars().count() > 80 {
+            return Err(ConfigError(
+                "web.service_name: 1 to 80 characters, no control characters".into(),
+            ));
+        }
+        if let Some(operator) = &self.operator
+            && (operator.trim().is_empty()
+                || operator.chars().any(char::is_control)
+                || operator.chars().count() > 200)
+        {
+            return Err(ConfigError(
+                "web.operator: 1 to 200 characters, no control characters".into(),
+            ));
+        }
+        if let Some(url) = &self.client_url {
+            let probe = url.replace("{homeserver}", "hs.example");
+            let parsed = reqwest::Url::parse(&probe)
+                .map_err(|e| ConfigError(format!("web.client_url: `{url}`: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(ConfigError(
+                    "web.client_url: expected an https:// URL with a host".into(),
+                ));
+            }
+        }
+        if self.domain_requests_retention.0 < Duration::from_secs(24 * 3600) {
+            return Err(ConfigError(
+                "web.domain_requests_retention: must be at least 1day".into(),
+            ));
+        }
+        self.domain_requests_per_ip
+            .validate("web.domain_requests_per_ip")?;
+        self.domain_requests_per_domain
+            .validate("web.domain_requests_per_domain")
+    }
 }
 
 /// `[terms]`: the policies users accept before using the identity service.
@@ -389,10 +465,13 @@ pub struct InvitesConfig {
     pub per_sender: WindowLimit,
     /// Invitations one address may receive (each one sends a mail).
     pub per_address: WindowLimit,
-    /// The web client invitation mails link to (`https://…`); absent: no link. The
-    /// `org.matrix.web_client_location` of a request is not used: any token holder could put
-    /// any link in our mail.
+    /// The web client invitation mails link to (`https://…`) by default; absent: no link
+    /// unless the request names an allowed one.
     pub web_client_url: Option<String>,
+    /// Web clients a request's `org.matrix.web_client_location` may choose (exact URLs, a
+    /// trailing `/` ignored). Any other value is ignored: a caller cannot put an arbitrary
+    /// link in our mail.
+    pub allowed_web_clients: Vec<String>,
     /// Wait before the first retry of an `onbind` delivery; doubled after each further
     /// failure, up to `delivery_max_backoff`.
     pub delivery_initial_backoff: HumanDuration,
@@ -415,6 +494,7 @@ impl Default for InvitesConfig {
                 within: HumanDuration(Duration::from_secs(24 * 3600)),
             },
             web_client_url: None,
+            allowed_web_clients: Vec::new(),
             delivery_initial_backoff: HumanDuration(Duration::from_secs(30)),
             delivery_max_backoff: HumanDuration(Duration::from_secs(2 * 3600)),
             delivery_max_attempts: 12,
@@ -429,14 +509,26 @@ impl InvitesConfig {
         }
         self.per_sender.validate("invites.per_sender")?;
         self.per_address.validate("invites.per_address")?;
-        if let Some(url) = &self.web_client_url {
+        let check_client = |key: &str, url: &str| {
             let parsed = reqwest::Url::parse(url)
-                .map_err(|e| ConfigError(format!("invites.web_client_url: `{url}`: {e}")))?;
+                .map_err(|e| ConfigError(format!("{key}: `{url}`: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                return Err(ConfigError(
-                    "invites.web_client_url: expected an https:// URL with a host".into(),
-                ));
+                return Err(ConfigError(format!(
+                    "{key}: `{url}`: expected an https:// URL with a host"
+                )));
             }
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(ConfigError(format!(
+                    "{key}: `{url}`: a web client URL has no query or fragment (the room link is added to it)"
+                )));
+            }
+            Ok(())
+        };
+        if let Some(url) = &self.web_client_url {
+            check_client("invites.web_client_url", url)?;
+        }
+        for url in &self.allowed_web_clients {
+            check_client("invites.allowed_web_clients", url)?;
         }
         if self.delivery_initial_backoff.0.is_zero() {
             return Err(ConfigError(

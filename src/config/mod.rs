@@ -55,6 +55,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub directory: DirectoryConfig,
     pub ldap: LdapConfig,
+    pub retention: RetentionConfig,
 }
 
 /// `[server]`: who this identity server is and where it keeps its files.
@@ -280,10 +281,12 @@ impl Config {
         self.validation.validate()?;
         self.mail.validate()?;
         self.invites.validate()?;
+        self.web.validate()?;
         self.federation.validate()?;
         self.admin.validate(&self.ldap)?;
         self.directory.validate()?;
         self.ldap.validate()?;
+        self.retention.validate()?;
         if self
             .http
             .admin_bind

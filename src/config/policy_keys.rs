@@ -106,6 +106,8 @@ pub struct RateLimitsConfig {
     /// `POST …/validate/email/requestToken`, per email address (in the database: it holds
     /// across instances).
     pub request_token_per_address: RateLimit,
+    /// MSC4258 federated directory searches, per calling server (in each instance).
+    pub federated_search_per_server: RateLimit,
 }
 
 impl Default for RateLimitsConfig {
@@ -123,6 +125,10 @@ impl Default for RateLimitsConfig {
                 burst: 5,
                 every: HumanDuration(Duration::from_secs(300)),
             },
+            federated_search_per_server: RateLimit {
+                burst: 50,
+                every: HumanDuration(Duration::from_millis(200)),
+            },
         }
     }
 }
@@ -133,6 +139,8 @@ impl RateLimitsConfig {
         self.request_token_per_ip
             .validate("rate_limits.request_token_per_ip")?;
         self.request_token_per_address
-            .validate("rate_limits.request_token_per_address")
+            .validate("rate_limits.request_token_per_address")?;
+        self.federated_search_per_server
+            .validate("rate_limits.federated_search_per_server")
     }
 }

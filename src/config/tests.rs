@@ -382,6 +382,7 @@ fn identity_keys_defaults_and_errors() {
     let e = Config::from_toml("[invites.per_address]\nmax = 0\nwithin = \"1h\"\n").unwrap_err();
     assert!(e.0.contains("invites.per_address.max"), "{e}");
     assert_eq!(c.invites.web_client_url, None);
+    assert!(c.invites.allowed_web_clients.is_empty());
     assert_eq!(
         c.invites.delivery_initial_backoff.0,
         Duration::from_secs(30)
@@ -396,6 +397,14 @@ fn identity_keys_defaults_and_errors() {
         (
             "[invites]\nweb_client_url = \"ftp://app.example\"\n",
             "invites.web_client_url",
+        ),
+        (
+            "[invites]\nallowed_web_clients = [\"https://ok.example\", \"javascript:alert(1)\"]\n",
+            "invites.allowed_web_clients",
+        ),
+        (
+            "[invites]\nallowed_web_clients = [\"https://app.example/#/x\"]\n",
+            "invites.allowed_web_clients",
         ),
         (
             "[invites]\ndelivery_initial_backoff = \"0s\"\n",

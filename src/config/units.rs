@@ -207,3 +207,20 @@ pub enum SmtpSecurity {
     /// TLS from the first byte (submissions, usually port 465).
     Tls,
 }
+
+impl SmtpSecurity {
+    /// As written in the configuration: `none`, `starttls`, `tls`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmtpSecurity::None => "none",
+            SmtpSecurity::StartTls => "starttls",
+            SmtpSecurity::Tls => "tls",
+        }
+    }
+}
+
+impl fmt::Display for SmtpSecurity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

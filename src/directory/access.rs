@@ -171,7 +171,7 @@ pub struct SignedRequest<'a> {
     pub body: &'a Value,
 }
 
-fn federation_failure(e: FederationError) -> DirectoryError {
+pub(super) fn federation_failure(e: FederationError) -> DirectoryError {
     if e.is_authentication_failure() {
         DirectoryError::BadSignature(e.to_string())
     } else {

@@ -154,18 +154,35 @@ pub fn split_user_id(user_id: &str) -> Result<(&str, &str), DirectoryError> {
     Ok((local, server))
 }
 
+/// The verified name, where it comes from and the organisation label, from an entry's sources:
+/// an admin override, else the LDAP record, else the name the address gives (`fallback`); the
+/// allowlist rule's label, else the LDAP record's organisation.
+pub(crate) fn resolve_name(
+    admin_name: Option<&str>,
+    ldap: Option<&LdapNameRow>,
+    fallback: &str,
+    policy_organisation: Option<&str>,
+) -> (String, NameSource, Option<String>) {
+    let (name, source) = match (admin_name, ldap) {
+        (Some(admin), _) => (admin.to_owned(), NameSource::Admin),
+        (None, Some(record)) => (record.name.clone(), NameSource::Ldap),
+        (None, None) => (fallback.to_owned(), NameSource::Email),
+    };
+    let organisation = policy_organisation
+        .map(str::to_owned)
+        .or_else(|| ldap.and_then(|record| record.organisation.clone()));
+    (name, source, organisation)
+}
+
 /// Recomputes the name, its source, the organisation and the search key from the entry's
 /// sources; returns whether any of them changed.
 pub(crate) fn refresh(row: &mut EntryRow, ldap: Option<&LdapNameRow>) -> bool {
-    let (name, source) = match (&row.admin_name, ldap) {
-        (Some(admin), _) => (admin.clone(), NameSource::Admin),
-        (None, Some(record)) => (record.name.clone(), NameSource::Ldap),
-        (None, None) => (row.fallback_name.clone(), NameSource::Email),
-    };
-    let organisation = row
-        .policy_organisation
-        .clone()
-        .or_else(|| ldap.and_then(|record| record.organisation.clone()));
+    let (name, source, organisation) = resolve_name(
+        row.admin_name.as_deref(),
+        ldap,
+        &row.fallback_name,
+        row.policy_organisation.as_deref(),
+    );
     let localpart = split_user_id(&row.mxid).map_or(row.mxid.as_str(), |(local, _)| local);
     let key = search_key(&name, organisation.as_deref(), localpart);
     let organisation_key = organisation.as_deref().map(fold).unwrap_or_default();
@@ -189,7 +206,7 @@ pub(crate) fn refresh(row: &mut EntryRow, ldap: Option<&LdapNameRow>) -> bool {
 }
 
 /// A trimmed, non-empty organisation label.
-fn label(organisation: Option<&str>) -> Option<String> {
+pub(crate) fn label(organisation: Option<&str>) -> Option<String> {
     organisation
         .map(str::trim)
         .filter(|o| !o.is_empty())
@@ -228,6 +245,7 @@ impl DirectoryService {
             organisation_key: String::new(),
             created_at: self.clock.now_ms(),
             updated_at: self.clock.now_ms(),
+            user_displayname: None,
         };
         let row = self
             .db
@@ -237,6 +255,7 @@ impl DirectoryService {
                         fresh.admin_name = existing.admin_name;
                         fresh.visibility = existing.visibility;
                         fresh.avatar_url = existing.avatar_url;
+                        fresh.user_displayname = existing.user_displayname;
                         fresh.created_at = existing.created_at;
                     }
                     let ldap = store::ldap_name(conn, &fresh.email_key)?;
@@ -422,6 +441,7 @@ fn synthetic_row(person: &super::synthetic::SyntheticPerson, now: i64) -> EntryR
         organisation_key: String::new(),
         created_at: now,
         updated_at: now,
+        user_displayname: None,
     };
     refresh(&mut row, None);
     row
@@ -453,6 +473,7 @@ mod tests {
             organisation_key: String::new(),
             created_at: 0,
             updated_at: 0,
+            user_displayname: None,
         }
     }
 

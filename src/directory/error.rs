@@ -51,6 +51,9 @@ pub enum DirectoryError {
     /// A replication batch that cannot be applied.
     #[error("invalid replication batch: {0}")]
     InvalidBatch(String),
+    /// A profile report that cannot be applied.
+    #[error("{0}")]
+    InvalidProfile(String),
     /// A replication batch touching a user of another homeserver.
     #[error("{user_id} is not a user of {origin}")]
     ForeignUser {
@@ -58,6 +61,18 @@ pub enum DirectoryError {
         user_id: String,
         /// The homeserver that sent the batch.
         origin: String,
+    },
+    /// A malformed federation request body (400 `M_BAD_JSON`, as Synapse answers them).
+    #[error("{0}")]
+    BadJson(String),
+    /// A federation request addressed to a server this directory does not answer for.
+    #[error("this server does not answer for the destination {0}")]
+    WrongDestination(String),
+    /// Too many requests from one server (429 `M_LIMIT_EXCEEDED`).
+    #[error("too many requests; retry later")]
+    RateLimited {
+        /// When to retry.
+        retry_after_ms: u64,
     },
     /// Another LDAP sync holds the job lock.
     #[error("another LDAP sync is running; try again when it has finished")]

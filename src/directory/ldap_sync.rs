@@ -91,6 +91,28 @@ impl DirectoryService {
         let result = self.sync_ldap_unlocked(settings, false, progress).await;
         // Unlocking is a database call: not on the async thread.
         let _ = tokio::task::spawn_blocking(move || drop(lock)).await;
+        match &result {
+            Ok(summary) => {
+                let now = self.clock.now_ms();
+                let record = LastSync {
+                    at: now,
+                    records: summary.records,
+                };
+                record.set_gauges();
+                metrics::counter!("annuaire_ldap_sync_runs_total").increment(1);
+                // Kept in the database so that every instance reports it, whoever synced
+                // (an instance, or `annuaire ldap sync` from a timer).
+                let text = serde_json::to_string(&record).unwrap_or_default();
+                if let Err(e) = self
+                    .db
+                    .run(move |conn| crate::store::state::set(conn, LAST_SYNC_STATE, &text, now))
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not record the LDAP sync's time");
+                }
+            }
+            Err(_) => metrics::counter!("annuaire_ldap_sync_failures_total").increment(1),
+        }
         result
     }
 
@@ -314,6 +336,34 @@ fn decode_key(hex: &str) -> Option<[u8; 32]> {
         out[i] = u8::from_str_radix(text, 16).ok()?;
     }
     Some(out)
+}
+
+/// Where the last successful sync is recorded (`instance_state`, JSON [`LastSync`]).
+pub const LAST_SYNC_STATE: &str = "ldap_last_sync";
+
+/// The last successful (writing) LDAP sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastSync {
+    /// When it finished (ms).
+    pub at: i64,
+    /// The name records it read.
+    pub records: usize,
+}
+
+impl LastSync {
+    /// Reads the record (none before the first sync).
+    pub fn read(conn: &mut DbConn) -> Result<Option<LastSync>, StoreError> {
+        Ok(crate::store::state::get(conn, LAST_SYNC_STATE)?
+            .and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
+    /// `annuaire_ldap_sync_last_success_timestamp_seconds` and `annuaire_ldap_sync_entries`.
+    pub fn set_gauges(&self) {
+        #[allow(clippy::cast_precision_loss)]
+        let (at, records) = (self.at as f64 / 1000.0, self.records as f64);
+        metrics::gauge!("annuaire_ldap_sync_last_success_timestamp_seconds").set(at);
+        metrics::gauge!("annuaire_ldap_sync_entries").set(records);
+    }
 }
 
 /// Key of the PostgreSQL advisory lock a writing sync holds.

@@ -57,7 +57,7 @@ pub struct ReplicationOutcome {
 }
 
 /// A usable avatar URL: `mxc://` only (clients fetch it from their homeserver), length capped.
-fn avatar(url: Option<&str>) -> Option<String> {
+pub(crate) fn avatar(url: Option<&str>) -> Option<String> {
     url.map(str::trim)
         .filter(|u| u.starts_with("mxc://") && u.len() <= MAX_AVATAR_URL)
         .map(str::to_owned)

@@ -40,6 +40,7 @@ use crate::cache::TtlCache;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::federation::FederationClient;
+use crate::ratelimit::KeyedLimit;
 use crate::store::Db;
 use crate::store::directory::{self as store, Candidate, IndexQuery, SearchFilter, SearchTiers};
 
@@ -111,6 +112,8 @@ pub struct DirectoryService {
     pub(crate) federation: FederationClient,
     /// Hash of a client's access token → its user id, for `directory.whoami_cache_ttl`.
     pub(crate) whoami: TtlCache<[u8; 32], String>,
+    /// MSC4258 searches per calling server (`rate_limits.federated_search_per_server`).
+    pub(crate) federated_search_limit: KeyedLimit<String>,
 }
 
 impl std::fmt::Debug for DirectoryService {
@@ -129,6 +132,9 @@ impl DirectoryService {
     pub fn new(parts: DirectoryParts) -> DirectoryService {
         DirectoryService {
             whoami: TtlCache::new(MAX_CACHED_TOKENS, parts.clock.clone()),
+            federated_search_limit: KeyedLimit::new(
+                &parts.config.rate_limits.federated_search_per_server,
+            ),
             config: parts.config,
             db: parts.db,
             clock: parts.clock,
@@ -138,6 +144,11 @@ impl DirectoryService {
 }
 
 impl DirectoryService {
+    /// Forgets idle rate-limit buckets (called periodically).
+    pub fn housekeep(&self) {
+        self.federated_search_limit.housekeep();
+    }
+
     /// The externals' homeserver: its users are external.
     pub(crate) fn external_homeserver(&self) -> Option<&str> {
         self.config.policy.external_homeserver.as_deref()

@@ -24,22 +24,26 @@ impl FederationClient {
         server_name: &str,
         access_token: &str,
     ) -> Result<String, FederationError> {
-        let target = self.resolve_target(server_name).await?;
-        let mut url = endpoint(&target.base, "/_matrix/federation/v1/openid/userinfo");
-        url.query_pairs_mut()
-            .append_pair("access_token", access_token);
-        let (status, body) = self
-            .fetch(server_name, &target, Method::GET, url, |r| r)
-            .await?;
-        match status {
-            StatusCode::OK => json_string_field(server_name, &body, "sub"),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Err(FederationError::InvalidToken {
-                    server: server_name.to_owned(),
-                })
+        async {
+            let target = self.resolve_target(server_name).await?;
+            let mut url = endpoint(&target.base, "/_matrix/federation/v1/openid/userinfo");
+            url.query_pairs_mut()
+                .append_pair("access_token", access_token);
+            let (status, body) = self
+                .fetch(server_name, &target, Method::GET, url, |r| r)
+                .await?;
+            match status {
+                StatusCode::OK => json_string_field(server_name, &body, "sub"),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    Err(FederationError::InvalidToken {
+                        server: server_name.to_owned(),
+                    })
+                }
+                other => Err(status_error(server_name, other)),
             }
-            other => Err(status_error(server_name, other)),
         }
+        .await
+        .inspect_err(|e| e.count("openid_userinfo"))
     }
 
     /// The server's current signing keys (key id → unpadded base64), from
@@ -140,16 +144,20 @@ impl FederationClient {
         server_name: &str,
         body: &Value,
     ) -> Result<(), FederationError> {
-        let target = self.resolve_target(server_name).await?;
-        let url = endpoint(&target.base, "/_matrix/federation/v1/3pid/onbind");
-        let (status, _) = self
-            .fetch(server_name, &target, Method::POST, url, |r| r.json(body))
-            .await?;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(status_error(server_name, status))
+        async {
+            let target = self.resolve_target(server_name).await?;
+            let url = endpoint(&target.base, "/_matrix/federation/v1/3pid/onbind");
+            let (status, _) = self
+                .fetch(server_name, &target, Method::POST, url, |r| r.json(body))
+                .await?;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(status_error(server_name, status))
+            }
         }
+        .await
+        .inspect_err(|e| e.count("onbind"))
     }
 
     /// `GET {client_url}/_matrix/client/v3/account/whoami` with the caller's own token:
@@ -159,31 +167,35 @@ impl FederationClient {
         client_url: &Url,
         access_token: &str,
     ) -> Result<String, FederationError> {
-        if !matches!(client_url.scheme(), "http" | "https") {
-            return Err(FederationError::InvalidUrl(format!(
-                "client URL must be http(s): {client_url}"
-            )));
-        }
-        let server = client_url
-            .host_str()
-            .ok_or_else(|| FederationError::InvalidUrl(format!("no host in {client_url}")))?
-            .to_owned();
-        let target = Target {
-            base: client_url.clone(),
-            trusted: true,
-        };
-        let url = endpoint(client_url, "/_matrix/client/v3/account/whoami");
-        let (status, body) = self
-            .fetch(&server, &target, Method::GET, url, |r| {
-                r.bearer_auth(access_token)
-            })
-            .await?;
-        match status {
-            StatusCode::OK => json_string_field(&server, &body, "user_id"),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Err(FederationError::InvalidToken { server })
+        async {
+            if !matches!(client_url.scheme(), "http" | "https") {
+                return Err(FederationError::InvalidUrl(format!(
+                    "client URL must be http(s): {client_url}"
+                )));
             }
-            other => Err(status_error(&server, other)),
+            let server = client_url
+                .host_str()
+                .ok_or_else(|| FederationError::InvalidUrl(format!("no host in {client_url}")))?
+                .to_owned();
+            let target = Target {
+                base: client_url.clone(),
+                trusted: true,
+            };
+            let url = endpoint(client_url, "/_matrix/client/v3/account/whoami");
+            let (status, body) = self
+                .fetch(&server, &target, Method::GET, url, |r| {
+                    r.bearer_auth(access_token)
+                })
+                .await?;
+            match status {
+                StatusCode::OK => json_string_field(&server, &body, "user_id"),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    Err(FederationError::InvalidToken { server })
+                }
+                other => Err(status_error(&server, other)),
+            }
         }
+        .await
+        .inspect_err(|e| e.count("whoami"))
     }
 }

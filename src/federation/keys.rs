@@ -23,36 +23,40 @@ impl FederationClient {
         &self,
         server_name: &str,
     ) -> Result<CachedKeys, FederationError> {
-        let now = self.inner.clock.now_ms();
-        let target = self.resolve_target(server_name).await?;
-        let url = endpoint(&target.base, "/_matrix/key/v2/server");
-        let (status, body) = self
-            .fetch(server_name, &target, Method::GET, url, |r| r)
-            .await?;
-        if status != StatusCode::OK {
-            return Err(status_error(server_name, status));
+        async {
+            let now = self.inner.clock.now_ms();
+            let target = self.resolve_target(server_name).await?;
+            let url = endpoint(&target.base, "/_matrix/key/v2/server");
+            let (status, body) = self
+                .fetch(server_name, &target, Method::GET, url, |r| r)
+                .await?;
+            if status != StatusCode::OK {
+                return Err(status_error(server_name, status));
+            }
+            let value: Value =
+                serde_json::from_slice(&body).map_err(|e| FederationError::InvalidResponse {
+                    server: server_name.to_owned(),
+                    reason: format!("not JSON: {e}"),
+                })?;
+            let key_set = parse_key_response(server_name, &value, now)?;
+            let cached = CachedKeys {
+                keys: key_set.keys,
+                fetched_at_ms: now,
+            };
+            tracing::debug!(
+                server = server_name,
+                keys = cached.keys.len(),
+                "fetched homeserver keys"
+            );
+            self.inner.keys.insert_until(
+                server_name.to_owned(),
+                cached.clone(),
+                key_set.expires_at_ms,
+            );
+            Ok(cached)
         }
-        let value: Value =
-            serde_json::from_slice(&body).map_err(|e| FederationError::InvalidResponse {
-                server: server_name.to_owned(),
-                reason: format!("not JSON: {e}"),
-            })?;
-        let key_set = parse_key_response(server_name, &value, now)?;
-        let cached = CachedKeys {
-            keys: key_set.keys,
-            fetched_at_ms: now,
-        };
-        tracing::debug!(
-            server = server_name,
-            keys = cached.keys.len(),
-            "fetched homeserver keys"
-        );
-        self.inner.keys.insert_until(
-            server_name.to_owned(),
-            cached.clone(),
-            key_set.expires_at_ms,
-        );
-        Ok(cached)
+        .await
+        .inspect_err(|e| e.count("server_keys"))
     }
 
     /// The public key `key_id` of `server_name`, refetching (at most once a minute) when a

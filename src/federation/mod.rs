@@ -194,6 +194,31 @@ pub enum FederationError {
 }
 
 impl FederationError {
+    /// A short name for the kind of failure: the `kind` label of
+    /// `annuaire_federation_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidServerName(_) => "invalid_server_name",
+            Self::InvalidUrl(_) => "invalid_url",
+            Self::Forbidden { .. } => "forbidden_target",
+            Self::Unreachable { .. } => "unreachable",
+            Self::InvalidToken { .. } => "invalid_token",
+            Self::Status { .. } => "http_status",
+            Self::TooLarge { .. } => "too_large",
+            Self::InvalidResponse { .. } => "invalid_response",
+            Self::BadAuthorization(_) => "bad_authorization",
+            Self::BadSignature { .. } => "bad_signature",
+            Self::UnknownKey { .. } => "unknown_key",
+            Self::Config(_) => "config",
+        }
+    }
+
+    /// Counts this failure of an outbound `call` in `annuaire_federation_errors_total`.
+    fn count(&self, call: &'static str) {
+        metrics::counter!("annuaire_federation_errors_total", "call" => call, "kind" => self.kind())
+            .increment(1);
+    }
+
     /// Whether the error means the caller's credentials or signatures are bad (answer
     /// 401/403), as opposed to the remote side being unavailable or misbehaving.
     pub fn is_authentication_failure(&self) -> bool {

@@ -6,6 +6,9 @@
 //! [`AccountAuth`] does not, for `/v2/terms` and `/v2/account*`, where users must be able to
 //! act before accepting. [`ValidationAuth`] is [`IdentityAuth`] when `identity.require_auth`
 //! is set (the default), and nothing otherwise: the validation endpoints.
+//!
+//! [`HomeserverAuth`] is the homeserver API's caller: from `http.internal_networks` (else 403
+//! `M_FORBIDDEN`), with a homeserver token in `Authorization: Bearer …` (else 401).
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -15,6 +18,7 @@ use serde::Deserialize;
 
 use super::AppData;
 use super::error::ApiError;
+use crate::homeserver::Homeserver;
 use crate::identity::accounts::Account;
 
 /// A caller with a valid token who accepted the current terms.
@@ -29,6 +33,10 @@ pub struct AccountAuth(pub Account);
 /// `identity.require_auth` is true, anonymous (`None`) when it is false.
 #[derive(Debug, Clone)]
 pub struct ValidationAuth(pub Option<Account>);
+
+/// A homeserver of the internal networks, authenticated by its homeserver API token.
+#[derive(Debug, Clone)]
+pub struct HomeserverAuth(pub Homeserver);
 
 #[derive(Deserialize)]
 struct TokenQuery {
@@ -116,6 +124,40 @@ impl FromRequest for AccountAuth {
         let app = req.app_data::<AppData>().cloned();
         let token = access_token(req);
         Box::pin(async move { authenticate(app, token, false).await.map(AccountAuth) })
+    }
+}
+
+/// The `Bearer` token of the `Authorization` header only (never the query string: homeserver
+/// tokens must not reach access logs).
+fn bearer_token(req: &HttpRequest) -> Option<String> {
+    let text = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = text.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}
+
+impl FromRequest for HomeserverAuth {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let app = req.app_data::<AppData>().cloned();
+        let internal = app.as_ref().is_some_and(|app| super::is_internal(req, app));
+        let token = bearer_token(req);
+        Box::pin(async move {
+            let Some(app) = app else {
+                return Err(ApiError::internal(
+                    "homeserver authentication without app data",
+                ));
+            };
+            if !internal {
+                return Err(ApiError::forbidden(
+                    "The homeserver API is only for homeservers on the internal networks",
+                ));
+            }
+            let homeserver = app.homeserver.authenticate(token.as_deref()).await?;
+            Ok(HomeserverAuth(homeserver))
+        })
     }
 }
 

@@ -29,6 +29,20 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         resource("/_matrix/identity/api/v1/replicate_profiles")
             .route(web::post().to(replicate_profiles)),
+    )
+    // MSC4258: the unstable prefix implementations use, the stable path the MSC proposes, and
+    // the prefix its text still names.
+    .service(
+        resource("/_matrix/federation/unstable/org.matrix.msc4258/user_directory/search")
+            .route(web::post().to(federated_search)),
+    )
+    .service(
+        resource("/_matrix/federation/v3/user_directory/search")
+            .route(web::post().to(federated_search_v3)),
+    )
+    .service(
+        resource("/_matrix/federation/unstable/fr.tchap/user_directory/search")
+            .route(web::post().to(federated_search_fr_tchap)),
     );
 }
 
@@ -218,4 +232,90 @@ pub(super) async fn replicate_profiles(
     let batch: ReplicationBatch = parse_json_object(&body.0)?;
     app.directory.replicate_profiles(&origin, batch).await?;
     Ok(HttpResponse::Ok().json(Empty {}))
+}
+
+/// The MSC4258 request body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: `directory::federated` reads the body.
+pub(super) struct FederatedSearchBody {
+    /// The user of the calling server who searches (must be on the signing server).
+    requester: String,
+    /// The search term (fewer than 3 characters: no results).
+    search_term: String,
+    /// Results wanted (0 to 50, default 10).
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+/// # POST /_matrix/federation/unstable/org.matrix.msc4258/user_directory/search
+///
+/// MSC4258 at its 2025-12-10 revision (`requester` in the body); see `directory::federated`.
+#[utoipa::path(post, path = "/_matrix/federation/unstable/org.matrix.msc4258/user_directory/search", tag = "directory",
+    summary = "Federated user directory search (MSC4258, unstable prefix)",
+    description = "MSC4258 (matrix-spec-proposals#4258 at 9b60af68, 2025-12-10). Signed with `Authorization: X-Matrix` by a server of `directory.federated_search_servers`, whose signed `destination` is a server this directory answers for. Results are what the requester may see under the directory's visibility rules; terms shorter than 3 characters find nothing; never forwarded to other servers.",
+    security(("x_matrix" = [])),
+    request_body = FederatedSearchBody,
+    responses(
+        (status = 200, description = "`{limited, results: [{user_id, display_name, avatar_url}]}`", body = directory::SearchResults),
+        (status = 400, description = "M_BAD_JSON: missing or invalid requester (not a user of the signing server), search_term or limit; M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED: not signed, or signed for another destination", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: bad signature, server not allowed, external requester", body = ErrorBody),
+        (status = 429, description = "M_LIMIT_EXCEEDED (per calling server)", body = ErrorBody),
+        (status = 502, description = "M_UNKNOWN: the calling server's keys could not be fetched", body = ErrorBody),
+    ))]
+pub(super) async fn federated_search(
+    app: AppData,
+    signed: XMatrix,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let value: Value = parse_json_object(&body.0)?;
+    let results = app
+        .directory
+        .federated_search(signed_request(&signed, &value))
+        .await?;
+    Ok(HttpResponse::Ok().json(results))
+}
+
+/// # POST /_matrix/federation/v3/user_directory/search
+///
+/// The stable path MSC4258 proposes; the same as the unstable one.
+#[utoipa::path(post, path = "/_matrix/federation/v3/user_directory/search", tag = "directory",
+    summary = "Federated user directory search (MSC4258, proposed stable path)",
+    security(("x_matrix" = [])),
+    request_body = FederatedSearchBody,
+    responses(
+        (status = 200, description = "As the unstable path", body = directory::SearchResults),
+        (status = 400, description = "M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN", body = ErrorBody),
+        (status = 429, description = "M_LIMIT_EXCEEDED", body = ErrorBody),
+    ))]
+pub(super) async fn federated_search_v3(
+    app: AppData,
+    signed: XMatrix,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    federated_search(app, signed, body).await
+}
+
+/// # POST /_matrix/federation/unstable/fr.tchap/user_directory/search
+///
+/// The unstable prefix MSC4258's text names; the same as `org.matrix.msc4258`.
+#[utoipa::path(post, path = "/_matrix/federation/unstable/fr.tchap/user_directory/search", tag = "directory",
+    summary = "Federated user directory search (MSC4258, the prefix of the MSC's text)",
+    security(("x_matrix" = [])),
+    request_body = FederatedSearchBody,
+    responses(
+        (status = 200, description = "As the org.matrix.msc4258 path", body = directory::SearchResults),
+        (status = 400, description = "M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN", body = ErrorBody),
+        (status = 429, description = "M_LIMIT_EXCEEDED", body = ErrorBody),
+    ))]
+pub(super) async fn federated_search_fr_tchap(
+    app: AppData,
+    signed: XMatrix,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    federated_search(app, signed, body).await
 }

@@ -13,6 +13,8 @@ use serde_json::{Map, Value, json};
 use crate::admin::{self, AdminError};
 use crate::directory::DirectoryError;
 use crate::directory::search::QueryError;
+use crate::domain_requests::DomainRequestError;
+use crate::homeserver::HomeserverError;
 use crate::identity::IdentityError;
 use crate::identity::sessions::{self, SessionError};
 
@@ -165,13 +167,11 @@ impl ResponseError for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::Unavailable(_) => {
-                tracing::error!(error = %e, "database unavailable");
-                ApiError::unavailable("The database is unavailable; retry later")
-            }
-            other => ApiError::internal(other),
+        if e.is_unavailable() {
+            tracing::error!(error = %e, "database unavailable");
+            return ApiError::unavailable("The database is unavailable; retry later");
         }
+        ApiError::internal(e)
     }
 }
 
@@ -196,9 +196,12 @@ impl From<IdentityError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "M_THREEPID_IN_USE", message)
                     .with("mxid", mxid)
             }
-            IdentityError::ThreepidDenied(m) => {
-                ApiError::new(StatusCode::FORBIDDEN, "M_THREEPID_DENIED", m)
-            }
+            IdentityError::ThreepidDenied {
+                message,
+                reason_code,
+            } => ApiError::new(StatusCode::FORBIDDEN, "M_THREEPID_DENIED", message)
+                .with("decision", "denied")
+                .with("reason_code", reason_code.as_str()),
             IdentityError::BindingNotPermitted(m) => {
                 ApiError::new(StatusCode::FORBIDDEN, "M_BINDING_NOT_PERMITTED", m)
             }
@@ -263,10 +266,12 @@ impl From<SessionError> for ApiError {
                 "M_INVALID_EMAIL",
                 format!("Invalid email address: {reason}"),
             ),
-            SessionError::Denied { reason } => {
-                ApiError::new(StatusCode::FORBIDDEN, "M_THREEPID_DENIED", reason)
-                    .with("decision", "denied")
-            }
+            SessionError::Denied {
+                reason,
+                reason_code,
+            } => ApiError::new(StatusCode::FORBIDDEN, "M_THREEPID_DENIED", reason)
+                .with("decision", "denied")
+                .with("reason_code", reason_code.as_str()),
             SessionError::LimitExceeded { retry_after_ms } => {
                 ApiError::limit_exceeded(retry_after_ms)
             }
@@ -285,7 +290,8 @@ impl From<DirectoryError> for ApiError {
             }
             DirectoryError::InvalidUserId(_)
             | DirectoryError::InvalidName
-            | DirectoryError::InvalidBatch(_) => ApiError::invalid_param(message),
+            | DirectoryError::InvalidBatch(_)
+            | DirectoryError::InvalidProfile(_) => ApiError::invalid_param(message),
             DirectoryError::NotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", message)
             }
@@ -310,6 +316,11 @@ impl From<DirectoryError> for ApiError {
             | DirectoryError::ForeignUser { .. } => ApiError::forbidden(message),
             DirectoryError::HomeserverUnavailable(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", message)
+            }
+            DirectoryError::BadJson(m) => ApiError::bad_json(m),
+            DirectoryError::WrongDestination(_) => ApiError::unauthorized(message),
+            DirectoryError::RateLimited { retry_after_ms } => {
+                ApiError::limit_exceeded(retry_after_ms)
             }
             DirectoryError::Store(e) => e.into(),
             DirectoryError::SyncInProgress => ApiError::unavailable(message),
@@ -371,6 +382,59 @@ impl From<AdminError> for ApiError {
                 ApiError::unavailable("The LDAP directory cannot be reached; try again later")
             }
             AdminError::Internal(message) => ApiError::internal(message),
+        }
+    }
+}
+
+impl From<HomeserverError> for ApiError {
+    fn from(e: HomeserverError) -> Self {
+        let message = e.to_string();
+        match e {
+            HomeserverError::Unauthorized(m) => ApiError::unauthorized(m),
+            HomeserverError::OutOfScope(m) => ApiError::forbidden(m),
+            HomeserverError::InvalidParam(m) | HomeserverError::InvalidServerName(m) => {
+                ApiError::invalid_param(m)
+            }
+            HomeserverError::InvalidEmail(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_EMAIL", message)
+            }
+            HomeserverError::TokenExists(m) => {
+                ApiError::new(StatusCode::CONFLICT, "ANNUAIRE_TOKEN_EXISTS", m)
+            }
+            HomeserverError::NoToken(m) => ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", m),
+            HomeserverError::Identity(e) => e.into(),
+            HomeserverError::Directory(e) => e.into(),
+            HomeserverError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<DomainRequestError> for ApiError {
+    fn from(e: DomainRequestError) -> Self {
+        match e {
+            DomainRequestError::Store(e) => ApiError::from(e),
+            DomainRequestError::Mail(e) => ApiError::internal(e),
+            DomainRequestError::InvalidAddress(message) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_EMAIL", message)
+            }
+            e @ DomainRequestError::InvalidField { .. } => ApiError::invalid_param(e.to_string()),
+            e @ DomainRequestError::Disabled => {
+                ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", e.to_string())
+            }
+            e @ DomainRequestError::NotNeeded => {
+                ApiError::new(StatusCode::CONFLICT, "ANNUAIRE_DOMAIN_KNOWN", e.to_string())
+            }
+            DomainRequestError::RateLimited { retry_after_ms } => {
+                ApiError::limit_exceeded(retry_after_ms)
+            }
+            e @ (DomainRequestError::InvalidLink | DomainRequestError::NotFound(_)) => {
+                ApiError::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", e.to_string())
+            }
+            e @ DomainRequestError::DomainNotAllowed(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "ANNUAIRE_DOMAIN_NOT_ALLOWED",
+                e.to_string(),
+            ),
         }
     }
 }

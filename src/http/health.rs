@@ -83,7 +83,8 @@ async fn ready(app: AppData) -> Result<HttpResponse, ApiError> {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     summary = "Prometheus metrics",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-async fn metrics() -> HttpResponse {
+async fn metrics(app: AppData) -> HttpResponse {
+    app.db.record_pool_gauges();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(crate::telemetry::render_metrics())

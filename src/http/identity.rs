@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::auth::{AccountAuth, IdentityAuth, access_token};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{MatrixJson, MatrixQuery, RawBody, XMatrix, parse_json_object};
+use super::extract::{MatrixJson, MatrixQuery, RawBody, XMatrix, parse_json_object, parse_query};
 use super::{AppData, Empty, resource};
 use crate::identity::accounts::OpenIdToken;
 use crate::identity::bindings::{BindRequest, UnbindAuth, UnbindRequest};
@@ -44,6 +44,11 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource(&format!("{V2}/3pid/unbind")).route(web::post().to(unbind)))
         .service(resource(&format!("{V2}/store-invite")).route(web::post().to(store_invite)))
         .service(resource(&format!("{V2}/sign-ed25519")).route(web::post().to(sign_ed25519)))
+        // The link mailed with an invitation points here (Element calls it without credentials).
+        .service(
+            resource("/_matrix/identity/api/v1/sign-ed25519")
+                .route(web::post().to(sign_ed25519_v1)),
+        )
         // Last: the router tries routes in order, and a pattern with a parameter is a regular
         // expression to run, which the hot routes above need not pay for.
         .service(resource(&format!("{V2}/pubkey/{{key_id}}")).route(web::get().to(pubkey)));
@@ -156,7 +161,7 @@ pub(super) async fn accept_terms(
 
 /// # GET /_matrix/identity/v2/pubkey/{keyId}
 #[utoipa::path(get, path = "/_matrix/identity/v2/pubkey/{key_id}", tag = "identity",
-    summary = "A long-term public key",
+    summary = "A long-term public key (the current one, or one retired by a rotation)",
     params(("key_id" = String, Path, description = "`ed25519:0`")),
     responses(
         (status = 200, description = "The key (unpadded base64)", body = PublicKeyResponse),
@@ -166,7 +171,7 @@ pub(super) async fn pubkey(
     app: AppData,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let public_key = app.identity.public_key(&path)?;
+    let public_key = app.identity.public_key(&path).await?;
     Ok(HttpResponse::Ok().json(PublicKeyResponse { public_key }))
 }
 
@@ -194,7 +199,7 @@ pub(super) struct PublicKeyQuery {
 
 /// # GET /_matrix/identity/v2/pubkey/isvalid
 #[utoipa::path(get, path = "/_matrix/identity/v2/pubkey/isvalid", tag = "identity",
-    summary = "Whether a public key is this server's long-term key",
+    summary = "Whether a public key is a long-term key of this server (current or retired)",
     params(PublicKeyQuery),
     responses(
         (status = 200, description = "Whether it is", body = ValidResponse),
@@ -203,9 +208,9 @@ pub(super) struct PublicKeyQuery {
 pub(super) async fn pubkey_isvalid(
     app: AppData,
     MatrixQuery(q): MatrixQuery<PublicKeyQuery>,
-) -> HttpResponse {
-    let valid = app.identity.is_long_term_key(&q.public_key);
-    HttpResponse::Ok().json(ValidResponse { valid })
+) -> Result<HttpResponse, ApiError> {
+    let valid = app.identity.is_long_term_key(&q.public_key).await?;
+    Ok(HttpResponse::Ok().json(ValidResponse { valid }))
 }
 
 /// # GET /_matrix/identity/v2/pubkey/ephemeral/isvalid
@@ -369,7 +374,7 @@ pub(super) async fn unbind(
 #[utoipa::path(post, path = "/_matrix/identity/v2/store-invite", tag = "identity",
     summary = "Store an invitation to an address that is not bound yet (and mail it)",
     security(("identity_token" = [])),
-    request_body(content = Object, description = "`{medium, address, room_id, sender, room_alias?, room_avatar_url?, room_join_rules?, room_name?, room_type?, sender_display_name?, sender_avatar_url?}` (empty strings count as absent)"),
+    request_body(content = Object, description = "`{medium, address, room_id, sender, room_alias?, room_avatar_url?, room_join_rules?, room_name?, room_type?, sender_display_name?, sender_avatar_url?, org.matrix.web_client_location?}` (empty strings count as absent; the web client location is used for the mail's link only when `invites.allowed_web_clients` lists it). The mail carries every field, the token and the invitation's ephemeral private key."),
     responses(
         (status = 200, description = "`{token, public_keys: [{public_key, key_validity_url}], display_name}`", body = Object),
         (status = 400, description = "M_THREEPID_IN_USE (with `mxid`), M_INVALID_EMAIL, M_INVALID_PARAM, M_UNRECOGNIZED (medium)", body = ErrorBody),
@@ -416,6 +421,7 @@ pub(super) struct SignBody {
         (status = 200, description = "`{mxid, sender, token, signatures}`", content_type = "application/json"),
         (status = 400, description = "M_INVALID_PARAM, M_MISSING_PARAMS", body = ErrorBody),
         (status = 401, description = "M_UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: the private key is not the invitation's; M_UNAUTHORIZED: mxid is not the caller", body = ErrorBody),
         (status = 404, description = "M_UNRECOGNIZED: unknown invitation token", body = ErrorBody),
     ))]
 pub(super) async fn sign_ed25519(
@@ -427,6 +433,91 @@ pub(super) async fn sign_ed25519(
     let signed = app
         .identity
         .sign_ed25519(&account, &body.mxid, &body.token, &body.private_key, now)
+        .await?;
+    Ok(HttpResponse::Ok().json(signed))
+}
+
+/// The arguments of the v1 `sign-ed25519`, each from the JSON body or the query string.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams, utoipa::ToSchema)]
+#[into_params(parameter_in = Query)]
+pub(super) struct SignArgs {
+    /// The Matrix ID that accepts the invitation.
+    mxid: Option<String>,
+    /// The invitation token.
+    token: Option<String>,
+    /// The invitation's ephemeral private key (unpadded base64, standard or URL-safe).
+    private_key: Option<String>,
+}
+
+impl SignArgs {
+    /// Each argument from `self`, else from `fallback`; all three are required.
+    fn complete(self, fallback: SignArgs) -> Result<(String, String, String), ApiError> {
+        let mxid = self.mxid.or(fallback.mxid);
+        let token = self.token.or(fallback.token);
+        let private_key = self.private_key.or(fallback.private_key);
+        match (mxid, token, private_key) {
+            (Some(mxid), Some(token), Some(private_key)) => Ok((mxid, token, private_key)),
+            (mxid, token, private_key) => {
+                let missing: Vec<&str> = [
+                    ("mxid", mxid.is_none()),
+                    ("token", token.is_none()),
+                    ("private_key", private_key.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(name, absent)| absent.then_some(name))
+                .collect();
+                Err(ApiError::missing_params(format!(
+                    "Missing parameters: {}",
+                    missing.join(", ")
+                )))
+            }
+        }
+    }
+}
+
+/// # POST /_matrix/identity/api/v1/sign-ed25519
+///
+/// The unauthenticated form, which the `signurl` of invitation mails points at: Element-style
+/// clients `POST <signurl>&mxid=…` without a body or credentials (a CORS "simple" request;
+/// every `/_matrix` answer carries `Access-Control-Allow-Origin: *`). Arguments come from a
+/// JSON body when `Content-Type` is JSON, else from the query string (as Sydent reads them).
+/// The private key, mailed to the invited address only, is the credential.
+#[utoipa::path(post, path = "/_matrix/identity/api/v1/sign-ed25519", tag = "identity",
+    summary = "Sign invitation details with the mailed private key (no access token; the mailed link)",
+    description = "Arguments in the query string (what Element sends: `POST <signurl>&mxid=@user:server`, no body) or in a JSON body. The signature is by the invitation's ephemeral key, under this server's name and key id `ed25519:0`; the answer is the `third_party_signed` of `POST /_matrix/client/v3/join/{roomIdOrAlias}`.",
+    params(SignArgs),
+    request_body(content = SignArgs, description = "Optional: `{mxid, token, private_key}` with `Content-Type: application/json`"),
+    responses(
+        (status = 200, description = "`{mxid, sender, token, signatures}`", content_type = "application/json"),
+        (status = 400, description = "M_MISSING_PARAMS, M_INVALID_PARAM, M_BAD_JSON, M_NOT_JSON", body = ErrorBody),
+        (status = 403, description = "M_FORBIDDEN: the private key is not the invitation's", body = ErrorBody),
+        (status = 404, description = "M_UNRECOGNIZED: unknown or expired invitation token", body = ErrorBody),
+    ))]
+pub(super) async fn sign_ed25519_v1(
+    req: HttpRequest,
+    app: AppData,
+    RawBody(body): RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let from_query: SignArgs = parse_query(req.query_string())?;
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    let from_body: SignArgs = if json && !body.iter().all(u8::is_ascii_whitespace) {
+        parse_json_object(&body)?
+    } else {
+        SignArgs::default()
+    };
+    let (mxid, token, private_key) = from_body.complete(from_query)?;
+    let now = app.clock.now_ms();
+    let signed = app
+        .identity
+        .sign_invite(&mxid, &token, &private_key, now)
         .await?;
     Ok(HttpResponse::Ok().json(signed))
 }

@@ -182,9 +182,10 @@ where
     .instrument(span)
 }
 
-/// Whether CORS applies to this path: the Matrix APIs (`/_matrix/…`), as the specs ask.
+/// Whether CORS applies to this path: the Matrix APIs (`/_matrix/…`), as the specs ask, and
+/// the users' account API (`/_annuaire/account/…`), which web clients call the same way.
 pub fn cors_applies(path: &str) -> bool {
-    path.starts_with("/_matrix/")
+    path.starts_with("/_matrix/") || super::is_account_path(path)
 }
 
 /// Adds the CORS headers the Matrix specifications ask for.

@@ -5,15 +5,19 @@
 // Input from strangers passes through here: no index may panic.
 #![deny(clippy::indexing_slicing)]
 
+pub mod account;
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod directory;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod homeserver;
 pub mod identity;
 pub mod middleware;
 pub mod openapi;
+pub mod pages;
 pub mod policy;
 pub mod validation;
 
@@ -74,8 +78,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     validation::routes(cfg);
     identity::routes(cfg);
     directory::routes(cfg);
+    homeserver::routes(cfg);
     admin::routes(cfg);
+    account::routes(cfg);
     openapi::routes(cfg);
+    pages::routes(cfg);
+    console::routes(cfg);
 }
 
 /// Why the server could not start.
@@ -99,13 +107,58 @@ pub fn server(app: Arc<Annuaire>, listener: TcpListener) -> Result<Server, Serve
     server_with_admin(app, listener, admin)
 }
 
-/// Whether a path belongs on the admin listener (`http.admin_bind`).
+/// Whether a path belongs on the admin listener (`http.admin_bind`): `/_annuaire/*` and
+/// `/metrics`, except the users' own account API (`/_annuaire/account/…`), which their clients
+/// reach on the public listener.
 pub fn is_admin_path(path: &str) -> bool {
-    path.starts_with("/_annuaire/") || path == "/metrics"
+    (path.starts_with("/_annuaire/") && !is_account_path(path)) || path == "/metrics"
+}
+
+/// Whether a path is the users' account API, always on the public listener.
+pub fn is_account_path(path: &str) -> bool {
+    path.starts_with("/_annuaire/account/")
+}
+
+/// Where the administration paths ([`is_admin_path`]) are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminExposure {
+    /// On their own listener (`http.admin_bind`); the public one answers 404 for them.
+    AdminListener,
+    /// On the public listener: it is on loopback, or `admin.public_listener = true`.
+    PublicListener,
+    /// Nowhere: the public listener is not on loopback, `http.admin_bind` is unset and
+    /// `admin.public_listener` is off.
+    NotServed,
+}
+
+impl AdminExposure {
+    /// The exposure the configuration asks for (`has_admin_listener`: one was bound).
+    pub fn of(config: &crate::config::Config, has_admin_listener: bool) -> AdminExposure {
+        if has_admin_listener {
+            AdminExposure::AdminListener
+        } else if config.http.bind.ip().is_loopback() || config.admin.public_listener {
+            AdminExposure::PublicListener
+        } else {
+            AdminExposure::NotServed
+        }
+    }
+
+    /// For the start-up log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AdminExposure::AdminListener => "admin listener (http.admin_bind)",
+            AdminExposure::PublicListener => "public listener",
+            AdminExposure::NotServed => {
+                "not served (the public listener is not on loopback and http.admin_bind is \
+                 unset; set http.admin_bind, or admin.public_listener = true)"
+            }
+        }
+    }
 }
 
 /// Builds the HTTP server on the public listener and, if given, a second listener that alone
-/// serves `/_annuaire/*` and `/metrics` (the public one then answers 404 for them).
+/// serves `/_annuaire/*` (but the account API) and `/metrics` (the public one then answers 404
+/// for them). Without it, see [`AdminExposure`].
 pub fn server_with_admin(
     app: Arc<Annuaire>,
     listener: TcpListener,
@@ -118,6 +171,14 @@ pub fn server_with_admin(
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
+    let exposure = AdminExposure::of(&app.config, admin_addr.is_some());
+    if exposure == AdminExposure::NotServed {
+        tracing::warn!(
+            bind = %app.config.http.bind,
+            "/_annuaire/* and /metrics are not served: the public listener is not on loopback \
+             and http.admin_bind is unset (set http.admin_bind, or admin.public_listener = true)"
+        );
+    }
     let http_server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -125,10 +186,14 @@ pub fn server_with_admin(
             .configure(routes)
             .default_service(web::to(unrecognized))
             .wrap_fn(move |req, srv| {
-                // With an admin listener, each listener serves only its own paths.
-                let misplaced = admin_addr.is_some_and(|admin| {
-                    (req.app_config().local_addr() == admin) != is_admin_path(req.path())
-                });
+                // With an admin listener, each listener serves only its own paths; without
+                // one, a public listener off loopback serves no admin path (unless allowed).
+                let misplaced = match admin_addr {
+                    Some(admin) => {
+                        (req.app_config().local_addr() == admin) != is_admin_path(req.path())
+                    }
+                    None => exposure == AdminExposure::NotServed && is_admin_path(req.path()),
+                };
                 let fut: LocalBoxFuture<'static, _> = if misplaced {
                     let res = req.into_response(ApiError::unrecognized().error_response());
                     Box::pin(std::future::ready(Ok(res)))
@@ -225,4 +290,15 @@ pub type AppData = web::Data<Annuaire>;
 /// The caller's IP address, honouring `http.trusted_proxies`.
 pub fn caller_ip(req: &HttpRequest, app: &Annuaire) -> Option<std::net::IpAddr> {
     extract::client_ip(req, &app.config.http.trusted_proxies)
+}
+
+/// Whether the caller is in `http.internal_networks` (a homeserver).
+pub fn is_internal(req: &HttpRequest, app: &Annuaire) -> bool {
+    caller_ip(req, app).is_some_and(|ip| {
+        app.config
+            .http
+            .internal_networks
+            .iter()
+            .any(|n| n.contains(&ip))
+    })
 }

@@ -9,7 +9,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{admin, directory, health, identity, policy, resource, validation};
+use super::{
+    account, admin, directory, health, homeserver, identity, policy, resource, validation,
+};
 
 /// The document: every path with a `#[utoipa::path]` attribute is listed here.
 #[derive(OpenApi)]
@@ -44,6 +46,12 @@ use super::{admin, directory, health, identity, policy, resource, validation};
         admin::moderation::rename_directory_entry,
         admin::moderation::remove_directory_entry,
         admin::moderation::erase_threepid,
+        account::account_data,
+        account::set_directory,
+        admin::requests::list_domain_requests,
+        admin::requests::domain_requests,
+        admin::requests::accept_domain_requests,
+        admin::requests::decline_domain_requests,
         identity::register,
         identity::account,
         identity::logout,
@@ -58,6 +66,7 @@ use super::{admin, directory, health, identity, policy, resource, validation};
         identity::unbind,
         identity::store_invite,
         identity::sign_ed25519,
+        identity::sign_ed25519_v1,
         validation::request_token,
         validation::submit_token,
         validation::submit_token_page,
@@ -66,6 +75,14 @@ use super::{admin, directory, health, identity, policy, resource, validation};
         directory::client_search_r0,
         directory::homeserver_search,
         directory::replicate_profiles,
+        homeserver::bind,
+        homeserver::unbind,
+        homeserver::display_name,
+        homeserver::profile,
+        homeserver::deactivated,
+        directory::federated_search,
+        directory::federated_search_v3,
+        directory::federated_search_fr_tchap,
         health::versions,
         health::v2_status,
         health::live,
@@ -79,9 +96,11 @@ use super::{admin, directory, health, identity, policy, resource, validation};
     modifiers(&BearerToken),
     tags(
         (name = "admin", description = "Administration: rules, explain, directory moderation, erasure, audit, statistics"),
+        (name = "account", description = "The users' own data and directory listing (public listener)"),
         (name = "identity", description = "Matrix Identity Service API v2: accounts, terms, keys, lookups, binds, invitations"),
         (name = "validation", description = "Matrix Identity Service API v2: email validation"),
         (name = "directory", description = "The cross-shard user directory"),
+        (name = "homeserver", description = "The homeserver API: homeservers that validate addresses themselves report binds, unbinds, profiles and deactivations (callers from http.internal_networks, with a token from `annuaire homeserver add`)"),
         (name = "policy", description = "Tchap-compatible shard mapping for clients and homeservers"),
         (name = "operations", description = "Health, metrics, service discovery"),
     )
@@ -90,7 +109,8 @@ pub struct ApiDoc;
 
 /// Declares the security schemes the paths name: `admin_token` (the admin API's JWT),
 /// `identity_token` (an identity-service access token), `client_token` (a homeserver's access
-/// token, checked with whoami) and `x_matrix` (a homeserver's request signature).
+/// token, checked with whoami), `homeserver_token` (a homeserver API token) and `x_matrix` (a
+/// homeserver's request signature).
 struct BearerToken;
 
 impl Modify for BearerToken {
@@ -121,6 +141,17 @@ impl Modify for BearerToken {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "The user's access token on their homeserver (checked with whoami there)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "homeserver_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A homeserver's token, from `annuaire homeserver add SERVER_NAME`",
                     ))
                     .build(),
             ),
@@ -190,6 +221,11 @@ mod tests {
             "/_matrix/identity/api/v1/info",
             "/_matrix/identity/api/v1/internal-info",
             "/_matrix/identity/versions",
+            "/_annuaire/homeserver/v1/bind",
+            "/_annuaire/homeserver/v1/unbind",
+            "/_annuaire/homeserver/v1/display_name",
+            "/_annuaire/homeserver/v1/profile",
+            "/_annuaire/homeserver/v1/deactivated",
         ] {
             assert!(paths.contains_key(path), "{path} missing");
         }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::MatrixQuery;
-use super::{AppData, caller_ip, resource};
+use super::{AppData, caller_ip, is_internal, resource};
 use crate::identity::shard::{ShardInfo, email_param};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
@@ -23,16 +23,6 @@ pub struct ThreepidQuery {
     medium: String,
     /// The email address.
     address: String,
-}
-
-fn is_internal(app: &crate::Annuaire, req: &HttpRequest) -> bool {
-    caller_ip(req, app).is_some_and(|ip| {
-        app.config
-            .http
-            .internal_networks
-            .iter()
-            .any(|n| n.contains(&ip))
-    })
 }
 
 /// # GET /_matrix/identity/api/v1/info
@@ -59,7 +49,7 @@ async fn info(
             .map_err(ApiError::limit_exceeded)?;
     }
     let address = email_param(&q.medium, &q.address)?;
-    let internal = is_internal(&app, &req);
+    let internal = is_internal(&req, &app);
     let info = app.identity.shard_info(&address, internal).await?;
     Ok(HttpResponse::Ok().json(info))
 }
@@ -80,7 +70,7 @@ async fn internal_info(
     app: AppData,
     MatrixQuery(q): MatrixQuery<ThreepidQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    if !is_internal(&app, &req) {
+    if !is_internal(&req, &app) {
         return Err(ApiError::forbidden(
             "This endpoint is only for homeservers on the internal networks",
         ));

@@ -176,7 +176,7 @@ pub(super) async fn submit_token(
         (status = 404, description = "No such session (an HTML page)", content_type = "text/html"),
     ))]
 pub(super) async fn submit_token_page(req: HttpRequest, app: AppData) -> HttpResponse {
-    let lang = language(&req, &app);
+    let lang = super::pages::language(&req, &app);
     let outcome = match parse_query::<SubmitTokenBody>(req.query_string()) {
         Err(_) => Err(SubmitTokenPage::Invalid),
         Ok(q) => app
@@ -214,9 +214,10 @@ pub(super) async fn submit_token_page(req: HttpRequest, app: AppData) -> HttpRes
             (page, status)
         }
     };
+    let chrome = super::pages::chrome_for_secret_url(&req, &app, lang);
     match app
         .web
-        .render_submit_token(lang, page, &app.config.server.name)
+        .render_submit_token(&chrome, page, &app.config.server.name)
     {
         Ok(html) => with_page_headers(HttpResponse::build(status))
             .content_type("text/html; charset=utf-8")
@@ -239,10 +240,7 @@ fn with_page_headers(
         .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .insert_header((header::X_FRAME_OPTIONS, "DENY"))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-        ));
+        .insert_header((header::CONTENT_SECURITY_POLICY, super::pages::CSP));
     builder
 }
 
@@ -337,6 +335,7 @@ mod tests {
             (
                 SessionError::Denied {
                     reason: "no".into(),
+                    reason_code: crate::policy::ReasonCode::UnknownDomain,
                 },
                 403,
                 "M_THREEPID_DENIED",
@@ -352,6 +351,14 @@ mod tests {
             assert_eq!(api.status.as_u16(), status);
             assert_eq!(api.errcode, code);
         }
+        let denied = ApiError::from(SessionError::Denied {
+            reason: "no".into(),
+            reason_code: crate::policy::ReasonCode::UnknownDomain,
+        });
+        assert_eq!(
+            denied.body(),
+            serde_json::json!({"errcode": "M_THREEPID_DENIED", "error": "no", "decision": "denied", "reason_code": "unknown_domain"})
+        );
         let locked = ApiError::from(SessionError::TokenIncorrect { locked: true });
         assert!(locked.message.contains("locked"));
     }

@@ -87,9 +87,10 @@ impl IdentityService {
         let decision = self.allowlist.decide(&address, now_ms);
         if decision.outcome == Outcome::Denied {
             tracing::info!(domain = %address.domain(), "bind refused: address denied by the policy");
-            return Err(IdentityError::ThreepidDenied(
-                "This address is not allowed on the service; it cannot be bound".into(),
-            ));
+            return Err(IdentityError::ThreepidDenied {
+                message: "This address is not allowed on the service; it cannot be bound".into(),
+                reason_code: decision.reason_code,
+            });
         }
         if self.config.policy.bind_requires_matching_homeserver
             && !homeserver_matches(server, &decision)
@@ -105,9 +106,29 @@ impl IdentityService {
             )));
         }
 
-        let association = Association::new(MEDIUM_EMAIL, address.as_str(), &request.mxid, now_ms);
+        let (_, signed) = self
+            .bind_address(&address, &decision, &request.mxid, now_ms)
+            .await?;
+        Ok(signed)
+    }
+
+    /// Binds `address`, whose ownership has been proven (a validation session, or the
+    /// homeserver that validated it itself), to `mxid`, replacing the address's previous
+    /// association: stores the association with its lookup hashes, schedules the invitations
+    /// waiting for the address for delivery to `mxid`'s homeserver (`onbind`), and brings the
+    /// directory in step ([`IdentityService::after_bind`]). `decision` is the policy's decision
+    /// for the address, which the caller has checked. Returns the association and its signed
+    /// form (what `/v2/3pid/bind` answers).
+    pub async fn bind_address(
+        &self,
+        address: &Address,
+        decision: &Decision,
+        mxid: &str,
+        now_ms: i64,
+    ) -> Result<(Association, Value), IdentityError> {
+        let association = Association::new(MEDIUM_EMAIL, address.as_str(), mxid, now_ms);
         let signed = association
-            .to_signed_json(&self.config.server.name, self.signing_key())
+            .to_signed_json(&self.config.server.name, &self.signing_key())
             .map_err(|e| IdentityError::Internal(format!("signing an association: {e}")))?;
         let row = association.clone();
         let (previous, scheduled) = self
@@ -133,16 +154,16 @@ impl IdentityService {
         }
         let replaced = previous
             .map(|p| p.mxid)
-            .filter(|mxid| *mxid != association.mxid);
+            .filter(|previous| *previous != association.mxid);
         self.after_bind(
             &association,
-            &address,
-            &decision,
+            address,
+            decision,
             replaced.as_deref(),
             scheduled,
         )
         .await;
-        Ok(signed)
+        Ok((association, signed))
     }
 
     /// `POST /v2/3pid/unbind`: checks the credentials, then deletes the association if the address
@@ -205,17 +226,29 @@ impl IdentityService {
         let Some(address) = address else {
             return Ok(false);
         };
-        let (medium, bound, mxid) = (
+        self.unbind_address(&address, &request.mxid).await
+    }
+
+    /// Deletes the association of `address` if it is bound to `mxid` (the caller has checked
+    /// the credentials), and brings the directory in step ([`IdentityService::after_unbind`]);
+    /// whether one was deleted. An address bound to someone else is left alone.
+    pub async fn unbind_address(
+        &self,
+        address: &Address,
+        mxid: &str,
+    ) -> Result<bool, IdentityError> {
+        let (medium, bound, owner) = (
             MEDIUM_EMAIL.to_string(),
             address.as_str().to_string(),
-            request.mxid.clone(),
+            mxid.to_owned(),
         );
+        let now_ms = self.clock.now_ms();
         let removed = self
             .db
-            .run(move |conn| store::delete_association_of(conn, &medium, &bound, &mxid, now_ms))
+            .run(move |conn| store::delete_association_of(conn, &medium, &bound, &owner, now_ms))
             .await?;
         if removed {
-            self.after_unbind(&request.mxid, &address).await;
+            self.after_unbind(mxid, address).await;
         } else {
             tracing::info!(
                 domain = %address.domain(),
@@ -461,6 +494,7 @@ pub enum UnbindAuth<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::ReasonCode;
 
     fn decision(hs: Option<&str>, shadow: Option<&str>) -> Decision {
         Decision {
@@ -471,6 +505,7 @@ mod tests {
             rule: None,
             rule_id: None,
             reason: String::new(),
+            reason_code: ReasonCode::Allowed,
         }
     }
 

@@ -180,7 +180,7 @@ impl IdentityService {
             .ok_or_else(|| (true, "no Matrix ID to deliver to".to_string()))?;
         let server = user_id_server(mxid)
             .ok_or_else(|| (true, "the Matrix ID to deliver to is invalid".to_string()))?;
-        let body = onbind_body(invite, mxid, &self.config.server.name, self.signing_key())
+        let body = onbind_body(invite, mxid, &self.config.server.name, &self.signing_key())
             .map_err(|e| (true, format!("cannot sign the invitation: {e}")))?;
         self.federation
             .post_onbind(server, &body)

@@ -2,13 +2,18 @@
 //! address (an administrator's `POST /_annuaire/admin/v1/threepids/erase`).
 //!
 //! In one transaction, audited: the association and its lookup hashes, every invitation to the
-//! address, its validation sessions, and the mails still queued to it (a mail a worker is
-//! sending at that moment goes out, then is erased like every sent mail). Then the directory
+//! address, its validation sessions, its requests for its administration to be added, what the
+//! homeserver API remembered of its unbinding, and the mails still queued to it (a mail a worker
+//! is sending at that moment goes out, then is erased like every sent mail). Then the directory
 //! follows through the same path as an unbind ([`IdentityService::after_unbind`]): the user's
 //! entry goes, unless another of their addresses is still bound, in which case it is published
 //! from that one. Entries that still carry the address's lookup key are refreshed the same way.
 //!
-//! The address is in the audit row (the administrators' own record), never in the logs.
+//! The audit log keeps that the address was erased, and by whom, but not the address: in the
+//! same transaction, every mention of it in the log (this erasure's row included) is replaced
+//! by a keyed pseudonym (`erased:<HMAC>`, [`crate::audit::pseudonymise`]). Every caller of
+//! [`IdentityService::erase`] (the admin API, the homeserver API) gets this. The address is
+//! never in the logs.
 
 use serde::Serialize;
 use serde_json::json;
@@ -43,6 +48,9 @@ pub struct Erasure {
     /// Directory entries the erasure touched, each `removed` or `kept` (the user still has
     /// another address bound: their entry now comes from that one).
     pub directory: Vec<DirectoryOutcome>,
+    /// Audit log rows in which the address was replaced by its keyed pseudonym
+    /// (`erased:<hash>`), this erasure's own row included.
+    pub audit_rows_pseudonymised: usize,
 }
 
 /// What became of one directory entry.
@@ -85,6 +93,15 @@ impl IdentityService {
                     let sessions = erasure_store::delete_sessions_for(conn, "email", &normalised)?;
                     let queued_mails =
                         erasure_store::cancel_queued_mail_to(conn, &normalised, now_ms)?;
+                    // Its requests for its administration to be added, if it made any.
+                    let domain_requests =
+                        crate::store::domain_requests::delete_for_address(conn, &normalised)?;
+                    // What the homeserver API remembered of it for a later erasure.
+                    crate::store::homeserver::forget_unbinds_of_address(
+                        conn,
+                        "email",
+                        &normalised,
+                    )?;
                     // Entries published from this address (normally only the bound user's).
                     let mut affected: Vec<String> =
                         association.iter().map(|a| a.mxid.clone()).collect();
@@ -106,11 +123,15 @@ impl IdentityService {
                             "invites": invites,
                             "sessions": sessions,
                             "queued_mails": queued_mails,
+                            "domain_requests": domain_requests,
                             "directory_entries": affected,
                         })),
                         None,
                         now_ms,
                     )?;
+                    // After the row above, so that it is covered too: the audit log keeps that
+                    // an address was erased, not which.
+                    let audit_rows = audit::pseudonymise(conn, &normalised, now_ms)?;
                     Ok::<_, StoreError>((
                         Erasure {
                             medium: "email".to_owned(),
@@ -120,6 +141,7 @@ impl IdentityService {
                             sessions,
                             queued_mails,
                             directory: Vec::new(),
+                            audit_rows_pseudonymised: audit_rows,
                         },
                         affected,
                     ))
@@ -134,7 +156,7 @@ impl IdentityService {
             invites = erasure.invites,
             sessions = erasure.sessions,
             queued_mails = erasure.queued_mails,
-            "address erased by an administrator"
+            "address erased"
         );
         for mxid in affected {
             // The unbind path: the entry follows the user's remaining associations.

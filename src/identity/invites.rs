@@ -75,6 +75,14 @@ pub struct InviteRequest {
     /// The inviter's avatar.
     #[serde(default, deserialize_with = "lenient_string")]
     pub sender_avatar_url: Option<String>,
+    /// The web client the homeserver suggests for the link (Synapse's
+    /// `email.invite_client_location`): used only when `invites.allowed_web_clients` lists it.
+    #[serde(
+        default,
+        rename = "org.matrix.web_client_location",
+        deserialize_with = "lenient_string"
+    )]
+    pub web_client_location: Option<String>,
 }
 
 impl InviteRequest {
@@ -168,11 +176,12 @@ impl IdentityService {
         }
         let decision = self.allowlist.decide(&address, now_ms);
         let denial = (decision.outcome == Outcome::Denied).then(|| {
-            if decision.rule.is_some() {
+            let message = if decision.rule.is_some() {
                 "Invitations to this address are not allowed on the service"
             } else {
                 "This address's administration is not on the service yet; it cannot be invited"
-            }
+            };
+            (message, decision.reason_code)
         });
 
         let token = mint_invite_token(rng);
@@ -197,10 +206,18 @@ impl IdentityService {
         let mail = InviteMail {
             sender_display_name: request.sender_display_name.clone(),
             sender: request.sender.clone(),
+            sender_avatar_url: request.sender_avatar_url.clone(),
             room_id: request.room_id.clone(),
+            room_alias: request.room_alias.clone(),
             room_name: request.room_name.clone(),
+            room_avatar_url: request.room_avatar_url.clone(),
+            room_join_rules: request.room_join_rules.clone(),
             room_type: request.room_type.clone(),
-            web_client_location: self.config.invites.web_client_url.clone(),
+            web_client_location: self.web_client_location(request.web_client_location.as_deref()),
+            token: token.clone(),
+            // Never stored: only the mail carries it (and the outbox row until it is sent).
+            ephemeral_private_key: ephemeral.to_seed_base64_url_safe(),
+            identity_server_url: public_base(&self.config),
             address: address.as_str().to_string(),
             server_name: user_id_server(&request.sender)
                 .unwrap_or(&self.config.server.name)
@@ -226,8 +243,11 @@ impl IdentityService {
                 {
                     return Ok(Err(IdentityError::ThreepidInUse { mxid: bound.mxid }));
                 }
-                if let Some(reason) = denial {
-                    return Ok(Err(IdentityError::ThreepidDenied(reason.into())));
+                if let Some((message, reason_code)) = denial {
+                    return Ok(Err(IdentityError::ThreepidDenied {
+                        message: message.into(),
+                        reason_code,
+                    }));
                 }
                 let sent = invite_store::invites_by_sender_since(
                     conn,
@@ -289,13 +309,29 @@ impl IdentityService {
         })
     }
 
-    /// `POST /v2/sign-ed25519`: signs `{mxid, sender, token}` of a stored invitation with the
-    /// private key the caller gives (the spec's "blind" signing, for clients without crypto), as
-    /// the caller accepting it.
-    ///
-    /// The key is not checked against the invitation's ephemeral key: this server never hands that
-    /// private key out, and a signature by any other key verifies nothing, since homeservers check
-    /// it against the public keys listed in the room's invite event.
+    /// The web client an invitation mail links to: the one the request suggests when
+    /// `invites.allowed_web_clients` lists it (compared without a trailing `/`), else
+    /// `invites.web_client_url`.
+    fn web_client_location(&self, requested: Option<&str>) -> Option<String> {
+        let invites = &self.config.invites;
+        if let Some(requested) = requested.map(str::trim).filter(|r| !r.is_empty()) {
+            let wanted = requested.trim_end_matches('/');
+            if invites
+                .allowed_web_clients
+                .iter()
+                .any(|allowed| allowed.trim_end_matches('/') == wanted)
+            {
+                return Some(wanted.to_string());
+            }
+            tracing::debug!(
+                "org.matrix.web_client_location is not in invites.allowed_web_clients: ignored"
+            );
+        }
+        invites.web_client_url.clone()
+    }
+
+    /// `POST /v2/sign-ed25519`: the authenticated form of [`IdentityService::sign_invite`], for
+    /// the caller's own Matrix ID.
     pub async fn sign_ed25519(
         &self,
         account: &Account,
@@ -307,6 +343,30 @@ impl IdentityService {
         if mxid != account.user_id {
             return Err(IdentityError::NotYours(
                 "mxid must be the user whose token is used".into(),
+            ));
+        }
+        self.sign_invite(mxid, token, private_key, now_ms).await
+    }
+
+    /// Signs `{mxid, sender, token}` of a stored invitation with its ephemeral private key (the
+    /// spec's "blind" signing, for clients without crypto): the invitee accepts the invitation
+    /// as `mxid`, with whatever account they choose, by joining the room with this
+    /// `third_party_signed`. The unauthenticated `/api/v1/sign-ed25519` (the mailed link) and
+    /// the authenticated v2 endpoint both end here.
+    ///
+    /// Possession of the private key is the proof: it was mailed to the invited address only.
+    /// A key that is not the invitation's is refused (a signature by it would verify nothing:
+    /// homeservers check it against the public keys of the room's invite event).
+    pub async fn sign_invite(
+        &self,
+        mxid: &str,
+        token: &str,
+        private_key: &str,
+        now_ms: i64,
+    ) -> Result<Value, IdentityError> {
+        if !mxid.starts_with('@') || user_id_server(mxid).is_none() || mxid.len() > 255 {
+            return Err(IdentityError::InvalidParam(
+                "mxid must be a Matrix user ID (`@user:server`)".into(),
             ));
         }
         let key = SigningKey::from_seed_base64(DEFAULT_KEY_ID, private_key).map_err(|_| {
@@ -321,9 +381,24 @@ impl IdentityService {
             .await?
             .filter(|i| i.expires_at > now_ms || i.delivered_at.is_some())
             .ok_or(IdentityError::UnknownInvite)?;
+        if canonical_public_key(&invite.ephemeral_public_key).as_deref()
+            != Some(key.public_key_base64().as_str())
+        {
+            tracing::info!(
+                invite = %log_tag(&invite.token),
+                "sign-ed25519 refused: the private key is not the invitation's"
+            );
+            return Err(IdentityError::Forbidden(
+                "This private key does not belong to the invitation".into(),
+            ));
+        }
         let mut value = json!({ "mxid": mxid, "sender": invite.sender, "token": invite.token });
         sign_json(&mut value, &self.config.server.name, &key)
             .map_err(|e| IdentityError::Internal(format!("signing an invitation: {e}")))?;
+        tracing::info!(
+            invite = %log_tag(&invite.token),
+            "invitation signed for acceptance"
+        );
         Ok(value)
     }
 
@@ -390,6 +465,10 @@ mod tests {
         .unwrap();
         assert_eq!(r.room_alias, None);
         assert_eq!(r.room_type, None);
+        assert_eq!(
+            r.web_client_location.as_deref(),
+            Some("https://app.example")
+        );
         assert_eq!(r.room_name.as_deref(), Some("Budget"));
         assert_eq!(Value::Object(r.details()), json!({"room_name": "Budget"}));
     }
@@ -408,6 +487,7 @@ mod tests {
             room_type: None,
             sender_display_name: None,
             sender_avatar_url: None,
+            web_client_location: None,
         };
         let d = r.details();
         assert_eq!(

@@ -15,6 +15,7 @@
 // Input from strangers passes through here: no index may panic.
 #![deny(clippy::indexing_slicing)]
 
+pub mod account_data;
 pub mod accounts;
 pub mod associations;
 pub mod bindings;
@@ -75,9 +76,15 @@ pub enum IdentityError {
         /// Who it is bound to.
         mxid: String,
     },
-    /// The policy refuses the address (403 `M_THREEPID_DENIED`).
-    #[error("{0}")]
-    ThreepidDenied(String),
+    /// The policy refuses the address (403 `M_THREEPID_DENIED`, with `decision` and
+    /// `reason_code`).
+    #[error("{message}")]
+    ThreepidDenied {
+        /// Why, for people.
+        message: String,
+        /// Why, as the policy's stable code.
+        reason_code: crate::policy::ReasonCode,
+    },
     /// The address may not be bound to this Matrix ID: its homeserver is not the one the policy
     /// assigns to the address (403 `M_BINDING_NOT_PERMITTED`).
     #[error("{0}")]
@@ -180,8 +187,8 @@ pub struct IdentityService {
     federation: FederationClient,
     directory: Arc<DirectoryService>,
     request_token_per_ip: KeyedLimit<IpAddr>,
-    signing_key: SigningKey,
-    terms: Terms,
+    keys: arc_swap::ArcSwap<keys::KeyRing>,
+    terms: arc_swap::ArcSwap<Terms>,
     delivery_wake: tokio::sync::Notify,
     /// Tokens, consents, the pepper and the lookup index, kept in memory and in step with the
     /// database by the change feed (see [`live`]).
@@ -191,8 +198,8 @@ pub struct IdentityService {
 impl std::fmt::Debug for IdentityService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdentityService")
-            .field("signing_key", &self.signing_key)
-            .field("terms", &self.terms.fingerprint())
+            .field("signing_key", &self.keys.load().current)
+            .field("terms", &self.terms.load().fingerprint())
             .finish_non_exhaustive()
     }
 }
@@ -204,10 +211,10 @@ impl IdentityService {
         let config = parts.config.clone();
         let now_ms = parts.clock.now_ms();
         let db = parts.db.clone();
-        let (signing_key, terms, position, pepper) = tokio::task::spawn_blocking(move || {
+        let (key_ring, terms, position, pepper) = tokio::task::spawn_blocking(move || {
             let mut conn = db.get()?;
             let mut rng = rand::rngs::OsRng;
-            let key = keys::load_signing_key(
+            let key = keys::load_key_ring(
                 &mut conn,
                 config.server.signing_key_file.as_deref(),
                 &mut rng,
@@ -235,8 +242,8 @@ impl IdentityService {
             mailer: parts.mailer,
             federation: parts.federation,
             directory: parts.directory,
-            signing_key,
-            terms,
+            keys: arc_swap::ArcSwap::from_pointee(key_ring),
+            terms: arc_swap::ArcSwap::from_pointee(terms),
             delivery_wake: tokio::sync::Notify::new(),
         })
     }
@@ -246,14 +253,31 @@ impl IdentityService {
         self.request_token_per_ip.housekeep();
     }
 
-    /// The long-term signing key.
-    pub fn signing_key(&self) -> &SigningKey {
-        &self.signing_key
+    /// The long-term key that signs now.
+    pub fn signing_key(&self) -> Arc<SigningKey> {
+        self.keys.load().current.clone()
     }
 
     /// The terms users must accept.
-    pub fn terms(&self) -> &Terms {
-        &self.terms
+    pub fn terms(&self) -> Arc<Terms> {
+        self.terms.load_full()
+    }
+
+    /// Reads `terms.file` again (SIGHUP); on error the current terms stay.
+    pub fn reload_terms(&self) -> Result<(), String> {
+        let Some(path) = &self.config.terms.file else {
+            return Ok(());
+        };
+        let terms = Terms::load(path).map_err(|e| format!("terms.file: {e}"))?;
+        let before = self.terms.load().fingerprint().to_owned();
+        if terms.fingerprint() != before {
+            tracing::info!(
+                version = terms.master_version(),
+                "terms of service reloaded"
+            );
+        }
+        self.terms.store(Arc::new(terms));
+        Ok(())
     }
 
     /// Wakes this instance's invitation delivery job (after a bind scheduled deliveries).

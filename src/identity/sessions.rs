@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use crate::config::Config;
 use crate::mail::outbox::{self as outbox, Mailer};
 use crate::mail::{Language, MailError, VerificationMail, submit_token_link};
-use crate::policy::{Address, Outcome, normalize_email};
+use crate::policy::{Address, Outcome, ReasonCode, normalize_email};
 use crate::store::sessions::{self as store, SessionRow};
 use crate::store::{DbConn, StoreError};
 
@@ -78,6 +78,8 @@ pub enum SessionError {
     Denied {
         /// Why, for people (no rule file or line).
         reason: String,
+        /// Why, as the policy's stable code.
+        reason_code: ReasonCode,
     },
     /// Too many requests (per client IP or per address).
     #[error("rate limited for {retry_after_ms} ms")]
@@ -356,6 +358,7 @@ impl IdentityService {
             tracing::info!(domain = %address.domain(), "requestToken: address refused by the policy");
             return Err(SessionError::Denied {
                 reason: denied_reason(decision.rule.is_some()),
+                reason_code: decision.reason_code,
             });
         }
 

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::{IdentityError, IdentityService};
 use crate::allowlist::{ShardAnswer, shard_answer};
 use crate::matrix::server_name::user_id_server;
-use crate::policy::{Address, Outcome, normalize_email};
+use crate::policy::{Address, Outcome, ReasonCode, normalize_email};
 
 /// The answer of `/info` and `/internal-info`. Fields are in alphabetical order: the order the
 /// body has always been written in.
@@ -32,6 +32,10 @@ pub struct ShardInfo {
     pub organisation: Option<String>,
     /// Why, in words: the rule's own reason for internal callers, a plain sentence for others.
     pub reason: String,
+    /// Why, as a stable code for programs (the same for every caller): `allowed`,
+    /// `invite_required`, `unknown_domain`, `public_mail_provider`, `denied_domain`,
+    /// `denied_address`, `rule_expired`.
+    pub reason_code: ReasonCode,
     /// True when an invitation is needed (`decision` is `invite_required`).
     pub requires_invite: bool,
     /// The public address of the homeserver (internal callers only).
@@ -76,6 +80,7 @@ fn shard_info(answer: &ShardAnswer, internal: bool) -> ShardInfo {
         } else {
             public_reason(answer)
         },
+        reason_code: d.reason_code,
         requires_invite: d.outcome == Outcome::InviteRequired,
         shadow_hs: answer.shadow_hs.clone(),
     }

@@ -9,6 +9,7 @@
 //! Addresses, tokens and message bodies are never logged: logs carry the transport, the outcome
 //! and a redacted error summary.
 
+pub mod domain_request;
 mod language;
 mod message;
 pub mod outbox;

@@ -23,7 +23,8 @@ use crate::store::{Db, DbConn, StoreError};
 pub struct Mailer {
     db: Db,
     clock: SharedClock,
-    templates: Templates,
+    templates: arc_swap::ArcSwap<Templates>,
+    templates_dir: Option<std::path::PathBuf>,
     transport: MailTransport,
     from: String,
     message_id_domain: String,
@@ -81,7 +82,8 @@ impl Mailer {
         Ok(Mailer {
             db,
             clock,
-            templates,
+            templates: arc_swap::ArcSwap::from_pointee(templates),
+            templates_dir: config.mail.templates_dir.clone(),
             transport,
             from,
             message_id_domain,
@@ -94,18 +96,31 @@ impl Mailer {
     }
 
     /// The loaded mail templates.
-    pub fn templates(&self) -> &Templates {
-        &self.templates
+    pub fn templates(&self) -> std::sync::Arc<Templates> {
+        self.templates.load_full()
+    }
+
+    /// Reads the templates again (SIGHUP); a broken override leaves the current ones in use.
+    pub fn reload_templates(&self) -> Result<(), MailError> {
+        let templates = Templates::load(self.templates_dir.as_deref())?;
+        templates.check_default_language(self.default_language)?;
+        self.templates.store(std::sync::Arc::new(templates));
+        Ok(())
     }
 
     /// The languages mails can be written in.
-    pub fn languages(&self) -> &[Language] {
-        self.templates.languages()
+    pub fn languages(&self) -> Vec<Language> {
+        self.templates.load().languages().to_vec()
     }
 
     /// Chooses a mail's language from an HTTP `Accept-Language` value.
     pub fn negotiate_language(&self, accept_language: Option<&str>) -> Language {
-        super::negotiate_language(accept_language, self.languages(), self.default_language)
+        let templates = self.templates.load();
+        super::negotiate_language(
+            accept_language,
+            templates.languages(),
+            self.default_language,
+        )
     }
 
     /// The configured default language.
@@ -231,11 +246,9 @@ impl Mailer {
             )
             .unwrap_or(i64::MAX),
         );
-        let worker = mailer.worker_id.clone();
-        let id = row.id.clone();
-        let recorded = self
-            .db
-            .run(move |conn| {
+        let record = || {
+            let (worker, id, error) = (mailer.worker_id.clone(), row.id.clone(), error.clone());
+            self.db.run(move |conn| {
                 let error = error.as_deref().unwrap_or("");
                 match delivery {
                     Delivery::Sent => store::mark_sent(conn, &id, &worker, attempts, finished_at),
@@ -247,7 +260,19 @@ impl Mailer {
                     }
                 }
             })
-            .await;
+        };
+        // A mail handed to the server but not recorded as sent would go out again when the
+        // lease ends: while the database is briefly away (a restart), keep trying to record it
+        // for half the lease.
+        let mut recorded = record().await;
+        let give_up = std::time::Instant::now() + mailer.lease / 2;
+        while let Err(e) = &recorded {
+            if !e.is_unavailable() || std::time::Instant::now() >= give_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            recorded = record().await;
+        }
         report(&row, attempts, delivery, &result);
         match recorded {
             Ok(true) => {}

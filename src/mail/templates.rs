@@ -77,6 +77,34 @@ const EMBEDDED: &[(&str, &str)] = &[
         "invite.en.html",
         include_str!("../../templates/email/invite.en.html"),
     ),
+    (
+        "_valid_for.de.txt",
+        include_str!("../../templates/email/_valid_for.de.txt"),
+    ),
+    (
+        "verification.de.subject.txt",
+        include_str!("../../templates/email/verification.de.subject.txt"),
+    ),
+    (
+        "verification.de.txt",
+        include_str!("../../templates/email/verification.de.txt"),
+    ),
+    (
+        "verification.de.html",
+        include_str!("../../templates/email/verification.de.html"),
+    ),
+    (
+        "invite.de.subject.txt",
+        include_str!("../../templates/email/invite.de.subject.txt"),
+    ),
+    (
+        "invite.de.txt",
+        include_str!("../../templates/email/invite.de.txt"),
+    ),
+    (
+        "invite.de.html",
+        include_str!("../../templates/email/invite.de.html"),
+    ),
 ];
 
 /// Longest room name shown in an invite, in characters (longer ones end with an ellipsis).
@@ -104,22 +132,39 @@ pub struct VerificationMail {
     pub valid_for: Duration,
 }
 
-/// The content of a 3PID room invitation mail (values as a homeserver sent them to
-/// `store-invite`; empty strings count as absent).
+/// The content of a 3PID room invitation mail: every field of the `store-invite` request (as a
+/// homeserver sent them; empty strings count as absent), and what this server adds (the
+/// invitation token, the ephemeral private key, where to sign with it).
 #[derive(Clone)]
 pub struct InviteMail {
     /// The inviter's display name, if any.
     pub sender_display_name: Option<String>,
     /// The inviter's Matrix ID.
     pub sender: String,
+    /// The inviter's avatar (`mxc://…`), if any.
+    pub sender_avatar_url: Option<String>,
     /// The room's ID, used in the client link.
     pub room_id: String,
+    /// The room's canonical alias, if any.
+    pub room_alias: Option<String>,
     /// The room's name, if any.
     pub room_name: Option<String>,
+    /// The room's avatar (`mxc://…`), if any.
+    pub room_avatar_url: Option<String>,
+    /// The room's join rule (`invite`, `public`, …), if known.
+    pub room_join_rules: Option<String>,
     /// The room's type (`m.space` for a space).
     pub room_type: Option<String>,
-    /// The web client invitees should use (`https://…`); dropped unless a plain http(s) URL.
+    /// The web client invitees should use (`https://…`), already checked against the
+    /// configuration; dropped unless a plain http(s) URL.
     pub web_client_location: Option<String>,
+    /// The invitation token (the state key of the room's `m.room.third_party_invite`).
+    pub token: String,
+    /// The invitation's ephemeral private key (unpadded URL-safe base64): whoever holds it can
+    /// accept the invitation with the account of their choice, through `sign-ed25519`.
+    pub ephemeral_private_key: String,
+    /// This identity server's public base URL (`https://…`), where `sign-ed25519` is served.
+    pub identity_server_url: String,
     /// The invited address (normalised form).
     pub address: String,
     /// The Matrix server the invitation comes from.
@@ -149,6 +194,7 @@ impl fmt::Debug for VerificationMail {
     }
 }
 
+// The token and the private key accept the invitation: never in debug output.
 impl fmt::Debug for InviteMail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InviteMail")
@@ -230,7 +276,9 @@ impl Templates {
             }
             origins.insert(name, origin);
         }
-        let languages = available_languages(origins.keys().map(String::as_str));
+        let names: Vec<&str> = origins.keys().map(String::as_str).collect();
+        let languages = available_languages(names.iter().copied());
+        warn_incomplete_languages(&names, &languages);
         let templates = Templates {
             env,
             origins,
@@ -290,6 +338,12 @@ impl Templates {
     }
 
     /// Renders a 3PID room invitation mail.
+    ///
+    /// `client_link` is the link Element-compatible web clients understand:
+    /// `<web client>/#/room/<room id>?email=…&signurl=…&room_name=…&room_avatar_url=…&inviter_name=…&room_type=…`,
+    /// where `signurl` is this server's unauthenticated `sign-ed25519` with the token and the
+    /// private key: the client signs the invitation for the account the invitee is using and
+    /// joins with it. Without a web client there is no link.
     pub fn render_invite(&self, lang: Language, v: &InviteMail) -> Result<RenderedMail, MailError> {
         let sender = clean_inline(&v.sender);
         let sender_name = present(v.sender_display_name.as_deref())
@@ -300,26 +354,67 @@ impl Templates {
             .map(|n| cap(&clean_inline(n), ROOM_NAME_MAX_CHARS))
             .filter(|n| !n.is_empty());
         let is_space = present(v.room_type.as_deref()) == Some("m.space");
-        let client_link = present(v.web_client_location.as_deref()).and_then(|base| {
-            let base = base.trim().trim_end_matches('/');
+        // One line each, no control characters (the values come from a homeserver's request).
+        let inline = |value: Option<&str>| {
+            present(value)
+                .map(clean_inline)
+                .filter(|value| !value.is_empty())
+        };
+        let room_id = clean_inline(&v.room_id);
+        let token = clean_inline(&v.token);
+        let private_key = clean_inline(&v.ephemeral_private_key);
+        let sign_url = sign_ed25519_link(&v.identity_server_url, &token, &private_key)?;
+        let web_client_location = present(v.web_client_location.as_deref()).and_then(|base| {
+            let base = base.trim_end_matches('/');
             match check_http_url(base) {
-                Ok(()) => Some(format!(
-                    "{base}/#/room/{}",
-                    percent_encode(v.room_id.trim(), b"!:._~-")
-                )),
+                Ok(()) => Some(base.to_string()),
                 Err(reason) => {
-                    // The homeserver's configuration is wrong, not the user's input: say so.
+                    // The configuration is wrong, not the user's input: say so.
                     tracing::warn!(reason, "web client location ignored in an invite mail");
                     None
                 }
             }
         });
+        let room_avatar_url = inline(v.room_avatar_url.as_deref());
+        let room_type = inline(v.room_type.as_deref());
+        let client_link = web_client_location.as_deref().map(|base| {
+            let enc = |value: &str| percent_encode(value, b"-._~");
+            let mut link = format!(
+                "{base}/#/room/{}?email={}&signurl={}",
+                percent_encode(&room_id, b"!:._~-"),
+                enc(&clean_inline(&v.address)),
+                enc(&sign_url),
+            );
+            let optional = [
+                ("room_name", room_name.as_deref()),
+                ("room_avatar_url", room_avatar_url.as_deref()),
+                ("inviter_name", Some(sender_name.as_str())),
+                ("room_type", room_type.as_deref()),
+            ];
+            for (name, value) in optional {
+                if let Some(value) = value {
+                    link.push_str(&format!("&{name}={}", enc(value)));
+                }
+            }
+            link
+        });
         let ctx = context! {
             lang => lang.code(),
             sender_name => sender_name,
             sender => sender,
+            sender_display_name => inline(v.sender_display_name.as_deref()),
+            sender_avatar_url => inline(v.sender_avatar_url.as_deref()),
+            room_id => room_id,
+            room_alias => inline(v.room_alias.as_deref()),
             room_name => room_name,
+            room_avatar_url => room_avatar_url,
+            room_join_rules => inline(v.room_join_rules.as_deref()),
+            room_type => room_type,
             is_space => is_space,
+            token => token,
+            ephemeral_private_key => private_key,
+            sign_url => sign_url,
+            web_client_location => web_client_location,
             client_link => client_link,
             address => clean_inline(&v.address),
             server_name => clean_inline(&v.server_name),
@@ -372,16 +467,27 @@ impl Templates {
         let full_invite = InviteMail {
             sender_display_name: Some("Jean Dupont".into()),
             sender: "@jean.dupont:example.org".into(),
+            sender_avatar_url: Some("mxc://example.org/jean".into()),
             room_id: "!room:example.org".into(),
+            room_alias: Some("#salon:example.org".into()),
             room_name: Some("Salon".into()),
+            room_avatar_url: Some("mxc://example.org/salon".into()),
+            room_join_rules: Some("invite".into()),
             room_type: Some("m.space".into()),
             web_client_location: Some("https://app.example.org".into()),
+            token: "SampleInviteToken0123456789abcde".into(),
+            ephemeral_private_key: "c2FtcGxlLXByaXZhdGUta2V5LTAxMjM0NTY3ODlhYmM".into(),
+            identity_server_url: "https://id.example.org".into(),
             address: "agent@example.gouv.fr".into(),
             server_name: "example.org".into(),
         };
         let bare_invite = InviteMail {
             sender_display_name: None,
+            sender_avatar_url: None,
+            room_alias: None,
             room_name: None,
+            room_avatar_url: None,
+            room_join_rules: None,
             room_type: None,
             web_client_location: None,
             ..full_invite.clone()
@@ -407,31 +513,71 @@ impl Templates {
     }
 }
 
-/// The languages every kind of mail has templates in (`verification.fr.txt`, …), in code order.
+/// The parts of a mail, as they end template file names (`<kind>.<lang>.<part>`).
+const PARTS: [&str; 3] = ["subject.txt", "txt", "html"];
+
+/// The kinds of mail, as they start template file names. Adding a kind: its files in
+/// `EMBEDDED` (every language), its name here, its `render_…` function and its samples in
+/// `check_with_samples`.
+const KINDS: [&str; 2] = ["verification", "invite"];
+
+/// The language of a template file name `<kind>.<lang>.<part>` of a known kind and part.
+fn template_language(name: &str) -> Option<Language> {
+    let (kind, rest) = name.split_once('.')?;
+    if !KINDS.contains(&kind) {
+        return None;
+    }
+    let (code, part) = rest.split_once('.')?;
+    if !PARTS.contains(&part) || code.len() > 3 {
+        return None;
+    }
+    Language::new(code).ok().filter(|l| l.code() == code)
+}
+
+/// The languages every kind of mail has all its templates in (embedded or the operator's),
+/// in code order.
 fn available_languages<'a>(names: impl Iterator<Item = &'a str>) -> Vec<Language> {
     let names: Vec<&str> = names.collect();
     let mut languages: Vec<Language> = names
         .iter()
-        .filter_map(|n| {
-            n.strip_prefix("verification.")?
-                .strip_suffix(".subject.txt")
-        })
-        .filter_map(|code| Language::new(code).ok())
-        .filter(|lang| {
-            KINDS.iter().all(|kind| {
-                ["subject.txt", "txt", "html"]
-                    .iter()
-                    .all(|part| names.contains(&format!("{kind}.{lang}.{part}").as_str()))
-            })
-        })
+        .filter_map(|n| template_language(n))
+        .filter(|lang| missing_files(&names, *lang).is_empty())
         .collect();
     languages.sort();
     languages.dedup();
     languages
 }
 
-/// The kinds of mail, as they start template file names.
-const KINDS: [&str; 2] = ["verification", "invite"];
+/// The template files `lang` lacks among `names`.
+fn missing_files(names: &[&str], lang: Language) -> Vec<String> {
+    KINDS
+        .iter()
+        .flat_map(|kind| {
+            PARTS
+                .iter()
+                .map(move |part| format!("{kind}.{lang}.{part}"))
+        })
+        .filter(|file| !names.contains(&file.as_str()))
+        .collect()
+}
+
+/// Languages some templates exist in but not all: unusable, and the operator should know.
+fn warn_incomplete_languages(names: &[&str], available: &[Language]) {
+    let mut partial: Vec<Language> = names
+        .iter()
+        .filter_map(|n| template_language(n))
+        .filter(|lang| !available.contains(lang))
+        .collect();
+    partial.sort();
+    partial.dedup();
+    for lang in partial {
+        tracing::warn!(
+            language = lang.code(),
+            missing = ?missing_files(names, lang),
+            "email templates: this language lacks some templates, mails are not written in it"
+        );
+    }
+}
 
 /// Reads the operator's folder into `sources`, replacing embedded files of the same name;
 /// `_*.txt` and `_*.html` are partials.
@@ -439,8 +585,11 @@ fn read_overrides(
     dir: &Path,
     sources: &mut BTreeMap<String, (String, Origin)>,
 ) -> Result<(), MailError> {
+    // Replacements of embedded files, new languages of the known kinds (`invite.it.txt`), and
+    // partials (`_valid_for.it.txt`, `_footer.html`).
     let files = read_override_folder(dir, "email templates", |name| {
         sources.contains_key(name)
+            || template_language(name).is_some()
             || (name.starts_with('_') && (name.ends_with(".txt") || name.ends_with(".html")))
     })
     .map_err(|e| match e {
@@ -464,12 +613,16 @@ fn describe_origin(name: &str, origin: &Origin) -> String {
 }
 
 /// Escapes text for HTML like minijinja, except `/`: links then need no `|safe`, and every value
-/// (including URLs in `href`) goes through the same escaping.
+/// (including URLs in `href`) goes through the same escaping. An absent optional value (none)
+/// prints as nothing, as Sydent's templates expect, not as `None`.
 fn html_formatter(
     out: &mut Output,
     state: &mut State,
     value: &Value,
 ) -> Result<(), minijinja::Error> {
+    if value.is_none() {
+        return Ok(());
+    }
     if matches!(state.auto_escape(), AutoEscape::Html)
         && !value.is_safe()
         && let Some(s) = value.as_str()
@@ -606,6 +759,29 @@ pub fn submit_token_link(
     ))
 }
 
+/// The unauthenticated `sign-ed25519` link of an invitation, as Element-compatible clients
+/// call it (`POST <link>&mxid=…`, no body):
+/// `{public_base_url}/_matrix/identity/api/v1/sign-ed25519?token=…&private_key=…`.
+pub fn sign_ed25519_link(
+    public_base_url: &str,
+    token: &str,
+    private_key: &str,
+) -> Result<String, MailError> {
+    let base = public_base_url.trim().trim_end_matches('/');
+    check_http_url(base).map_err(MailError::Link)?;
+    if base.contains(['?', '#']) {
+        return Err(MailError::Link(
+            "the public base URL has a query or fragment",
+        ));
+    }
+    let enc = |v: &str| percent_encode(v, b"-._~");
+    Ok(format!(
+        "{base}/_matrix/identity/api/v1/sign-ed25519?token={}&private_key={}",
+        enc(token),
+        enc(private_key)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,14 +806,24 @@ mod tests {
         InviteMail {
             sender_display_name: Some("Jeanne Martin".into()),
             sender: "@jeanne.martin:agent.finances.tchap.gouv.fr".into(),
+            sender_avatar_url: None,
             room_id: "!abcDEF:agent.finances.tchap.gouv.fr".into(),
+            room_alias: None,
             room_name: Some("Budget 2026".into()),
+            room_avatar_url: None,
+            room_join_rules: None,
             room_type: None,
             web_client_location: Some("https://www.tchap.gouv.fr/".into()),
+            token: "InviteTok3n".into(),
+            ephemeral_private_key: "Priv-Key_0".into(),
+            identity_server_url: "https://id.tchap.gouv.fr".into(),
             address: "paul@interieur.gouv.fr".into(),
             server_name: "agent.finances.tchap.gouv.fr".into(),
         }
     }
+
+    /// The link of [`invite`]'s mail.
+    const INVITE_LINK: &str = "https://www.tchap.gouv.fr/#/room/!abcDEF:agent.finances.tchap.gouv.fr?email=paul%40interieur.gouv.fr&signurl=https%3A%2F%2Fid.tchap.gouv.fr%2F_matrix%2Fidentity%2Fapi%2Fv1%2Fsign-ed25519%3Ftoken%3DInviteTok3n%26private_key%3DPriv-Key_0&room_name=Budget%202026&inviter_name=Jeanne%20Martin";
 
     const LINK: &str = "https://id.example.gouv.fr/_matrix/identity/v2/validate/email/submitToken?sid=sid123&client_secret=s3cr%3Dt.x&token=TokenABCdef0123456789xyzTokenABCdef";
 
@@ -749,10 +935,14 @@ mod tests {
             fr.subject,
             "Jeanne Martin vous invite à rejoindre Budget 2026"
         );
-        let link = "https://www.tchap.gouv.fr/#/room/!abcDEF:agent.finances.tchap.gouv.fr";
+        let html_link = INVITE_LINK.replace('&', "&amp;");
         for m in [&fr, &t.render_invite(Language::EN, &invite()).unwrap()] {
-            assert!(m.text.contains(link), "{}", m.text);
-            assert!(m.html.contains(&format!("href=\"{link}\"")), "{}", m.html);
+            assert!(m.text.contains(INVITE_LINK), "{}", m.text);
+            assert!(
+                m.html.contains(&format!("href=\"{html_link}\"")),
+                "{}",
+                m.html
+            );
             assert!(
                 m.text
                     .contains("@jeanne.martin:agent.finances.tchap.gouv.fr")
@@ -1018,6 +1208,156 @@ mod tests {
         let mut embedded: Vec<String> = template_file_names().map(str::to_owned).collect();
         embedded.sort();
         assert_eq!(on_disk, embedded);
+    }
+
+    #[test]
+    fn languages_come_from_the_templates() {
+        let t = Templates::load(None).unwrap();
+        assert_eq!(t.languages(), [Language::DE, Language::EN, Language::FR]);
+        // An operator's folder adds a language when every kind has all its parts.
+        let dir = tempfile::tempdir().unwrap();
+        let it = Language::new("it").unwrap();
+        for kind in KINDS {
+            for part in PARTS {
+                let text = if part == "html" {
+                    "<p>{{ lang }}</p>"
+                } else {
+                    "{{ lang }}"
+                };
+                std::fs::write(dir.path().join(format!("{kind}.it.{part}")), text).unwrap();
+            }
+        }
+        let t = Templates::load(Some(dir.path())).unwrap();
+        assert_eq!(
+            t.languages(),
+            [Language::DE, Language::EN, Language::FR, it]
+        );
+        assert!(t.check_default_language(it).is_ok());
+        assert_eq!(t.render_invite(it, &invite()).unwrap().subject, "it");
+        // One part missing: Italian is not available, and cannot be the default.
+        std::fs::remove_file(dir.path().join("invite.it.html")).unwrap();
+        let t = Templates::load(Some(dir.path())).unwrap();
+        assert_eq!(t.languages(), [Language::DE, Language::EN, Language::FR]);
+        let e = t.check_default_language(it).unwrap_err().to_string();
+        assert!(e.contains("available: de, en, fr"), "{e}");
+    }
+
+    #[test]
+    fn template_file_names_name_their_language() {
+        assert_eq!(template_language("invite.de.txt"), Some(Language::DE));
+        assert_eq!(
+            template_language("verification.it.subject.txt"),
+            Language::new("it").ok()
+        );
+        assert_eq!(
+            template_language("verification.fra.html"),
+            Language::new("fra").ok()
+        );
+        for name in [
+            "invite.DE.txt",
+            "invite.de.pdf",
+            "other.de.txt",
+            "_valid_for.de.txt",
+            "invite.d1.txt",
+            "invite.deutsch.txt",
+            "invite..txt",
+            "invite",
+        ] {
+            assert_eq!(template_language(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn german_mails_are_written_for_public_servants() {
+        let t = Templates::load(None).unwrap();
+        let v = t
+            .render_verification(Language::DE, &verification())
+            .unwrap();
+        assert_eq!(v.subject, "Bestätigen Sie Ihre E-Mail-Adresse");
+        assert!(v.text.contains(LINK));
+        assert!(
+            v.text
+                .contains("Der Link und der Code sind 24\u{a0}Stunden lang gültig."),
+            "{}",
+            v.text
+        );
+        assert!(v.html.contains("lang=\"de\""));
+        let cases = [
+            (60, "1\u{a0}Stunde"),
+            (90, "1\u{a0}Stunde und 30\u{a0}Minuten"),
+            (1, "1\u{a0}Minute"),
+            (45, "45\u{a0}Minuten"),
+        ];
+        for (minutes, words) in cases {
+            let v = VerificationMail {
+                valid_for: Duration::from_secs(minutes * 60),
+                ..verification()
+            };
+            let text = t.render_verification(Language::DE, &v).unwrap().text;
+            assert!(
+                text.contains(&format!("sind {words} lang")),
+                "{minutes}: {text}"
+            );
+        }
+        let i = t.render_invite(Language::DE, &invite()).unwrap();
+        assert_eq!(i.subject, "Jeanne Martin lädt Sie in „Budget 2026“ ein");
+        assert!(i.text.contains(INVITE_LINK), "{}", i.text);
+        assert!(i.text.contains("den Raum „Budget 2026“"), "{}", i.text);
+        let space = InviteMail {
+            room_type: Some("m.space".into()),
+            room_name: None,
+            web_client_location: None,
+            ..invite()
+        };
+        let i = t.render_invite(Language::DE, &space).unwrap();
+        assert_eq!(i.subject, "Jeanne Martin lädt Sie in einen Space ein");
+        assert!(i.text.contains("registrieren Sie sich bitte"), "{}", i.text);
+        assert!(!i.text.contains("/#/room/"));
+    }
+
+    #[test]
+    fn the_invite_link_is_what_element_reads() {
+        let t = Templates::load(None).unwrap();
+        let v = InviteMail {
+            room_name: Some("R&D: 100% «budget»".into()),
+            sender_display_name: Some("Zoé + Éric".into()),
+            room_avatar_url: Some("mxc://hs.example/abc".into()),
+            room_type: Some("m.space".into()),
+            ..invite()
+        };
+        let m = t.render_invite(Language::EN, &v).unwrap();
+        let link = m
+            .text
+            .lines()
+            .find(|l| l.starts_with("https://www.tchap.gouv.fr/#/room/"))
+            .unwrap();
+        // Element splits the fragment at its first `?` and reads the rest as URLSearchParams.
+        let (_, query) = link.split_once('?').unwrap();
+        let params: std::collections::HashMap<String, String> =
+            reqwest::Url::parse(&format!("https://x.example/?{query}"))
+                .unwrap()
+                .query_pairs()
+                .into_owned()
+                .collect();
+        assert_eq!(params["email"], "paul@interieur.gouv.fr");
+        assert_eq!(params["room_name"], "R&D: 100% «budget»");
+        assert_eq!(params["inviter_name"], "Zoé + Éric");
+        assert_eq!(params["room_avatar_url"], "mxc://hs.example/abc");
+        assert_eq!(params["room_type"], "m.space");
+        assert_eq!(
+            params["signurl"],
+            "https://id.tchap.gouv.fr/_matrix/identity/api/v1/sign-ed25519?token=InviteTok3n&private_key=Priv-Key_0"
+        );
+        assert!(check_http_url(link).is_ok(), "{link}");
+        // An unusable identity server URL is an error, not a broken link.
+        let bad = InviteMail {
+            identity_server_url: "javascript:alert(1)".into(),
+            ..invite()
+        };
+        assert!(matches!(
+            t.render_invite(Language::EN, &bad),
+            Err(MailError::Link(_))
+        ));
     }
 
     #[test]

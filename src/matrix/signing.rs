@@ -202,8 +202,18 @@ impl SigningKey {
     /// The key from a base64 seed (padded or not) under `key_id`.
     pub fn from_seed_base64(key_id: &str, seed_b64: &str) -> Result<Self, KeyError> {
         validate_key_id(key_id)?;
+        // Standard or URL-safe alphabet (Sydent mails URL-safe ephemeral keys).
+        let standard: String = seed_b64
+            .trim()
+            .chars()
+            .map(|c| match c {
+                '-' => '+',
+                '_' => '/',
+                c => c,
+            })
+            .collect();
         let bytes = LENIENT_BASE64
-            .decode(seed_b64.trim())
+            .decode(standard)
             .map_err(|e| KeyError::InvalidSeed(e.to_string()))?;
         let seed: [u8; 32] = bytes
             .try_into()
@@ -255,6 +265,12 @@ impl SigningKey {
     /// The 32-byte seed, unpadded standard base64 (a secret: store it, never log it).
     pub fn to_seed_base64(&self) -> String {
         STANDARD_NO_PAD.encode(self.key.to_bytes())
+    }
+
+    /// The 32-byte seed, unpadded URL-safe base64 (a secret): the form mailed for invitation
+    /// keys, which links carry without `+` or `/`.
+    pub fn to_seed_base64_url_safe(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.key.to_bytes())
     }
 
     /// The public key, unpadded standard base64, as `/pubkey/{keyId}` publishes it.
@@ -659,6 +675,14 @@ mod tests {
         // Padded input is accepted too.
         let padded = SigningKey::from_seed_base64("ed25519:0", &format!("{seed}=")).unwrap();
         assert_eq!(padded.public_key_base64(), key.public_key_base64());
+        // The URL-safe form (mailed invitation keys) reads back to the same key.
+        for seed in 0..64 {
+            let key = SigningKey::generate(&mut StdRng::seed_from_u64(seed));
+            let url_safe = key.to_seed_base64_url_safe();
+            assert!(!url_safe.contains(['+', '/', '=']), "{url_safe}");
+            let again = SigningKey::from_seed_base64("ed25519:0", &url_safe).unwrap();
+            assert_eq!(again.public_key_base64(), key.public_key_base64());
+        }
 
         let sydent = key.to_sydent_string();
         assert_eq!(sydent, format!("ed25519 0 {seed}"));

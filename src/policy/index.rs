@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::address::{Address, normalize_email};
 use super::file::{PATTERN_SIZE_LIMIT, RuleError};
 use super::instant::format_rfc3339;
+use super::public_mail::public_provider;
 use super::rule::{Rule, RuleKind, RuleSource, RuleTarget};
 use super::validate::{check_duplicates, validate_structure, wrap_pattern};
 
@@ -48,6 +49,59 @@ impl Outcome {
     }
 }
 
+/// Why the policy decided as it did, as a stable code that clients can translate into their own
+/// words ("your administration is not on the service yet") without parsing the English `reason`.
+///
+/// The codes are part of the API: a code is never renamed or reused for another cause; new
+/// causes get new codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// An allow rule (address, domain or pattern) admits the address.
+    Allowed,
+    /// The rule that matches admits the address by invitation only (`requires_invite = true`).
+    InviteRequired,
+    /// No rule names the address or its domain: its administration is not on the service (yet).
+    /// The configured default applies (refused, or invitation-only on the externals' shard).
+    UnknownDomain,
+    /// Like `unknown_domain`, for a well-known public mail provider (gmail.com, …): not an
+    /// agency domain at all.
+    PublicMailProvider,
+    /// A deny rule blocks the address's domain (or a parent domain).
+    DeniedDomain,
+    /// A deny rule blocks this exact address.
+    DeniedAddress,
+    /// An allow rule for this address or domain has expired (`expires_at`): the configured
+    /// default applies again.
+    RuleExpired,
+}
+
+impl ReasonCode {
+    /// Every code, in documentation order.
+    pub const ALL: [ReasonCode; 7] = [
+        ReasonCode::Allowed,
+        ReasonCode::InviteRequired,
+        ReasonCode::UnknownDomain,
+        ReasonCode::PublicMailProvider,
+        ReasonCode::DeniedDomain,
+        ReasonCode::DeniedAddress,
+        ReasonCode::RuleExpired,
+    ];
+
+    /// The code as JSON writes it (`unknown_domain`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::Allowed => "allowed",
+            ReasonCode::InviteRequired => "invite_required",
+            ReasonCode::UnknownDomain => "unknown_domain",
+            ReasonCode::PublicMailProvider => "public_mail_provider",
+            ReasonCode::DeniedDomain => "denied_domain",
+            ReasonCode::DeniedAddress => "denied_address",
+            ReasonCode::RuleExpired => "rule_expired",
+        }
+    }
+}
+
 /// The policy's answer for one address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
@@ -65,6 +119,8 @@ pub struct Decision {
     pub rule_id: Option<String>,
     /// Why, for people.
     pub reason: String,
+    /// Why, as a stable code for programs.
+    pub reason_code: ReasonCode,
 }
 
 /// A decision with every rule that matched the address, and why each one lost.
@@ -210,9 +266,10 @@ impl PolicyIndex {
 
     /// The decision for one address at `now_ms` (expired rules are ignored as if absent).
     pub fn decide(&self, address: &Address, now_ms: i64) -> Decision {
-        match self.winner(address, now_ms) {
+        let mut expired_allow = false;
+        match self.winner(address, now_ms, &mut expired_allow) {
             Some(i) => self.decision_by(&self.rules[i]),
-            None => self.default_decision(address),
+            None => self.default_decision(address, expired_allow),
         }
     }
 
@@ -225,7 +282,15 @@ impl PolicyIndex {
             .copied();
         let decision = match winner {
             Some((i, _)) => self.decision_by(&self.rules[i]),
-            None => self.default_decision(address),
+            None => {
+                let expired_allow = candidates.iter().any(|&(i, level)| {
+                    let rule = &self.rules[i];
+                    rule.kind.is_allow()
+                        && rule.is_expired(now_ms)
+                        && domain_level_matches(rule, level)
+                });
+                self.default_decision(address, expired_allow)
+            }
         };
         let considered = candidates
             .iter()
@@ -291,9 +356,21 @@ impl PolicyIndex {
     }
 
     /// The index of the deciding rule: the hot path, no allocation before the pattern level.
-    fn winner(&self, address: &Address, now_ms: i64) -> Option<usize> {
+    /// `expired_allow` is set when an allow rule would have matched but has expired.
+    fn winner(&self, address: &Address, now_ms: i64, expired_allow: &mut bool) -> Option<usize> {
+        let mut usable = |i: usize, level: Level| {
+            let rule = &self.rules[i];
+            if !domain_level_matches(rule, level) {
+                return false;
+            }
+            if rule.is_expired(now_ms) {
+                *expired_allow |= rule.kind.is_allow();
+                return false;
+            }
+            true
+        };
         if let Some(slot) = self.addresses.get(address.matching_str())
-            && let Some(i) = slot.in_order().find(|i| !self.rules[*i].is_expired(now_ms))
+            && let Some(i) = slot.in_order().find(|i| usable(*i, Level::Address))
         {
             return Some(i);
         }
@@ -302,10 +379,7 @@ impl PolicyIndex {
         loop {
             if let Some(slot) = self.domains.get(suffix) {
                 let level = Level::Domain(depth);
-                if let Some(i) = slot
-                    .in_order()
-                    .find(|i| self.applies(&self.rules[*i], level, now_ms))
-                {
+                if let Some(i) = slot.in_order().find(|i| usable(*i, level)) {
                     return Some(i);
                 }
             }
@@ -321,7 +395,7 @@ impl PolicyIndex {
         set.matches(address.matching_str())
             .iter()
             .map(|k| self.pattern_rules[k])
-            .find(|i| !self.rules[*i].is_expired(now_ms))
+            .find(|i| usable(*i, Level::Pattern))
     }
 
     /// Every rule that names the address, its domain or a parent, or whose pattern matches, in
@@ -361,21 +435,27 @@ impl PolicyIndex {
 
     fn decision_by(&self, rule: &Rule) -> Decision {
         let reference = rule.reference();
-        let (outcome, reason) = match (&rule.kind, &rule.target) {
+        let (outcome, reason_code, reason) = match (&rule.kind, &rule.target) {
             (RuleKind::Deny, RuleTarget::Domain { name, subdomains }) => {
                 let what = if *subdomains {
                     format!("domain {name} and its subdomains are blocked")
                 } else {
                     format!("domain {name} is blocked")
                 };
-                (Outcome::Denied, format!("denied: {what} ({reference})"))
+                (
+                    Outcome::Denied,
+                    ReasonCode::DeniedDomain,
+                    format!("denied: {what} ({reference})"),
+                )
             }
             (RuleKind::Deny, _) => (
                 Outcome::Denied,
+                ReasonCode::DeniedAddress,
                 format!("denied: this address is blocked ({reference})"),
             ),
             _ if rule.requires_invite => (
                 Outcome::InviteRequired,
+                ReasonCode::InviteRequired,
                 format!(
                     "invite required: the {} admits this address by invitation only ({reference})",
                     rule.describe()
@@ -383,6 +463,7 @@ impl PolicyIndex {
             ),
             _ => (
                 Outcome::Allowed,
+                ReasonCode::Allowed,
                 format!("allowed by {} ({reference})", rule.describe()),
             ),
         };
@@ -394,10 +475,31 @@ impl PolicyIndex {
             rule: Some(reference),
             rule_id: Some(rule.id.clone()),
             reason,
+            reason_code,
         }
     }
 
-    fn default_decision(&self, address: &Address) -> Decision {
+    /// The configured default's decision; `expired_allow` when an allow rule for the address
+    /// would have applied but has expired.
+    fn default_decision(&self, address: &Address, expired_allow: bool) -> Decision {
+        let public = public_provider(address.ascii_domain());
+        let reason_code = if expired_allow {
+            ReasonCode::RuleExpired
+        } else if public.is_some() {
+            ReasonCode::PublicMailProvider
+        } else {
+            ReasonCode::UnknownDomain
+        };
+        let domain = address.domain();
+        let why = match (expired_allow, &public) {
+            (true, _) => format!(
+                "the rule that allowed this address has expired; no other rule allows addresses at {domain}"
+            ),
+            (false, Some(provider)) => format!(
+                "not an agency domain: {provider} is a public mail provider; no rule allows addresses at {domain}"
+            ),
+            (false, None) => format!("not an agency domain: no rule allows addresses at {domain}"),
+        };
         match &self.default {
             DefaultPolicy::Deny => Decision {
                 outcome: Outcome::Denied,
@@ -406,10 +508,8 @@ impl PolicyIndex {
                 organisation: None,
                 rule: None,
                 rule_id: None,
-                reason: format!(
-                    "not an agency domain: no rule allows addresses at {}",
-                    address.domain()
-                ),
+                reason: why,
+                reason_code,
             },
             DefaultPolicy::InviteOnly {
                 external_homeserver,
@@ -420,10 +520,16 @@ impl PolicyIndex {
                 organisation: None,
                 rule: None,
                 rule_id: None,
-                reason: format!(
-                    "not an agency domain: addresses at {} may join the external homeserver by invitation only",
-                    address.domain()
-                ),
+                // The wording of the plain case is older than the codes: kept as it was.
+                reason: match reason_code {
+                    ReasonCode::UnknownDomain => format!(
+                        "not an agency domain: addresses at {domain} may join the external homeserver by invitation only"
+                    ),
+                    _ => format!(
+                        "{why}; such addresses may join the external homeserver by invitation only"
+                    ),
+                },
+                reason_code,
             },
         }
     }

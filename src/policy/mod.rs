@@ -21,7 +21,10 @@ mod tests;
 pub use address::{Address, AddressError, normalize_domain, normalize_email};
 pub use diff::{RuleDiff, diff};
 pub use file::{RuleError, parse_allowlist_file, parse_allowlists};
-pub use index::{Considered, Decision, DefaultPolicy, Explanation, Outcome, PolicyIndex};
+pub use index::{
+    Considered, Decision, DefaultPolicy, Explanation, Outcome, PolicyIndex, ReasonCode,
+};
+pub use public_mail::public_provider;
 pub use render::render_allowlist_file;
 pub use rule::{Rule, RuleKind, RuleSource, RuleTarget};
 pub use validate::{check_duplicates, validate_rule};

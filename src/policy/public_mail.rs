@@ -109,7 +109,7 @@ pub(crate) fn probe_domains() -> impl Iterator<Item = String> {
 pub(crate) const PROBE_LOCALS: &[&str] = &["a", "jean.dupont", "x1", "jean-pierre.martin", "j_doe"];
 
 /// The public provider domain that `ascii_domain` is, or is a subdomain of, if any.
-pub(crate) fn public_provider(ascii_domain: &str) -> Option<String> {
+pub fn public_provider(ascii_domain: &str) -> Option<String> {
     let mut suffix = ascii_domain;
     loop {
         if is_public_exact(suffix) {

@@ -1725,3 +1725,143 @@ proptest! {
         }
     }
 }
+
+// ---- reason codes ----
+
+const CODES: &str = r#"
+[organisation]
+label = "Finances"
+homeserver = "agent.finances.example"
+
+[[domain]]
+name = "finances.gouv.fr"
+subdomains = true
+
+[[domain]]
+name = "partenaire.example"
+requires_invite = true
+
+[[domain]]
+name = "ancien.example"
+expires_at = 2025-06-01T00:00:00Z
+
+[[address]]
+email = "ancien.prestataire@consult.example"
+expires_at = 2025-06-01T00:00:00Z
+
+[[deny]]
+name = "webmail.finances.gouv.fr"
+
+[[deny]]
+email = "bloque@finances.gouv.fr"
+
+[[deny]]
+name = "hotmail.fr"
+
+[[pattern]]
+regex = '^[a-z]+@region-[0-9]+\.example$'
+"#;
+
+#[test]
+fn every_decision_carries_a_stable_reason_code() {
+    let external = DefaultPolicy::InviteOnly {
+        external_homeserver: "externes.example".into(),
+    };
+    for default in [DefaultPolicy::Deny, external] {
+        let index = index_of(&[("codes.toml", CODES)], default.clone());
+        let cases = [
+            ("jean@finances.gouv.fr", ReasonCode::Allowed),
+            ("jean@douane.finances.gouv.fr", ReasonCode::Allowed),
+            ("anne@region-12.example", ReasonCode::Allowed),
+            ("paul@partenaire.example", ReasonCode::InviteRequired),
+            ("x@webmail.finances.gouv.fr", ReasonCode::DeniedDomain),
+            ("bloque@finances.gouv.fr", ReasonCode::DeniedAddress),
+            // A deny rule naming a public provider is a deny rule first.
+            ("someone@hotmail.fr", ReasonCode::DeniedDomain),
+            ("someone@gmail.com", ReasonCode::PublicMailProvider),
+            ("someone@mail.gmail.com", ReasonCode::PublicMailProvider),
+            ("someone@nowhere.example", ReasonCode::UnknownDomain),
+            ("jean@ancien.example", ReasonCode::RuleExpired),
+            (
+                "ancien.prestataire@consult.example",
+                ReasonCode::RuleExpired,
+            ),
+            // A parent domain rule without subdomains never matched: not "expired".
+            ("jean@sub.ancien.example", ReasonCode::UnknownDomain),
+        ];
+        for (address, code) in cases {
+            let d = decide(&index, address);
+            assert_eq!(d.reason_code, code, "{address} under {default:?}: {d:?}");
+            // `explain` agrees with `decide`, codes included.
+            let e = index.explain(&normalize_email(address).unwrap(), NOW);
+            assert_eq!(e.decision, d, "{address}");
+            match code {
+                ReasonCode::UnknownDomain
+                | ReasonCode::PublicMailProvider
+                | ReasonCode::RuleExpired => {
+                    assert!(d.rule.is_none(), "{address}: the default decided");
+                    let expected = match default {
+                        DefaultPolicy::Deny => Outcome::Denied,
+                        DefaultPolicy::InviteOnly { .. } => Outcome::InviteRequired,
+                    };
+                    assert_eq!(d.outcome, expected, "{address}");
+                }
+                ReasonCode::DeniedDomain | ReasonCode::DeniedAddress => {
+                    assert_eq!(d.outcome, Outcome::Denied, "{address}")
+                }
+                ReasonCode::InviteRequired => assert_eq!(d.outcome, Outcome::InviteRequired),
+                ReasonCode::Allowed => assert_eq!(d.outcome, Outcome::Allowed),
+            }
+        }
+    }
+}
+
+#[test]
+fn reason_codes_are_spelled_as_documented() {
+    let spelled: Vec<String> = ReasonCode::ALL
+        .iter()
+        .map(|c| {
+            serde_json::to_value(c)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        spelled,
+        [
+            "allowed",
+            "invite_required",
+            "unknown_domain",
+            "public_mail_provider",
+            "denied_domain",
+            "denied_address",
+            "rule_expired"
+        ]
+    );
+    for code in ReasonCode::ALL {
+        assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+    }
+}
+
+#[test]
+fn the_default_keeps_its_older_wording_for_unknown_domains() {
+    let index = index_of(
+        &[("codes.toml", CODES)],
+        DefaultPolicy::InviteOnly {
+            external_homeserver: "externes.example".into(),
+        },
+    );
+    assert_eq!(
+        decide(&index, "a@nowhere.example").reason,
+        "not an agency domain: addresses at nowhere.example may join the external homeserver by invitation only"
+    );
+    let gmail = decide(&index, "a@gmail.com").reason;
+    assert!(
+        gmail.contains("gmail.com is a public mail provider"),
+        "{gmail}"
+    );
+    let expired = decide(&index, "jean@ancien.example").reason;
+    assert!(expired.contains("has expired"), "{expired}");
+}

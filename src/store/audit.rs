@@ -119,3 +119,53 @@ pub fn query_audit(conn: &mut DbConn, q: &AuditQuery) -> Result<Vec<AuditRow>, S
     });
     Ok(rows)
 }
+
+/// Audit rows whose target ends with `target_suffix` or whose JSON contains `json_text` (a
+/// LIKE scan of the whole log: erasures are rare).
+pub fn rows_mentioning(
+    conn: &mut DbConn,
+    target_suffix: &str,
+    json_text: &str,
+) -> Result<Vec<AuditRow>, StoreError> {
+    use admin_audit::dsl as a;
+    let plain = format!("%{}", escape_like(target_suffix));
+    let json = format!("%{}%", escape_like(json_text));
+    Ok(db_dispatch!(conn, c => a::admin_audit
+        .filter(
+            a::target
+                .like(&plain)
+                .escape('\\')
+                .or(a::before_json.like(&json).escape('\\'))
+                .or(a::after_json.like(&json).escape('\\')),
+        )
+        .order(a::seq.asc())
+        .load::<AuditRow>(c)?))
+}
+
+/// Rewrites the target and JSON of row `seq` (the erasure's pseudonymisation).
+pub fn rewrite_row(
+    conn: &mut DbConn,
+    seq: i64,
+    target: &str,
+    before_json: Option<&str>,
+    after_json: Option<&str>,
+) -> Result<(), StoreError> {
+    use admin_audit::dsl as a;
+    db_dispatch!(conn, c => diesel::update(a::admin_audit.filter(a::seq.eq(seq)))
+        .set((
+            a::target.eq(target),
+            a::before_json.eq(before_json),
+            a::after_json.eq(after_json),
+        ))
+        .execute(c)?);
+    Ok(())
+}
+
+/// Deletes the rows written before `at` (ms); how many.
+pub fn purge_before(conn: &mut DbConn, at: i64) -> Result<usize, StoreError> {
+    use admin_audit::dsl as a;
+    Ok(
+        db_dispatch!(conn, c => diesel::delete(a::admin_audit.filter(a::at.lt(at)))
+        .execute(c)?),
+    )
+}

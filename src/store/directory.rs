@@ -18,7 +18,7 @@ use super::schema::{directory_entries, directory_replication, ldap_names};
 use super::{DbConn, StoreError};
 use crate::db_dispatch;
 
-/// Rows written per statement by bulk inserts (20 columns: well under both backends' limits on
+/// Rows written per statement by bulk inserts (21 columns: well under both backends' limits on
 /// bound parameters).
 pub const BULK_ROWS: usize = 500;
 
@@ -47,6 +47,8 @@ pub struct EntryRow {
     pub organisation_key: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// What the user typed as display name on their homeserver (never published).
+    pub user_displayname: Option<String>,
 }
 
 /// What a search needs of a matching entry.
@@ -96,6 +98,7 @@ pub fn upsert(conn: &mut DbConn, row: &EntryRow) -> Result<(), StoreError> {
             e::search_all.eq(&row.search_all),
             e::organisation_key.eq(&row.organisation_key),
             e::updated_at.eq(row.updated_at),
+            e::user_displayname.eq(&row.user_displayname),
         ))
         .execute(c)?);
     Ok(())
@@ -199,8 +202,8 @@ pub struct SearchFilter {
     pub organisation_key: Option<String>,
 }
 
-/// The candidates of a search: at most `candidates` entries per tier, visible, active and
-/// matching; `limit` is the number of results the caller will keep. The broad tier comes
+/// The candidates of a search: at most `candidates` entries per tier, visible, active, of users who
+/// did not leave the directory, and matching; `limit` is the number of results the caller will keep. The broad tier comes
 /// first: when it has fewer than `candidates` matches it holds every match and is the answer.
 /// Otherwise the whole-word tier, and unless that one alone has more than `limit` matches
 /// (nothing else could rank before them), the typing tier. Candidates may repeat.
@@ -269,7 +272,10 @@ impl diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite> for SqliteTier
              WHERE directory_fts MATCH ",
         );
         out.push_bind_param::<Text, _>(self.fts5)?;
-        out.push_sql(" AND e.visibility = 'visible' AND e.active AND (");
+        out.push_sql(
+            " AND e.visibility = 'visible' AND e.active \
+             AND NOT EXISTS (SELECT 1 FROM directory_opt_outs AS o WHERE o.mxid = e.mxid) AND (",
+        );
         out.push_bind_param::<Bool, _>(&self.show_externals)?;
         out.push_sql(" OR NOT e.external) AND (");
         out.push_bind_param::<Nullable<Text>, _>(&self.organisation_key)?;
@@ -346,7 +352,10 @@ impl PgSearch<'_> {
         }
         out.push_sql("annuaire_search_lexemes(s.search_all) @@ ");
         out.push_bind_param::<Nullable<Text>, _>(tsquery)?;
-        out.push_sql("::tsquery AND s.visibility = 'visible' AND s.active AND (");
+        out.push_sql(
+            "::tsquery AND s.visibility = 'visible' AND s.active \
+             AND NOT EXISTS (SELECT 1 FROM directory_opt_outs AS o WHERE o.mxid = s.mxid) AND (",
+        );
         out.push_bind_param::<Bool, _>(&self.filter.show_externals)?;
         out.push_sql(" OR NOT s.external) AND (");
         out.push_bind_param::<Nullable<Text>, _>(&self.filter.organisation_key)?;

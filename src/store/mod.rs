@@ -13,13 +13,18 @@
 // Input from strangers passes through here: no index may panic.
 #![deny(clippy::indexing_slicing)]
 
+pub mod account;
 pub mod admin;
 pub mod audit;
 pub mod changes;
+pub mod console;
 pub mod directory;
+pub mod domain_requests;
 pub mod erasure;
+pub mod homeserver;
 pub mod identity;
 pub mod invites;
+pub mod keys;
 pub mod outbox;
 pub mod policy;
 pub mod ratelimits;
@@ -100,6 +105,35 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database could not be used at all (down, restarting, the connection lost,
+    /// or no free connection in time), as opposed to a query that failed: callers answer 503
+    /// and retry later.
+    pub fn is_unavailable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Query(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _))
+            | StoreError::Query(Error::BrokenTransactionManager) => true,
+            StoreError::Query(Error::DatabaseError(_, info)) => {
+                // libpq reports a server that went away mid-session with these texts.
+                let message = info.message();
+                [
+                    "terminating connection",
+                    "server closed the connection",
+                    "connection to server",
+                    "could not receive data from server",
+                    "no connection to the server",
+                    "the database system is shutting down",
+                    "the database system is starting up",
+                    "the database system is in recovery mode",
+                ]
+                .iter()
+                .any(|text| message.contains(text))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether this is a unique-constraint violation (a concurrent insert of the same key).
     pub fn is_unique_violation(&self) -> bool {
         matches!(
@@ -247,9 +281,16 @@ impl Db {
 
     /// A connection from the pool (blocking; for the CLI and blocking tasks).
     pub fn get(&self) -> Result<PooledConn, StoreError> {
-        self.pool
-            .get()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+        checkout(&self.pool)
+    }
+
+    /// Sets the pool's gauges (`annuaire_db_pool_*`); called when metrics are scraped.
+    pub fn record_pool_gauges(&self) {
+        let state = self.pool.state();
+        let in_use = state.connections.saturating_sub(state.idle_connections);
+        metrics::gauge!("annuaire_db_pool_connections").set(f64::from(state.connections));
+        metrics::gauge!("annuaire_db_pool_connections_in_use").set(f64::from(in_use));
+        metrics::gauge!("annuaire_db_pool_size").set(f64::from(self.pool.max_size()));
     }
 
     /// Runs `f` with a pooled connection on the blocking thread pool.
@@ -265,9 +306,7 @@ impl Db {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let mut conn = pool
-                .get()
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let mut conn = checkout(&pool)?;
             f(&mut conn)
         })
         .await
@@ -315,6 +354,25 @@ impl Db {
         })
         .await
     }
+}
+
+/// A connection from `pool`, with the pool's metrics: how long the checkout took (a free
+/// connection, a new one, or a wait for one), whether every connection was busy, and whether
+/// `database.connection_timeout` ran out.
+fn checkout(pool: &Pool<ConnectionManager>) -> Result<PooledConn, StoreError> {
+    let state = pool.state();
+    let saturated = state.idle_connections == 0 && state.connections >= pool.max_size();
+    let started = std::time::Instant::now();
+    let result = pool.get();
+    metrics::histogram!("annuaire_db_pool_wait_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    if saturated {
+        metrics::counter!("annuaire_db_pool_waits_total").increment(1);
+    }
+    result.map_err(|e| {
+        metrics::counter!("annuaire_db_pool_timeouts_total").increment(1);
+        StoreError::Unavailable(e.to_string())
+    })
 }
 
 /// Runs `f` in one transaction: committed when it returns `Ok`, rolled back otherwise. Domain

@@ -35,6 +35,25 @@ pub fn generation(conn: &mut DbConn) -> Result<i64, StoreError> {
     Ok(value)
 }
 
+/// The change counter and when it last changed (ms).
+pub fn generation_changed_at(conn: &mut DbConn) -> Result<(i64, i64), StoreError> {
+    use policy_generation::dsl as g;
+    let value = db_dispatch!(conn, c => g::policy_generation
+        .filter(g::id.eq(1))
+        .select((g::generation, g::updated_at))
+        .first::<(i64, i64)>(c)?);
+    Ok(value)
+}
+
+/// Deletes the attempt counters of days before `day` (days since the epoch); how many.
+pub fn purge_attempts_before(conn: &mut DbConn, day: i64) -> Result<usize, StoreError> {
+    use policy_attempts::dsl as a;
+    Ok(
+        db_dispatch!(conn, c => diesel::delete(a::policy_attempts.filter(a::day.lt(day)))
+        .execute(c)?),
+    )
+}
+
 /// Bumps the change counter (call inside the transaction that changed rules).
 pub fn bump_generation(conn: &mut DbConn, now_ms: i64) -> Result<i64, StoreError> {
     use policy_generation::dsl as g;

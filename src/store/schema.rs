@@ -242,6 +242,7 @@ diesel::table! {
         organisation_key -> Text,
         created_at -> BigInt,
         updated_at -> BigInt,
+        user_displayname -> Nullable<Text>,
     }
 }
 
@@ -267,3 +268,86 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(directory_entries, ldap_names);
+
+diesel::table! {
+    /// Bearer tokens of the homeserver API, one per homeserver (SHA-256 hashes).
+    homeserver_tokens (server_name) {
+        server_name -> Text,
+        token_hash -> Text,
+        created_at -> BigInt,
+        created_by -> Text,
+        revoked_at -> Nullable<BigInt>,
+        last_used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    /// Sessions of the administrators' console (the cookie's token, hashed).
+    console_sessions (id_hash) {
+        id_hash -> Text,
+        username -> Text,
+        account_created_at -> BigInt,
+        csrf_token -> Text,
+        created_at -> BigInt,
+        last_seen_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Signing keys retired by a rotation (public half only), still published.
+    retired_signing_keys (key_id) {
+        key_id -> Text,
+        public_key -> Text,
+        retired_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// The secrets that sign admin tokens, by `kid`.
+    admin_jwt_secrets (kid) {
+        kid -> Text,
+        secret -> Text,
+        created_at -> BigInt,
+        retired_at -> Nullable<BigInt>,
+        accepted_until -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    /// Addresses unbound through the homeserver API, until a deactivation with erasure or the
+    /// purge.
+    homeserver_unbinds (mxid, medium, address) {
+        mxid -> Text,
+        medium -> Text,
+        address -> Text,
+        unbound_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Users who left the directory of their own accord.
+    directory_opt_outs (mxid) {
+        mxid -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Agents' requests for their administration to be added.
+    domain_requests (id) {
+        id -> Text,
+        domain -> Text,
+        address -> Text,
+        name -> Text,
+        organisation -> Text,
+        message -> Nullable<Text>,
+        language -> Text,
+        status -> Text,
+        token_hash -> Nullable<Text>,
+        created_at -> BigInt,
+        confirmed_at -> Nullable<BigInt>,
+        decided_at -> Nullable<BigInt>,
+        decided_by -> Nullable<Text>,
+        decision_message -> Nullable<Text>,
+    }
+}

@@ -56,7 +56,7 @@ async fn token(s: &TestServer, username: &str, password: &str) -> String {
     body["access_token"].as_str().unwrap().to_string()
 }
 
-async fn editor(s: &TestServer) -> String {
+pub(crate) async fn editor(s: &TestServer) -> String {
     token(s, "ed", EDITOR_PASSWORD).await
 }
 
@@ -1396,6 +1396,33 @@ async fn the_openapi_document_lists_the_admin_and_public_paths() {
     ] {
         assert!(rule_schema[field].is_object(), "RuleView.{field}");
     }
+    // The reason codes are documented, every one of them, where decisions are answered.
+    let codes: Vec<&str> = doc["components"]["schemas"]["ReasonCode"]["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ReasonCode enum: {}", doc["components"]["schemas"]))
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let documented: Vec<&str> = annuaire::policy::ReasonCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(codes, documented);
+    for schema in ["ShardInfo", "DecisionView"] {
+        assert_eq!(
+            doc["components"]["schemas"][schema]["properties"]["reason_code"]["$ref"],
+            "#/components/schemas/ReasonCode",
+            "{schema}"
+        );
+    }
+    for path in [
+        "/_matrix/identity/api/v1/sign-ed25519",
+        "/_matrix/federation/unstable/org.matrix.msc4258/user_directory/search",
+        "/_matrix/federation/v3/user_directory/search",
+        "/_matrix/federation/unstable/fr.tchap/user_directory/search",
+    ] {
+        assert!(paths[path]["post"].is_object(), "POST {path} missing");
+    }
 }
 
 /// `annuaire` with stdin, for `admin add` reading the password.
@@ -1407,8 +1434,10 @@ fn run_cli_stdin(
 ) -> (i32, String, String) {
     use std::io::Write;
     let mut cmd = std::process::Command::new(support::binary());
+    // The audit actor reads SUDO_USER first: a test run under sudo must not change it.
     cmd.current_dir(dir)
         .args(args)
+        .env_remove("SUDO_USER")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -1628,6 +1657,16 @@ async fn the_admin_listener_alone_serves_admin_paths() {
     assert_eq!(status(&admin, "/_annuaire/admin/v1/rules").await, 401);
     assert_eq!(status(&serve.base, "/_matrix/identity/versions").await, 200);
     assert_eq!(status(&admin, "/_matrix/identity/versions").await, 404);
+    // The users' own account API is theirs: on the public listener, never the admin one.
+    assert_eq!(status(&serve.base, "/_annuaire/account/v1/data").await, 401);
+    assert_eq!(status(&admin, "/_annuaire/account/v1/data").await, 404);
+    assert!(
+        started["admin_api"]
+            .as_str()
+            .unwrap()
+            .starts_with("admin listener"),
+        "{started}"
+    );
     let (code, log) = serve.terminate();
     assert_eq!(code, 0, "{log}");
 }

@@ -6,7 +6,7 @@ use annuaire::config::{ClientHostConfig, Config};
 use annuaire::directory::{self, NameSource, Visibility};
 use annuaire::matrix::signing::{SigningKey, sign_json};
 use annuaire::matrix::xmatrix::sign_request;
-use annuaire::policy::{Decision, Outcome, normalize_email};
+use annuaire::policy::{Decision, Outcome, ReasonCode, normalize_email};
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -30,6 +30,7 @@ fn decision(outcome: Outcome, organisation: Option<&str>) -> Decision {
         rule: None,
         rule_id: None,
         reason: String::new(),
+        reason_code: ReasonCode::Allowed,
     }
 }
 

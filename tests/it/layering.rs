@@ -14,7 +14,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("http", &["http", "web"]),
     (
         "domain services",
-        &["admin", "homeserver", "identity", "directory", "allowlist"],
+        &[
+            "admin",
+            "homeserver",
+            "identity",
+            "directory",
+            "allowlist",
+            "domain_requests",
+        ],
     ),
     (
         "infrastructure",

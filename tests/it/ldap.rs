@@ -9,7 +9,7 @@ use annuaire::config::{Config, HumanDuration};
 use annuaire::directory::ldap_sync::{self, SyncSummary};
 use annuaire::directory::{self, NameSource};
 use annuaire::ldap::{self, LdapSettings, escape_filter_value};
-use annuaire::policy::{Decision, Outcome, normalize_email};
+use annuaire::policy::{Decision, Outcome, ReasonCode, normalize_email};
 use serde_json::Value;
 
 use crate::support::{
@@ -58,6 +58,7 @@ async fn bind(s: &TestServer, mxid: &str, email: &str, org: Option<&str>) {
         rule: None,
         rule_id: None,
         reason: String::new(),
+        reason_code: ReasonCode::Allowed,
     };
     s.app
         .directory
@@ -493,4 +494,113 @@ async fn serve_syncs_periodically_when_configured() {
         name_of(&s, "@b:bmi.example").await.2.as_deref(),
         Some("Bundesministerium des Innern")
     );
+}
+
+// ---- TLS: ldaps:// and StartTLS, with the throwaway CA of scripts/lib/ldap.sh ----
+
+/// `[ldap]` over TLS: `ldaps://` (`starttls` false) or StartTLS on the plain port, trusting
+/// `ca_file`.
+fn configure_ldap_tls(c: &mut Config, dir: &Path, starttls: bool, ca_file: &Path) {
+    configure_ldap(c, dir);
+    c.ldap.url = Some(if starttls {
+        env("TEST_LDAP_URL")
+    } else {
+        env("TEST_LDAPS_URL")
+    });
+    c.ldap.starttls = starttls;
+    c.ldap.ca_file = Some(ca_file.to_path_buf());
+}
+
+/// A CA that did not sign the test server's certificate (PEM in `dir`).
+fn unrelated_ca(dir: &Path) -> std::path::PathBuf {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "not the LDAP server's CA");
+    let cert = params.self_signed(&key).unwrap();
+    let path = dir.join("other-ca.pem");
+    std::fs::write(&path, cert.pem()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn sync_runs_over_ldaps_and_starttls() {
+    let ca = std::path::PathBuf::from(env("TEST_LDAP_CA_FILE"));
+    for starttls in [false, true] {
+        let ca = ca.clone();
+        let s = Builder::new()
+            .config(move |c, dir| configure_ldap_tls(c, dir, starttls, &ca))
+            .start()
+            .await;
+        bind(
+            &s,
+            "@helene:finances.example",
+            "helene.lefevre@finances.gouv.fr",
+            None,
+        )
+        .await;
+        let summary = s
+            .app
+            .directory
+            .sync_ldap(&settings(&s), false, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("starttls = {starttls}: {e}"));
+        assert_eq!(summary.read, PEOPLE, "starttls = {starttls}");
+        let (name, source, _) = name_of(&s, "@helene:finances.example").await;
+        assert_eq!(
+            (name.as_str(), source),
+            ("Hélène Lefèvre", NameSource::Ldap),
+            "starttls = {starttls}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_server_certificate_from_another_ca_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = unrelated_ca(dir.path());
+    for starttls in [false, true] {
+        let ca = wrong.clone();
+        let s = Builder::new()
+            .config(move |c, dir| configure_ldap_tls(c, dir, starttls, &ca))
+            .start()
+            .await;
+        let settings = settings(&s);
+        let e = ldap::connect(&settings).await.unwrap_err();
+        let message = e.to_string();
+        assert!(matches!(e, ldap::LdapError::Tls(_)), "{starttls}: {e:?}");
+        assert!(
+            message.contains("certificate is not trusted"),
+            "{starttls}: {message}"
+        );
+        assert!(message.contains("ldap.ca_file"), "{starttls}: {message}");
+        assert!(
+            message.contains(&wrong.display().to_string()),
+            "{starttls}: {message}"
+        );
+        // The sync says the same, and writes nothing.
+        let e = s
+            .app
+            .directory
+            .sync_ldap(&settings, false, |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("certificate is not trusted"),
+            "{starttls}: {e}"
+        );
+    }
+    // Without ldap.ca_file the platform's roots do not know the throwaway CA either.
+    let s = Builder::new()
+        .config(|c, dir| {
+            configure_ldap(c, dir);
+            c.ldap.url = Some(env("TEST_LDAPS_URL"));
+        })
+        .start()
+        .await;
+    let message = ldap::connect(&settings(&s)).await.unwrap_err().to_string();
+    assert!(message.contains("certificate is not trusted"), "{message}");
+    assert!(message.contains("set ldap.ca_file"), "{message}");
 }

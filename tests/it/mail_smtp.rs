@@ -296,10 +296,17 @@ async fn one_transport_sends_several_messages_with_utf8_subjects() {
     let invite = InviteMail {
         sender_display_name: Some("Hélène Lefèvre".into()),
         sender: "@helene.lefevre:agent.culture.example".into(),
+        sender_avatar_url: None,
         room_id: "!xyz:agent.culture.example".into(),
+        room_alias: None,
         room_name: Some("Équipe <projet> « été »".into()),
+        room_avatar_url: None,
+        room_join_rules: None,
         room_type: None,
         web_client_location: Some("https://app.example".into()),
+        token: "InviteToken".into(),
+        ephemeral_private_key: "PrivateKey".into(),
+        identity_server_url: "https://id.example.gouv.fr".into(),
         address: "invitee@préfecture.example".into(),
         server_name: "agent.culture.example".into(),
     };

@@ -539,3 +539,103 @@ fn serve_refuses_to_start_with_a_broken_allowlist() {
     assert!(err.contains("broken.toml:1"), "{err}");
     assert!(err.contains("gmail.com"), "{err}");
 }
+
+/// Codes every kind of decision, on a deployment whose unknown domains go to the externals.
+const CODES: (&str, &str) = (
+    "codes.toml",
+    r#"
+[organisation]
+label = "Partenaires"
+homeserver = "agent.partenaires.example"
+
+[[domain]]
+name = "partenaire.example"
+requires_invite = true
+
+[[domain]]
+name = "ancien-partenaire.example"
+expires_at = 2020-01-01T00:00:00Z
+
+[[deny]]
+email = "blocked.person@finances.gouv.example"
+"#,
+);
+
+#[tokio::test]
+async fn every_answer_with_a_decision_carries_its_reason_code() {
+    for (default, unknown_decision) in [("deny", "denied"), ("invite_only", "invite_required")] {
+        let s = crate::admin::start(Builder::new().config(move |c, dir| {
+            c.policy.allowlists_dir = fixtures::write_allowlists(dir, &[FINANCES, JUSTICE, CODES]);
+            if default == "invite_only" {
+                c.policy.default = annuaire::config::DefaultPolicyName::InviteOnly;
+                c.policy.external_homeserver = Some("externes.example".into());
+            }
+        }))
+        .await;
+        let cases = [
+            ("jean@finances.gouv.example", "allowed", "allowed"),
+            (
+                "paul@partenaire.example",
+                "invite_required",
+                "invite_required",
+            ),
+            ("x@webmail.finances.gouv.example", "denied", "denied_domain"),
+            (
+                "blocked.person@finances.gouv.example",
+                "denied",
+                "denied_address",
+            ),
+            (
+                "someone@unknown.example",
+                unknown_decision,
+                "unknown_domain",
+            ),
+            (
+                "someone@gmail.com",
+                unknown_decision,
+                "public_mail_provider",
+            ),
+            (
+                "old@ancien-partenaire.example",
+                unknown_decision,
+                "rule_expired",
+            ),
+        ];
+        for (address, decision, code) in cases {
+            for body in [
+                info(&s, address).await.assert_ok(),
+                internal_info(&s, address, None).await.assert_ok(),
+            ] {
+                assert_eq!(body["decision"], decision, "{default}: {address}: {body}");
+                assert_eq!(body["reason_code"], code, "{default}: {address}: {body}");
+            }
+        }
+        // The admin explainer, with the same codes.
+        let token = crate::admin::editor(&s).await;
+        for (address, _, code) in cases {
+            let url = reqwest::Url::parse_with_params(
+                &s.url("/_annuaire/admin/v1/explain"),
+                &[("address", address)],
+            )
+            .unwrap();
+            let r = Reply::from(s.client.get(url).bearer_auth(&token).send().await.unwrap()).await;
+            assert_eq!(r.assert_ok()["decision"]["reason_code"], code, "{address}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_request_token_says_why_in_a_code() {
+    let s = crate::validation::base(Builder::new()).start().await;
+    for (address, code) in [
+        ("someone@unknown.example", "unknown_domain"),
+        ("someone@gmail.com", "public_mail_provider"),
+        ("x@webmail.finances.gouv.example", "denied_domain"),
+    ] {
+        let r = crate::validation::request(&s, address, "secret", 1).await;
+        r.assert_error(403, "M_THREEPID_DENIED");
+        let body = r.json();
+        assert_eq!(body["decision"], "denied", "{address}: {body}");
+        assert_eq!(body["reason_code"], code, "{address}: {body}");
+    }
+}

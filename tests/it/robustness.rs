@@ -11,6 +11,7 @@ enum Auth {
     None,
     Identity,
     Admin,
+    Homeserver,
 }
 
 /// Every route with a body or a query worth attacking.
@@ -22,6 +23,7 @@ const ROUTES: &[(&str, &str, Auth)] = &[
     ("POST", "/_matrix/identity/v2/3pid/unbind", Auth::Identity),
     ("POST", "/_matrix/identity/v2/store-invite", Auth::Identity),
     ("POST", "/_matrix/identity/v2/sign-ed25519", Auth::Identity),
+    ("POST", "/_matrix/identity/api/v1/sign-ed25519", Auth::None),
     (
         "POST",
         "/_matrix/identity/v2/validate/email/requestToken",
@@ -52,6 +54,21 @@ const ROUTES: &[(&str, &str, Auth)] = &[
         "/_matrix/identity/api/v1/replicate_profiles",
         Auth::None,
     ),
+    (
+        "POST",
+        "/_matrix/federation/unstable/org.matrix.msc4258/user_directory/search",
+        Auth::None,
+    ),
+    (
+        "POST",
+        "/_matrix/federation/v3/user_directory/search",
+        Auth::None,
+    ),
+    (
+        "POST",
+        "/_matrix/federation/unstable/fr.tchap/user_directory/search",
+        Auth::None,
+    ),
     ("POST", "/_annuaire/admin/v1/login", Auth::None),
     ("POST", "/_annuaire/admin/v1/rules", Auth::Admin),
     (
@@ -76,6 +93,25 @@ const ROUTES: &[(&str, &str, Auth)] = &[
         Auth::Admin,
     ),
     ("POST", "/_annuaire/admin/v1/threepids/erase", Auth::Admin),
+    ("POST", "/_annuaire/homeserver/v1/bind", Auth::Homeserver),
+    ("POST", "/_annuaire/homeserver/v1/unbind", Auth::Homeserver),
+    ("POST", "/_annuaire/homeserver/v1/profile", Auth::Homeserver),
+    (
+        "POST",
+        "/_annuaire/homeserver/v1/deactivated",
+        Auth::Homeserver,
+    ),
+    ("POST", "/_annuaire/account/v1/directory", Auth::Identity),
+    (
+        "POST",
+        "/_annuaire/admin/v1/domain-requests/mairie.example/decline",
+        Auth::Admin,
+    ),
+    (
+        "POST",
+        "/_annuaire/admin/v1/domain-requests/mairie.example/accept",
+        Auth::Admin,
+    ),
 ];
 
 const QUERIES: &[(&str, Auth)] = &[
@@ -100,12 +136,20 @@ const QUERIES: &[(&str, Auth)] = &[
         "/_annuaire/admin/v1/directory/@jean:agent.finances.example",
         Auth::Admin,
     ),
+    ("/_annuaire/homeserver/v1/display_name", Auth::Homeserver),
+    ("/_annuaire/account/v1/data", Auth::Identity),
+    ("/_annuaire/admin/v1/domain-requests", Auth::Admin),
+    (
+        "/_annuaire/admin/v1/domain-requests/mairie.example",
+        Auth::Admin,
+    ),
 ];
 
 struct Fixture {
     s: TestServer,
     identity: String,
     admin: String,
+    homeserver: String,
 }
 
 async fn fixture() -> Fixture {
@@ -128,6 +172,18 @@ async fn fixture() -> Fixture {
         )
         .unwrap();
     }
+    let homeserver = {
+        let mut conn = s.app.db.get().unwrap();
+        annuaire::homeserver::tokens::add_homeserver(
+            &mut conn,
+            "agent.finances.example",
+            &annuaire::admin::Actor::cli("test"),
+            s.app.clock.now_ms(),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap()
+        .token
+    };
     let login = s
         .post(
             "/_annuaire/admin/v1/login",
@@ -136,7 +192,12 @@ async fn fixture() -> Fixture {
         .await
         .assert_ok();
     let admin = login["access_token"].as_str().unwrap().to_string();
-    Fixture { s, identity, admin }
+    Fixture {
+        s,
+        identity,
+        admin,
+        homeserver,
+    }
 }
 
 impl Fixture {
@@ -145,6 +206,7 @@ impl Fixture {
             Auth::None => None,
             Auth::Identity => Some(&self.identity),
             Auth::Admin => Some(&self.admin),
+            Auth::Homeserver => Some(&self.homeserver),
         }
     }
 
@@ -316,6 +378,9 @@ async fn malformed_queries_get_matrix_errors_everywhere() {
         "/_annuaire/admin/v1/rules/%FF",
         "/_annuaire/admin/v1/directory/%FF",
         "/_annuaire/admin/v1/directory/%00",
+        "/_annuaire/admin/v1/domain-requests/%FF",
+        "/_annuaire/admin/v1/domain-requests/%00",
+        "/_annuaire/admin/v1/domain-requests/..",
     ] {
         let r = Reply::from(
             f.s.client

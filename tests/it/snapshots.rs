@@ -835,6 +835,35 @@ async fn identity_validation_binds_and_unbinds() {
         .snap("v2_3pid_bind_not_permitted", &[])
         .await;
 
+    // The user's own account API (public listener).
+    snaps
+        .get("/_annuaire/account/v1/data")
+        .bearer(&token)
+        .snap("account_v1_data", &[])
+        .await;
+    snaps
+        .get("/_annuaire/account/v1/data")
+        .snap("account_v1_data_no_token", &[])
+        .await;
+    snaps
+        .post("/_annuaire/account/v1/directory")
+        .bearer(&token)
+        .json(&json!({"visible": false}))
+        .snap("account_v1_directory_leave", &[])
+        .await;
+    snaps
+        .post("/_annuaire/account/v1/directory")
+        .bearer(&token)
+        .json(&json!({"visible": "no"}))
+        .snap("account_v1_directory_invalid", &[])
+        .await;
+    snaps
+        .post("/_annuaire/account/v1/directory")
+        .bearer(&token)
+        .json(&json!({"visible": true}))
+        .snap("account_v1_directory_return", &[])
+        .await;
+
     // Unbinds.
     let body = unbind_body(MARIE, "Marie.Curie@Finances.gouv.example");
     snaps
@@ -880,6 +909,8 @@ async fn identity_invitations() {
                 max: 1,
                 within: HumanDuration(Duration::from_secs(3600)),
             };
+            // The mail then carries the signing link with the private key.
+            c.invites.web_client_url = Some("https://app.tchap.example".into());
         })
         .manual_clock(START_MS)
         .start()
@@ -955,12 +986,45 @@ async fn identity_invitations() {
     let invitee = "@marie.curie:agent.finances.example";
     let invitee_token = register(&s, &hs, invitee).await;
     snaps.known(&invitee_token, "marie.curie's token");
+    let private_key = crate::invites::mailed_private_key(&s, &invite_token).await;
+    snaps.known(&private_key, "mailed private key");
     let sign = format!("{V2}/sign-ed25519");
     snaps
         .post(&sign)
         .bearer(&invitee_token)
-        .json(&json!({"mxid": invitee, "token": invite_token, "private_key": EPHEMERAL_SEED}))
+        .json(&json!({"mxid": invitee, "token": invite_token, "private_key": private_key}))
         .snap("v2_sign_ed25519", &["ed25519:0"])
+        .await;
+    snaps
+        .post(&sign)
+        .bearer(&invitee_token)
+        .json(&json!({"mxid": invitee, "token": invite_token, "private_key": EPHEMERAL_SEED}))
+        .snap("v2_sign_ed25519_not_the_invitations_key", &[])
+        .await;
+    // The unauthenticated v1 the mailed link points at, as Element calls it: query string only.
+    let v1_sign = "/_matrix/identity/api/v1/sign-ed25519";
+    let other = "%40marie.perso%3Aagent.justice.example";
+    snaps
+        .post(&format!(
+            "{v1_sign}?token={invite_token}&private_key={private_key}&mxid={other}"
+        ))
+        .header("accept", "application/json")
+        .snap("v1_sign_ed25519", &["ed25519:0"])
+        .await;
+    snaps
+        .post(v1_sign)
+        .json(&json!({"mxid": "@marie.perso:agent.justice.example", "token": invite_token, "private_key": private_key}))
+        .snap("v1_sign_ed25519_json", &["ed25519:0"])
+        .await;
+    snaps
+        .post(&format!("{v1_sign}?token={invite_token}&mxid={other}"))
+        .snap("v1_sign_ed25519_missing_params", &[])
+        .await;
+    snaps
+        .post(&format!(
+            "{v1_sign}?token=unknown&private_key={private_key}&mxid={other}"
+        ))
+        .snap("v1_sign_ed25519_unknown_invitation", &[])
         .await;
     snaps
         .post(&sign)
@@ -1067,6 +1131,7 @@ async fn directory_searches_and_replication() {
             );
             c.federation.homeservers.insert(FINANCES_HS.into(), base);
             c.directory.allowed_homeservers = vec![FINANCES_HS.into()];
+            c.directory.federated_search_servers = vec![FINANCES_HS.into()];
         })
         .manual_clock(START_MS)
         .start()
@@ -1182,6 +1247,29 @@ async fn directory_searches_and_replication() {
         .post(replicate)
         .json(&hs.signed(json!({"batchnum": 3, "batch": {}})))
         .snap("v1_replicate_profiles_missing_origin", &[])
+        .await;
+
+    // MSC4258: a federated search, signed with X-Matrix by the calling server.
+    let federated = "/_matrix/federation/unstable/org.matrix.msc4258/user_directory/search";
+    let signed_search = |body: Value| {
+        let auth = hs.x_matrix("POST", federated, "is.test.example", &body);
+        snaps.post(federated).authorization(&auth).json(&body)
+    };
+    signed_search(
+        json!({"requester": "@remote:agent.finances.example", "search_term": "marie", "limit": 5}),
+    )
+    .snap("msc4258_user_directory_search", &[])
+    .await;
+    signed_search(json!({"requester": "@remote:agent.finances.example", "search_term": "ma"}))
+        .snap("msc4258_user_directory_search_short_term", &[])
+        .await;
+    signed_search(json!({"requester": "@remote:agent.justice.example", "search_term": "marie"}))
+        .snap("msc4258_user_directory_search_foreign_requester", &[])
+        .await;
+    snaps
+        .post(federated)
+        .json(&json!({"requester": "@remote:agent.finances.example", "search_term": "marie"}))
+        .snap("msc4258_user_directory_search_unsigned", &[])
         .await;
 }
 
@@ -1499,6 +1587,15 @@ async fn admin_directory_audit_statistics_and_erasure() {
         .bearer(&vi)
         .snap("admin_stats_outbox", &[])
         .await;
+    // Erased addresses appear in the audit log as keyed pseudonyms (the key is random).
+    for (address, what) in [
+        ("jean.dupont@finances.gouv.example", "jean's pseudonym"),
+        ("nobody@finances.gouv.example", "nobody's pseudonym"),
+    ] {
+        let mut conn = s.app.db.get().unwrap();
+        let pseudonym = annuaire::audit::pseudonym(&mut conn, address, 0).unwrap();
+        snaps.known(&pseudonym, what);
+    }
     snaps
         .get(&format!("{ADMIN}/audit?limit=3"))
         .bearer(&vi)
@@ -1513,5 +1610,202 @@ async fn admin_directory_audit_statistics_and_erasure() {
         .get(&format!("{ADMIN}/audit?since=yesterday"))
         .bearer(&vi)
         .snap("admin_audit_invalid_since", &[])
+        .await;
+
+    // Domain requests (the queue is empty: requests join it once confirmed by mail, which
+    // tests/it/console.rs follows).
+    snaps
+        .get(&format!("{ADMIN}/domain-requests"))
+        .bearer(&vi)
+        .snap("admin_domain_requests", &[])
+        .await;
+    snaps
+        .get(&format!(
+            "{ADMIN}/domain-requests/knocking.example?status=pending"
+        ))
+        .bearer(&vi)
+        .snap("admin_domain_requests_for_domain", &[])
+        .await;
+    snaps
+        .get(&format!(
+            "{ADMIN}/domain-requests/knocking.example?status=maybe"
+        ))
+        .bearer(&vi)
+        .snap("admin_domain_requests_invalid_status", &[])
+        .await;
+    snaps
+        .post(&format!("{ADMIN}/domain-requests/knocking.example/accept"))
+        .bearer(&vi)
+        .snap("admin_domain_requests_accept_as_viewer", &[])
+        .await;
+    snaps
+        .post(&format!("{ADMIN}/domain-requests/knocking.example/accept"))
+        .bearer(&ed)
+        .snap("admin_domain_requests_accept_unknown_domain", &[])
+        .await;
+    snaps
+        .post(&format!(
+            "{ADMIN}/domain-requests/finances.gouv.example/decline"
+        ))
+        .bearer(&ed)
+        .json(&json!({"message": "Non."}))
+        .snap("admin_domain_requests_decline_nothing_pending", &[])
+        .await;
+}
+
+// ---- the homeserver API ----
+
+#[tokio::test]
+async fn homeserver_api() {
+    const HS_API: &str = "/_annuaire/homeserver/v1";
+    let s = with_allowlists(Builder::new(), &[FINANCES, JUSTICE])
+        .config(|c, _| c.http.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()])
+        .manual_clock(START_MS)
+        .start()
+        .await;
+    let snaps = Snapshots::new(&s);
+    let token = {
+        let mut conn = s.app.db.get().unwrap();
+        annuaire::homeserver::tokens::add_homeserver(
+            &mut conn,
+            FINANCES_HS,
+            &annuaire::audit::Actor::cli("test"),
+            START_MS,
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap()
+        .token
+    };
+    snaps.known(&token, "homeserver token");
+    let bind = format!("{HS_API}/bind");
+    let threepid =
+        |address: &str, mxid: &str| json!({"medium": "email", "address": address, "mxid": mxid});
+
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&threepid("Marie.Curie@finances.gouv.example", MARIE))
+        .snap("homeserver_v1_bind", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&threepid("marie.curie@finances.gouv.example", LUC))
+        .snap("homeserver_v1_bind_foreign_user", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&threepid("luc@justice.gouv.example", JEAN))
+        .snap("homeserver_v1_bind_foreign_address", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&threepid("x@webmail.finances.gouv.example", JEAN))
+        .snap("homeserver_v1_bind_denied_address", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&threepid("not-an-address", JEAN))
+        .snap("homeserver_v1_bind_invalid_email", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&json!({"medium": "msisdn", "address": "33612345678", "mxid": JEAN}))
+        .snap("homeserver_v1_bind_unsupported_medium", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .json(&json!({"medium": "email", "mxid": JEAN}))
+        .snap("homeserver_v1_bind_missing_params", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .json(&threepid("marie.curie@finances.gouv.example", MARIE))
+        .snap("homeserver_v1_no_token", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer("not-a-token")
+        .json(&threepid("marie.curie@finances.gouv.example", MARIE))
+        .snap("homeserver_v1_unknown_token", &[])
+        .await;
+    snaps
+        .post(&bind)
+        .bearer(&token)
+        .header("x-forwarded-for", "198.51.100.7")
+        .json(&threepid("marie.curie@finances.gouv.example", MARIE))
+        .snap("homeserver_v1_outside", &[])
+        .await;
+
+    let name = format!("{HS_API}/display_name");
+    snaps
+        .get_query(
+            &name,
+            &[
+                ("medium", "email"),
+                ("address", "jean.dupont@finances.gouv.example"),
+            ],
+        )
+        .bearer(&token)
+        .snap("homeserver_v1_display_name", &[])
+        .await;
+    snaps
+        .get_query(
+            &name,
+            &[("medium", "email"), ("address", "luc@justice.gouv.example")],
+        )
+        .bearer(&token)
+        .snap("homeserver_v1_display_name_foreign_address", &[])
+        .await;
+
+    let profile = format!("{HS_API}/profile");
+    snaps
+        .post(&profile)
+        .bearer(&token)
+        .json(&json!({"user_id": MARIE, "displayname": "Marie", "avatar_url": "mxc://agent.finances.example/a"}))
+        .snap("homeserver_v1_profile", &[])
+        .await;
+    snaps
+        .post(&profile)
+        .bearer(&token)
+        .json(&json!({"user_id": MARIE, "displayname": "x".repeat(300)}))
+        .snap("homeserver_v1_profile_displayname_too_long", &[])
+        .await;
+
+    let unbind = format!("{HS_API}/unbind");
+    snaps
+        .post(&unbind)
+        .bearer(&token)
+        .json(&threepid("marie.curie@finances.gouv.example", MARIE))
+        .snap("homeserver_v1_unbind", &[])
+        .await;
+    snaps
+        .post(&unbind)
+        .bearer(&token)
+        .json(&threepid("marie.curie@finances.gouv.example", MARIE))
+        .snap("homeserver_v1_unbind_nothing", &[])
+        .await;
+
+    Reply::from(
+        s.client
+            .post(s.url(&bind))
+            .bearer_auth(&token)
+            .json(&threepid("marie.curie@finances.gouv.example", MARIE))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .assert_ok();
+    snaps
+        .post(&format!("{HS_API}/deactivated"))
+        .bearer(&token)
+        .json(&json!({"user_id": MARIE, "erased": false}))
+        .snap("homeserver_v1_deactivated", &[])
         .await;
 }

@@ -165,6 +165,7 @@ pub struct Builder {
     clock: Option<Arc<ManualClock>>,
     client: Option<reqwest::Client>,
     account: Option<String>,
+    listen: Option<std::net::SocketAddr>,
 }
 
 impl Builder {
@@ -178,6 +179,7 @@ impl Builder {
             clock: None,
             client: None,
             account: None,
+            listen: None,
         }
     }
 
@@ -190,7 +192,15 @@ impl Builder {
             clock: None,
             client: None,
             account: None,
+            listen: None,
         }
+    }
+
+    /// Listens on `addr` rather than `http.bind` (which the server still believes it has: a
+    /// configuration off loopback, tested on loopback).
+    pub fn listen_on(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.parse().unwrap());
+        self
     }
 
     pub fn config(mut self, f: impl FnOnce(&mut Config, &Path)) -> Self {
@@ -226,6 +236,7 @@ impl Builder {
             clock,
             client,
             account,
+            listen,
         } = self;
         let shared: SharedClock = match &clock {
             Some(c) => c.clone(),
@@ -236,7 +247,7 @@ impl Builder {
         let thread = std::thread::spawn(move || {
             let system = actix_web::rt::System::new();
             system.block_on(async move {
-                let listener = TcpListener::bind(config.http.bind).unwrap();
+                let listener = TcpListener::bind(listen.unwrap_or(config.http.bind)).unwrap();
                 let addr = listener.local_addr().unwrap();
                 let app = match Annuaire::open_with_clock(config, shared).await {
                     Ok(app) => app,
@@ -399,7 +410,8 @@ pub fn client() -> reqwest::Client {
 /// Runs the binary to completion; returns (exit code, stdout, stderr).
 pub fn run_cli(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = std::process::Command::new(binary());
-    cmd.current_dir(dir).args(args);
+    // The audit actor reads SUDO_USER first: a test run under sudo must not change it.
+    cmd.current_dir(dir).args(args).env_remove("SUDO_USER");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -592,8 +592,11 @@ async fn next_link_is_checked_and_followed_only_on_success() {
     // Without next_link the page says it worked; a bad link says it is incomplete.
     let sid = sid_of(&request(&s, AGENT, "nl3", 1).await);
     let token = token_for(&s, &sid, 1).await;
+    // German pages exist (issue 16): German is chosen over English.
     let r = page(&s, &sid, "nl3", &token, Some("de, en;q=0.5")).await;
     assert_eq!(r.status, 200);
+    assert!(r.text.contains("Adresse bestätigt"), "{}", r.text);
+    let r = page(&s, &sid, "nl3", &token, Some("it, en;q=0.5")).await;
     assert!(r.text.contains("Address confirmed"), "{}", r.text);
     let r = get_query(&s, SUBMIT, &[("sid", sid.as_str())], None).await;
     assert_eq!(r.status, 400);

@@ -23,6 +23,7 @@ use super::{AppData, Empty, caller_ip, resource};
 use crate::admin::{AdminError, Session};
 
 pub(super) mod moderation;
+pub(super) mod requests;
 pub(super) mod rules;
 pub(super) mod stats;
 
@@ -97,6 +98,22 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/_annuaire/admin/v1/threepids/erase")
                 .route(web::post().to(moderation::erase_threepid)),
+        )
+        .service(
+            resource("/_annuaire/admin/v1/domain-requests")
+                .route(web::get().to(requests::list_domain_requests)),
+        )
+        .service(
+            resource("/_annuaire/admin/v1/domain-requests/{domain}")
+                .route(web::get().to(requests::domain_requests)),
+        )
+        .service(
+            resource("/_annuaire/admin/v1/domain-requests/{domain}/accept")
+                .route(web::post().to(requests::accept_domain_requests)),
+        )
+        .service(
+            resource("/_annuaire/admin/v1/domain-requests/{domain}/decline")
+                .route(web::post().to(requests::decline_domain_requests)),
         );
 }
 

@@ -12,7 +12,7 @@ use crate::admin::{self, AdminError, RuleFilter};
 use crate::http::AppData;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{MatrixQuery, RawBody};
-use crate::policy::{Decision, Rule, RuleDiff, RuleKind};
+use crate::policy::{Decision, ReasonCode, Rule, RuleDiff, RuleKind};
 
 /// One rule as JSON: the allowlist file's field names plus `id`, `kind`, `source` and `line`
 /// (what `Rule::to_json` writes; a unit test keeps this schema equal to it).
@@ -478,6 +478,8 @@ pub struct DecisionView {
     pub rule_id: Option<String>,
     /// Why.
     pub reason: String,
+    /// Why, as a stable code (see `ReasonCode`).
+    pub reason_code: ReasonCode,
 }
 
 impl From<&Decision> for DecisionView {
@@ -490,6 +492,7 @@ impl From<&Decision> for DecisionView {
             rule: d.rule.clone(),
             rule_id: d.rule_id.clone(),
             reason: d.reason.clone(),
+            reason_code: d.reason_code,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use annuaire::directory::Viewer;
 use annuaire::identity::associations::{self, Association};
-use annuaire::policy::{Decision, Outcome, normalize_email};
+use annuaire::policy::{Decision, Outcome, ReasonCode, normalize_email};
 use annuaire::store::invites::InviteRow;
 use annuaire::store::sessions::SessionRow;
 use reqwest::Method;
@@ -27,6 +27,7 @@ fn decision(outcome: Outcome, organisation: Option<&str>) -> Decision {
         rule: None,
         rule_id: None,
         reason: String::new(),
+        reason_code: ReasonCode::Allowed,
     }
 }
 
@@ -517,6 +518,7 @@ async fn erasure_forgets_an_address_and_the_directory_follows_the_unbind_path() 
             "sessions": 1,
             "queued_mails": 1,
             "directory": [{"user_id": JEAN, "entry": "kept"}],
+            "audit_rows_pseudonymised": 1,
         })
     );
     // Lookups no longer find A; B still finds Jean.
@@ -592,12 +594,17 @@ async fn erasure_forgets_an_address_and_the_directory_follows_the_unbind_path() 
     assert_eq!(erased["unbound_from"], Value::Null);
     assert_eq!(erased["directory"], json!([]));
 
-    // Audited, with the address (the administrators' own record).
+    // Audited, the address replaced by its keyed pseudonym (the log keeps that it was erased
+    // and by whom, not which address).
     let log = audit(&s, &t, "?action=threepid.erase").await;
     assert_eq!(log.len(), 3);
-    assert_eq!(log[2]["target"], format!("threepid:email:{a}"));
+    let pseudonym = {
+        let mut conn = s.app.db.get().unwrap();
+        annuaire::audit::pseudonym(&mut conn, a, 0).unwrap()
+    };
+    assert_eq!(log[2]["target"], format!("threepid:email:{pseudonym}"));
     assert_eq!(log[2]["actor"], "ed");
-    assert_eq!(log[2]["before"]["address"], a);
+    assert_eq!(log[2]["before"]["address"], pseudonym);
     assert_eq!(log[2]["before"]["bound_to"], JEAN);
     assert_eq!(log[2]["before"]["invites"], 1);
     assert_eq!(log[2]["after"], Value::Null);

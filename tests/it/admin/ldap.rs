@@ -277,3 +277,40 @@ async fn an_unreachable_directory_is_a_503_and_local_accounts_still_work() {
     super::add_account(&s, "ed", "editor", super::EDITOR_PASSWORD);
     login(&s, "ed", super::EDITOR_PASSWORD).await.assert_ok();
 }
+
+#[tokio::test]
+async fn login_works_over_ldaps_and_starttls() {
+    let ca = std::path::PathBuf::from(env("TEST_LDAP_CA_FILE"));
+    for starttls in [false, true] {
+        let ca = ca.clone();
+        let s = server(move |c| {
+            c.ldap.url = Some(if starttls {
+                env("TEST_LDAP_URL")
+            } else {
+                env("TEST_LDAPS_URL")
+            });
+            c.ldap.starttls = starttls;
+            c.ldap.ca_file = Some(ca);
+        })
+        .await;
+        let body = login(&s, "admin.alice", ALICE).await.assert_ok();
+        assert_eq!(body["role"], "editor", "starttls = {starttls}");
+        // A wrong password is still a wrong password over TLS.
+        login(&s, "admin.bob", "not bob's password")
+            .await
+            .assert_error(403, "M_FORBIDDEN");
+    }
+}
+
+#[tokio::test]
+async fn login_refuses_a_directory_whose_certificate_is_not_trusted() {
+    let s = server(|c| {
+        c.ldap.url = Some(env("TEST_LDAPS_URL"));
+        c.ldap.ca_file = None;
+    })
+    .await;
+    // The directory cannot be used: 503, never a login.
+    login(&s, "admin.alice", ALICE)
+        .await
+        .assert_error(503, "M_UNKNOWN");
+}

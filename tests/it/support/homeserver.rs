@@ -202,6 +202,20 @@ impl Homeserver {
         body
     }
 
+    /// An `Authorization: X-Matrix` header for a server-server request (`uri` is the path and
+    /// query), signed as [`FINANCES_HS`] for `destination`.
+    pub fn x_matrix(&self, method: &str, uri: &str, destination: &str, content: &Value) -> String {
+        annuaire::matrix::xmatrix::sign_request(
+            &self.key,
+            FINANCES_HS,
+            method,
+            uri,
+            destination,
+            Some(content),
+        )
+        .unwrap()
+    }
+
     /// An `Authorization: X-Matrix` header for an unbind, signed as Synapse signs it
     /// (`destination_is` in the signed object, no `destination` in the header).
     pub fn sign_unbind(&self, origin: &str, destination_is: &str, content: &Value) -> String {

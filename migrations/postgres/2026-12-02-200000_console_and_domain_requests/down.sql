@@ -1,0 +1,2 @@
+DROP TABLE domain_requests;
+DROP TABLE console_sessions;
