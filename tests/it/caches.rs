@@ -22,13 +22,13 @@ const V2: &str = "/_matrix/identity/v2";
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A second instance on the first one's database (and folder).
-async fn second_instance(a: &TestServer) -> TestServer {
+pub(crate) async fn second_instance(a: &TestServer) -> TestServer {
     let config = (*a.app.config).clone();
     Builder::in_dir(a.dir.clone(), config).start().await
 }
 
 /// Waits until the instance's lookup index is ready (lookups and `/info` then come from it).
-async fn index_ready(s: &TestServer) -> usize {
+pub(crate) async fn index_ready(s: &TestServer) -> usize {
     let identity = s.app.identity.clone();
     eventually(PATIENCE, "the lookup index", async || {
         identity.sync_now().await.unwrap();
