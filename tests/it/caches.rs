@@ -396,3 +396,61 @@ async fn an_instance_that_does_not_read_the_feed_answers_from_the_database() {
     assert!(b.identity.authenticate(&token, now).await.is_err());
     assert_eq!(b.identity.lookup_index_size(), None);
 }
+
+#[tokio::test]
+async fn the_housekeeping_purges_old_feed_rows_and_readers_go_on() {
+    use annuaire::store::changes::{self, ChangeKind};
+    let hs = Homeserver::start(None);
+    let a = builder(&hs).manual_clock(1_800_000_000_000).start().await;
+    let b = second_instance(&a).await;
+    let old = a.app.clock.now_ms();
+    a.app
+        .db
+        .run(move |conn| {
+            changes::record(
+                conn,
+                &[(ChangeKind::Account, "@old:agent.finances.example")],
+                old,
+            )
+        })
+        .await
+        .unwrap();
+    b.app.identity.sync_now().await.unwrap();
+    // Two hours later (the feed keeps an hour), the housekeeping deletes the old row only.
+    a.clock.as_ref().unwrap().advance(2 * 3600 * 1000);
+    let now = a.app.clock.now_ms();
+    a.app
+        .db
+        .run(move |conn| {
+            changes::record(
+                conn,
+                &[(ChangeKind::Account, "@new:agent.finances.example")],
+                now,
+            )
+        })
+        .await
+        .unwrap();
+    a.app
+        .db
+        .run(move |conn| annuaire::identity::purge_expired(conn, now))
+        .await
+        .unwrap();
+    let page = a
+        .app
+        .db
+        .run(|conn| changes::after(conn, 0, 100))
+        .await
+        .unwrap();
+    let keys: Vec<&str> = page.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["@new:agent.finances.example"]);
+    // Ids are never reused: a reader that had read the old row goes on, and a logout through A
+    // still reaches B.
+    b.app.identity.sync_now().await.unwrap();
+    let token = register(&a, &hs, "@a:agent.finances.example").await;
+    let account = format!("{V2}/account");
+    b.app.identity.sync_now().await.unwrap();
+    assert_eq!(status(&b, &account, &token).await, 200);
+    logout(&a, &token).await;
+    b.app.identity.sync_now().await.unwrap();
+    assert_eq!(status(&b, &account, &token).await, 401);
+}
