@@ -99,7 +99,7 @@ run_backend() {
     import_s="$(echo "$ended - $started" | bc)"
     local size
     if [[ "$name" == postgres ]]; then
-        "$PG_BIN/psql" "$url" -X -q -c 'VACUUM ANALYZE directory_entries' >/dev/null
+        "$PG_BIN/psql" "$url" -X -q -c 'VACUUM ANALYZE directory_entries' -c 'VACUUM ANALYZE directory_search' >/dev/null
         size="$("$PG_BIN/psql" "$url" -X -At -c "select pg_size_pretty(pg_database_size(current_database()))")"
     else
         size="$(du -sh "${url#sqlite://}" | cut -f1)"
