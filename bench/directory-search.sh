@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Directory search benchmark: 1,000,000 synthetic entries on SQLite and on PostgreSQL.
+# Directory search benchmark: 5,500,000 synthetic entries (every potential Tchap user) on
+# SQLite and on PostgreSQL.
 #
-# Usage: bench/directory-search.sh [--entries N] [--duration SECONDS] [--no-postgres]
+# Usage: bench/directory-search.sh [--entries N] [--duration SECONDS] [--clients C]
+#                                  [--no-postgres] [--no-sqlite]
 #
 # For each backend it
 #   1. imports the entries with the release binary (`annuaire directory import-synthetic N`),
 #   2. measures the domain function (`cargo bench --bench directory_search`: database query,
 #      exact ranking, display names; p50/p99 per query and per class, in-process),
 #   3. starts `annuaire serve` and drives POST /_matrix/client/v3/user_directory/search with wrk
-#      (one connection, closed loop: latency; then 8 connections: throughput), the caller's
-#      token checked once by a whoami double and then cached,
+#      for each class of queries, with one connection (closed loop: latency as one user sees
+#      it) and with C concurrent connections (default 8), the caller's token checked once by a
+#      whoami double and then cached,
 #   4. reads the server's resident memory (VmRSS now, VmHWM peak).
 # Queries: bench/queries/{1-term,2-terms,3-terms}.txt. Results: bench/results/directory-search.md
 # (raw outputs are kept in the work folder it prints).
@@ -23,14 +26,18 @@ source scripts/lib/common.sh
 # shellcheck source=scripts/lib/postgres.sh
 source scripts/lib/postgres.sh
 
-entries=1000000
+entries=5500000
 duration=15
+clients=8
 with_postgres=1
+with_sqlite=1
 while (($# > 0)); do
     case "$1" in
     --entries) entries="$2"; shift ;;
     --duration) duration="$2"; shift ;;
+    --clients) clients="$2"; shift ;;
     --no-postgres) with_postgres="" ;;
+    --no-sqlite) with_sqlite="" ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -92,7 +99,7 @@ run_backend() {
     import_s="$(echo "$ended - $started" | bc)"
     local size
     if [[ "$name" == postgres ]]; then
-        "$PG_BIN/psql" "$url" -X -q -c 'VACUUM ANALYZE directory_entries' >/dev/null
+        "$PG_BIN/psql" "$url" -X -q -c 'VACUUM ANALYZE directory_entries' -c 'VACUUM ANALYZE directory_search' >/dev/null
         size="$("$PG_BIN/psql" "$url" -X -At -c "select pg_size_pretty(pg_database_size(current_database()))")"
     else
         size="$(du -sh "${url#sqlite://}" | cut -f1)"
@@ -133,13 +140,16 @@ TOML
     for class in 1-term 2-terms 3-terms; do
         wrk -t1 -c1 -d"${duration}s" --latency -s bench/directory-search.lua \
             "http://127.0.0.1:$port" -- "$class" >"$dir/wrk-$class.out"
-        if grep -q "Non-2xx" "$dir/wrk-$class.out"; then
-            cat "$dir/wrk-$class.out" >&2
-            die "[$name] wrk saw errors"
-        fi
+        wrk -t2 -c"$clients" -d"${duration}s" --latency -s bench/directory-search.lua \
+            "http://127.0.0.1:$port" -- "$class" >"$dir/wrk-$class-c$clients.out"
+        local f
+        for f in "$dir/wrk-$class.out" "$dir/wrk-$class-c$clients.out"; do
+            if grep -q "Non-2xx\|Socket errors" "$f"; then
+                cat "$f" >&2
+                die "[$name] wrk saw errors"
+            fi
+        done
     done
-    wrk -t2 -c8 -d"${duration}s" --latency -s bench/directory-search.lua \
-        "http://127.0.0.1:$port" -- 2-terms >"$dir/wrk-throughput.out"
     local rss hwm
     rss="$(awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$serve_pid/status")"
     hwm="$(awk '/VmHWM/ {print $2/1024 " MiB"}' "/proc/$serve_pid/status")"
@@ -156,16 +166,16 @@ TOML
         echo "- entries: $entries; import: $(printf '%.0f' "$import_s") s; database size: $size"
         echo "- server memory after the runs: VmRSS $rss, peak VmHWM $hwm"
         echo
-        echo "Through HTTP (wrk, 1 connection, ${duration} s per class, whoami cached):"
+        echo "Through HTTP (wrk, ${duration} s per class and concurrency, whoami cached):"
         echo
-        echo "| queries | p50 | p99 | requests/s |"
-        echo "|---|---|---|---|"
+        echo "| queries | clients | p50 | p99 | requests/s |"
+        echo "|---|---|---|---|---|"
         for class in 1-term 2-terms 3-terms; do
             local f="$dir/wrk-$class.out"
-            echo "| $class | $(pct "$f" 50%) | $(pct "$f" 99%) | $(rps "$f") |"
+            echo "| $class | 1 | $(pct "$f" 50%) | $(pct "$f" 99%) | $(rps "$f") |"
+            f="$dir/wrk-$class-c$clients.out"
+            echo "| $class | $clients | $(pct "$f" 50%) | $(pct "$f" 99%) | $(rps "$f") |"
         done
-        local f="$dir/wrk-throughput.out"
-        echo "| 2-terms, 8 connections | $(pct "$f" 50%) | $(pct "$f" 99%) | $(rps "$f") |"
         echo
         echo "Domain function (\`directory::search\`, in-process, 30 rounds per query):"
         echo
@@ -179,7 +189,9 @@ TOML
     } >>"$results"
 }
 
-run_backend sqlite "sqlite://$work/sqlite/annuaire.db"
+if [[ -n "$with_sqlite" ]]; then
+    run_backend sqlite "sqlite://$work/sqlite/annuaire.db"
+fi
 if [[ -n "$with_postgres" ]]; then
     pg_start "$work"
     pg_url="$(cat "$work/pg/url")"

@@ -348,13 +348,15 @@ pub fn reload_on_sighup(app: &Arc<Annuaire>) -> std::io::Result<()> {
 }
 
 /// Starts the periodic jobs of this instance on the current runtime; they end with it: the
-/// outbox worker, the validation and identity purges, the invitation delivery worker, the
-/// periodic LDAP sync, the retention purge, the directory gauges, the key refresh, and the rule
-/// reload with the attempt-counter flush and the rate limiters' housekeeping.
+/// outbox worker, the validation and identity purges, the identity change feed reader, the
+/// invitation delivery worker, the periodic LDAP sync, the retention purge, the directory
+/// gauges, the key refresh, and the rule reload with the attempt-counter flush and the rate
+/// limiters' housekeeping.
 pub fn start_background_jobs(app: &Arc<Annuaire>) {
     crate::mail::outbox::start_worker(&app.mailer);
     crate::identity::sessions::start_purge_job(&app.identity);
     crate::identity::start_housekeeping(&app.identity);
+    crate::identity::live::start_sync(&app.identity);
     crate::identity::delivery::start_worker(&app.identity);
     crate::directory::ldap_sync::start_periodic_sync(&app.directory);
     crate::admin::retention::start_job(&app.admin);

@@ -10,6 +10,9 @@ use crate::config::{LogConfig, LogFormat};
 
 static METRICS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Installs the process-wide metrics recorder once; later calls reuse it.
 pub fn install_metrics() -> Option<&'static PrometheusHandle> {
     METRICS
@@ -26,6 +29,20 @@ pub fn install_metrics() -> Option<&'static PrometheusHandle> {
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            // Histograms keep every sample until they are folded into their buckets: without
+            // this, memory grows with every request between two scrapes (or forever, unscraped).
+            let upkeep = handle.clone();
+            let started = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
+            }
             Some(handle)
         })
         .as_ref()

@@ -196,8 +196,13 @@ fn index_queries(query: &SearchQuery) -> [(String, String); 2] {
             .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(" AND "),
-        clean.join(" & "),
+        clean
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(" & "),
     );
+    // Both indexes hold prefixes of up to 8 letters (longer ones are checked when ranking).
     let prefixes = (
         clean
             .iter()
@@ -206,7 +211,7 @@ fn index_queries(query: &SearchQuery) -> [(String, String); 2] {
             .join(" AND "),
         clean
             .iter()
-            .map(|t| format!("{t}:*"))
+            .map(|t| format!("'{}*'", &t[..t.len().min(FTS5_MAX_PREFIX)]))
             .collect::<Vec<_>>()
             .join(" & "),
     );
@@ -449,18 +454,19 @@ mod tests {
         let q = parse_query("Jéan dupontel-moretti").unwrap();
         let [words, prefixes] = index_queries(&q);
         assert_eq!(words.0, r#""jean" AND "dupontel" AND "moretti""#);
-        assert_eq!(words.1, "jean & dupontel & moretti");
+        assert_eq!(words.1, "'jean' & 'dupontel' & 'moretti'");
         assert_eq!(prefixes.0, r#""jean"* AND "dupontel"* AND "moretti"*"#);
-        assert_eq!(prefixes.1, "jean:* & dupontel:* & moretti:*");
+        assert_eq!(prefixes.1, "'jean*' & 'dupontel*' & 'moretti*'");
         let q = parse_query("bundesministerium").unwrap();
         assert_eq!(index_queries(&q)[1].0, r#""bundesmi"*"#);
+        assert_eq!(index_queries(&q)[1].1, "'bundesmi*'");
         // Hand-built terms cannot escape either syntax.
         let q = SearchQuery {
             terms: vec!["a\"b".into(), "x' | !y:* & (z".into(), "&|!".into()],
         };
         let [words, prefixes] = index_queries(&q);
         assert_eq!(words.0, r#""ab" AND "xyz""#);
-        assert_eq!(prefixes.1, "ab:* & xyz:*");
+        assert_eq!(prefixes.1, "'ab*' & 'xyz*'");
     }
 
     #[test]

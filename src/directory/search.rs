@@ -190,9 +190,10 @@ pub fn fts5_match_expression(q: &SearchQuery) -> String {
         .join(" AND ")
 }
 
-/// The PostgreSQL `to_tsquery('simple', …)` text: every term a prefix query, all required
-/// (`jea:* & dup:*`). Only ASCII letters and digits of a term are kept, so no operator can be
-/// injected even into a hand-built query.
+/// The PostgreSQL `tsquery` text over the indexed prefix lexemes (`annuaire_search_lexemes`,
+/// which holds every word prefix of up to 8 letters as `prefix*`): every term a prefix, all
+/// required (`'jea*' & 'dup*'`; a longer term is cut to 8 letters). Only ASCII letters and
+/// digits of a term are kept, so nothing can escape its quotes even in a hand-built query.
 pub fn tsquery_expression(q: &SearchQuery) -> String {
     q.terms
         .iter()
@@ -200,10 +201,11 @@ pub fn tsquery_expression(q: &SearchQuery) -> String {
             t.chars()
                 .filter(char::is_ascii_alphanumeric)
                 .map(|c| c.to_ascii_lowercase())
+                .take(8)
                 .collect::<String>()
         })
         .filter(|t| !t.is_empty())
-        .map(|t| format!("{t}:*"))
+        .map(|t| format!("'{t}*'"))
         .collect::<Vec<_>>()
         .join(" & ")
 }
@@ -384,11 +386,13 @@ mod tests {
     fn backend_expressions() {
         let q = parse_query("Jéa   dup").unwrap();
         assert_eq!(fts5_match_expression(&q), r#""jea"* AND "dup"*"#);
-        assert_eq!(tsquery_expression(&q), "jea:* & dup:*");
+        assert_eq!(tsquery_expression(&q), "'jea*' & 'dup*'");
 
         let q = parse_query("helene").unwrap();
         assert_eq!(fts5_match_expression(&q), r#""helene"*"#);
-        assert_eq!(tsquery_expression(&q), "helene:*");
+        assert_eq!(tsquery_expression(&q), "'helene*'");
+        let q = parse_query("bundesministerium").unwrap();
+        assert_eq!(tsquery_expression(&q), "'bundesmi*'");
 
         // Hand-built queries cannot break out of the syntax either.
         let hostile = SearchQuery {
@@ -403,7 +407,7 @@ mod tests {
             fts5_match_expression(&hostile),
             r#""a""b"* AND "x' | !y:* & (z"* AND "&|!"*"#
         );
-        assert_eq!(tsquery_expression(&hostile), "ab:* & xyz:*");
+        assert_eq!(tsquery_expression(&hostile), "'ab*' & 'xyz*'");
     }
 
     fn ranked(query: &str, entries: &[(&str, Option<&str>, &str)]) -> Vec<String> {

@@ -5,18 +5,20 @@
 //! The database applies the prefix query and the visibility filters (hidden, inactive and,
 //! unless `directory.show_externals`, external entries are never candidates) and returns at
 //! most `directory.search_candidates` entries per *tier*, in index order, without sorting: the
-//! cost is bounded even when a short prefix matches most of a million entries. The exact
-//! ranking ([`super::search::rank`], then the folded name, then the user id) orders the
-//! candidates in Rust. The tiers follow the ranking's first criterion, the number of terms that
-//! are whole words:
+//! cost is bounded even when a short prefix matches most of the directory. The exact ranking
+//! ([`super::search::rank`], then the folded name, then the user id) orders the candidates in
+//! Rust. The tiers follow the ranking's first criterion, the number of terms that are whole
+//! words:
 //!
 //! 1. every term a whole word (`"jean" AND "dupont"`);
 //! 2. every term but the last a whole word, the last a prefix (`"jean" AND "dup"*`: someone
 //!    typing);
 //! 3. every term a prefix (`"jea"* AND "dup"*`).
 //!
-//! When tier 1 alone yields more candidates than the limit, nothing later could rank before
-//! them and the other tiers are skipped.
+//! Tier 3 holds every match, so it is asked first: when it has fewer candidates than the
+//! bound, it is the whole answer. Otherwise tier 1, and when tier 1 alone yields more
+//! candidates than the limit nothing else could rank before them and tier 2 is skipped (see
+//! `store::directory::search`, which runs them in one statement on PostgreSQL).
 //!
 //! # Exactness
 //!
@@ -40,18 +42,16 @@ use crate::config::Config;
 use crate::federation::FederationClient;
 use crate::ratelimit::KeyedLimit;
 use crate::store::Db;
-use crate::store::directory::{self as store, Candidate, IndexQuery, SearchFilter};
+use crate::store::directory::{self as store, Candidate, IndexQuery, SearchFilter, SearchTiers};
 
 /// Results returned when the caller does not say.
 pub const DEFAULT_LIMIT: u32 = 10;
 /// The most results a search returns.
 pub const MAX_LIMIT: u32 = 50;
 
-/// The longest prefix the SQLite index has a prefix index for (see the migration).
-const FTS5_MAX_PREFIX: usize = 8;
-
-/// Shorter PostgreSQL prefixes are not matched through the GIN index (see `index_query`).
-const PG_MIN_INDEXED_PREFIX: usize = 3;
+/// The longest prefix the indexes hold (SQLite FTS5 prefix indexes, PostgreSQL prefix
+/// lexemes; see the migrations): a longer prefix is cut, and `rank` checks the whole term.
+const MAX_INDEXED_PREFIX: usize = 8;
 
 /// Who is searching; decides whether they may.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,14 +208,9 @@ impl DirectoryService {
             .run(move |conn| {
                 let mut seen = HashSet::new();
                 let mut candidates: Vec<Candidate> = Vec::new();
-                for (i, tier) in tiers.iter().enumerate() {
-                    for candidate in store::search(conn, tier, &filter, candidates_per_tier)? {
-                        if seen.insert(candidate.mxid.clone()) {
-                            candidates.push(candidate);
-                        }
-                    }
-                    if i == 0 && candidates.len() > limit {
-                        break;
+                for candidate in store::search(conn, &tiers, &filter, candidates_per_tier, limit)? {
+                    if seen.insert(candidate.mxid.clone()) {
+                        candidates.push(candidate);
                     }
                 }
                 Ok(candidates)
@@ -255,30 +250,20 @@ impl DirectoryService {
 }
 
 /// The index queries of each tier (see the module documentation).
-fn tiers(query: &SearchQuery) -> Vec<IndexQuery> {
+fn tiers(query: &SearchQuery) -> SearchTiers {
     let n = query.terms.len();
-    let mut prefix_from = vec![n];
-    if n >= 2 {
-        prefix_from.push(n - 1);
+    SearchTiers {
+        broad: index_query(query, 0),
+        whole: index_query(query, n),
+        typing: (n >= 2).then(|| index_query(query, n - 1)),
     }
-    prefix_from.push(0);
-    prefix_from
-        .into_iter()
-        .map(|first_prefix| index_query(query, first_prefix))
-        .collect()
 }
 
-/// Terms before `first_prefix` must be whole words, the others prefixes.
-///
-/// PostgreSQL: a GIN index evaluates every term of its query, and a one- or two-letter prefix
-/// (`m:*`) unions hundreds of thousands of postings even when another term is selective. Such
-/// short prefixes are checked on the rows the other terms select (`ts_match_vq`, not through
-/// the index) unless they are all there is, in which case the longest goes through the index
-/// and the planner may prefer a scan that stops at the candidate limit.
+/// Terms before `first_prefix` must be whole words, the others prefixes (cut to
+/// [`MAX_INDEXED_PREFIX`] letters: the indexes hold no longer prefixes).
 fn index_query(query: &SearchQuery, first_prefix: usize) -> IndexQuery {
     let mut fts5 = Vec::new();
-    let mut indexed: Vec<String> = Vec::new();
-    let mut short: Vec<String> = Vec::new();
+    let mut tsquery = Vec::new();
     for (i, term) in query.terms.iter().enumerate() {
         // Folded terms are [a-z0-9]+; filtering again keeps both syntaxes safe whatever
         // reaches here.
@@ -287,31 +272,17 @@ fn index_query(query: &SearchQuery, first_prefix: usize) -> IndexQuery {
             continue;
         }
         if i >= first_prefix {
-            // SQLite has prefix indexes up to 8 letters: a longer prefix is cut to 8 (an
-            // index read rather than a merge of every matching word's list), and rank()
-            // checks the whole term on each candidate.
-            let cut = &clean[..clean.len().min(FTS5_MAX_PREFIX)];
+            let cut = &clean[..clean.len().min(MAX_INDEXED_PREFIX)];
             fts5.push(format!("\"{cut}\"*"));
-            if clean.len() < PG_MIN_INDEXED_PREFIX {
-                short.push(format!("{clean}:*"));
-            } else {
-                indexed.push(format!("{clean}:*"));
-            }
+            tsquery.push(format!("'{cut}*'"));
         } else {
             fts5.push(format!("\"{clean}\""));
-            indexed.push(clean);
-        }
-    }
-    if indexed.is_empty() {
-        let longest = (0..short.len()).max_by_key(|&i| (short[i].len(), usize::MAX - i));
-        if let Some(longest) = longest {
-            indexed.push(short.remove(longest));
+            tsquery.push(format!("'{clean}'"));
         }
     }
     IndexQuery {
         fts5: fts5.join(" AND "),
-        tsquery: indexed.join(" & "),
-        tsquery_filter: (!short.is_empty()).then(|| short.join(" & ")),
+        tsquery: tsquery.join(" & "),
     }
 }
 
@@ -323,8 +294,9 @@ mod tests {
     fn tiers_go_from_whole_words_to_prefixes() {
         let q = parse_query("Jéan dup").unwrap();
         let t = tiers(&q);
+        let typing = t.typing.clone().unwrap();
         assert_eq!(
-            t.iter().map(|q| q.fts5.as_str()).collect::<Vec<_>>(),
+            [&t.whole.fts5, &typing.fts5, &t.broad.fts5],
             [
                 r#""jean" AND "dup""#,
                 r#""jean" AND "dup"*"#,
@@ -332,33 +304,26 @@ mod tests {
             ]
         );
         assert_eq!(
-            t.iter().map(|q| q.tsquery.as_str()).collect::<Vec<_>>(),
-            ["jean & dup", "jean & dup:*", "jean:* & dup:*"]
+            [&t.whole.tsquery, &typing.tsquery, &t.broad.tsquery],
+            ["'jean' & 'dup'", "'jean' & 'dup*'", "'jean*' & 'dup*'"]
         );
-        assert!(t.iter().all(|q| q.tsquery_filter.is_none()));
-        // One- and two-letter prefixes are checked on the rows the other terms select...
+        // One- and two-letter prefixes are prefixes like any other.
         let q = parse_query("marie m").unwrap();
-        let t = &tiers(&q)[1];
-        assert_eq!(t.tsquery, "marie");
-        assert_eq!(t.tsquery_filter.as_deref(), Some("m:*"));
-        // ...unless they are all there is: the longest (the first of equals) is indexed.
-        let q = parse_query("m du d").unwrap();
-        let t = &tiers(&q)[2];
-        assert_eq!(t.tsquery, "du:*");
-        assert_eq!(t.tsquery_filter.as_deref(), Some("m:* & d:*"));
+        assert_eq!(tiers(&q).typing.unwrap().tsquery, "'marie' & 'm*'");
         let q = parse_query("helene").unwrap();
         let t = tiers(&q);
+        assert_eq!(t.typing, None, "one term: whole word, then prefix");
         assert_eq!(
-            t.iter().map(|q| q.fts5.as_str()).collect::<Vec<_>>(),
-            [r#""helene""#, r#""helene"*"#]
+            (t.whole.fts5.as_str(), t.broad.fts5.as_str()),
+            (r#""helene""#, r#""helene"*"#)
         );
-        // Long prefixes are cut for FTS5 (rank() checks the whole term), not for PostgreSQL.
+        // Long prefixes are cut (rank() checks the whole term); whole words are not.
         let q = parse_query("bundesministerium").unwrap();
         let t = tiers(&q);
-        assert_eq!(t[0].fts5, r#""bundesministerium""#);
-        assert_eq!(t[1].fts5, r#""bundesmi"*"#);
-        assert_eq!(t[1].tsquery, "bundesministerium:*");
-        assert_eq!(t[1].tsquery_filter, None);
+        assert_eq!(t.whole.fts5, r#""bundesministerium""#);
+        assert_eq!(t.whole.tsquery, "'bundesministerium'");
+        assert_eq!(t.broad.fts5, r#""bundesmi"*"#);
+        assert_eq!(t.broad.tsquery, "'bundesmi*'");
     }
 
     #[test]
@@ -368,7 +333,6 @@ mod tests {
         };
         let t = index_query(&q, 1);
         assert_eq!(t.fts5, r#""ab" AND "xyz"*"#);
-        assert_eq!(t.tsquery, "ab & xyz:*");
-        assert_eq!(t.tsquery_filter, None);
+        assert_eq!(t.tsquery, "'ab' & 'xyz*'");
     }
 }

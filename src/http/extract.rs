@@ -58,6 +58,14 @@ impl<T: DeserializeOwned + 'static> FromRequest for OptionalMatrixJson<T> {
 
 /// Parses a JSON object body into `T`, classifying errors as Matrix does.
 pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // The usual case in one pass, straight into `T` (a 1,000-hash lookup is 45 kB). Anything
+    // it refuses, and anything but an object (serde would take an array for a struct), goes
+    // the long way below, which alone decides what the error says.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+        && let Ok(value) = serde_json::from_slice::<T>(bytes)
+    {
+        return Ok(value);
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::not_json(
             "The request body is empty; a JSON object is expected",

@@ -38,7 +38,6 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
             resource(&format!("{V2}/pubkey/ephemeral/isvalid"))
                 .route(web::get().to(ephemeral_isvalid)),
         )
-        .service(resource(&format!("{V2}/pubkey/{{key_id}}")).route(web::get().to(pubkey)))
         .service(resource(&format!("{V2}/hash_details")).route(web::get().to(hash_details)))
         .service(resource(&format!("{V2}/lookup")).route(web::post().to(lookup)))
         .service(resource(&format!("{V2}/3pid/bind")).route(web::post().to(bind)))
@@ -49,7 +48,10 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/_matrix/identity/api/v1/sign-ed25519")
                 .route(web::post().to(sign_ed25519_v1)),
-        );
+        )
+        // Last: the router tries routes in order, and a pattern with a parameter is a regular
+        // expression to run, which the hot routes above need not pay for.
+        .service(resource(&format!("{V2}/pubkey/{{key_id}}")).route(web::get().to(pubkey)));
 }
 
 /// # POST /_matrix/identity/v2/account/register
@@ -248,7 +250,7 @@ pub(super) async fn hash_details(
     let pepper = app.identity.hash_details().await?;
     Ok(HttpResponse::Ok().json(HashDetailsResponse {
         algorithms: lookup::ALGORITHMS,
-        lookup_pepper: pepper.value,
+        lookup_pepper: pepper.value.clone(),
     }))
 }
 

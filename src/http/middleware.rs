@@ -16,33 +16,105 @@ use tracing::Instrument;
 /// The response header carrying the request id.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// A short random request id.
+/// A short random request id: 16 lowercase hex digits.
 pub fn new_request_id() -> String {
-    let n: u64 = rand::thread_rng().r#gen();
-    format!("{n:016x}")
+    let id = RequestId::new();
+    id.as_str().to_owned()
 }
 
-/// Records one finished request: a log line and the Prometheus series.
-pub fn record(method: &Method, route: &str, status: u16, started: Instant) {
-    let elapsed = started.elapsed();
-    let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    if status >= 500 {
-        tracing::error!(target: "annuaire::http", %method, route, status, latency_ms, "request");
-    } else {
-        tracing::info!(target: "annuaire::http", %method, route, status, latency_ms, "request");
+/// A request id, kept on the stack (one per request: no allocation).
+#[derive(Clone, Copy)]
+pub struct RequestId([u8; 16]);
+
+impl RequestId {
+    fn new() -> Self {
+        let n: u64 = rand::thread_rng().r#gen();
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            let nibble = ((n >> (60 - 4 * i)) & 0xf) as u8;
+            *byte = if nibble < 10 {
+                b'0' + nibble
+            } else {
+                b'a' + nibble - 10
+            };
+        }
+        RequestId(out)
+    }
+
+    fn as_str(&self) -> &str {
+        // Hex digits only.
+        std::str::from_utf8(&self.0).unwrap_or("0000000000000000")
+    }
+}
+
+/// The Prometheus series of one (route, method, status), looked up once per worker thread.
+#[derive(Clone)]
+struct Series {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// Routes, methods and statuses are few; strangers' methods are not: past this many series a
+/// thread stops remembering them (they are still recorded).
+const MAX_CACHED_SERIES: usize = 2048;
+
+/// Series by (method, status), then route.
+type SeriesMap =
+    std::collections::HashMap<(Method, u16), std::collections::HashMap<Box<str>, Series>>;
+
+thread_local! {
+    static SERIES: std::cell::RefCell<SeriesMap> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+    static SERIES_COUNT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn series(method: &Method, route: &str, status: u16) -> Series {
+    let cached = SERIES.with(|map| {
+        map.borrow()
+            .get(&(method.clone(), status))
+            .and_then(|routes| routes.get(route).cloned())
+    });
+    if let Some(series) = cached {
+        return series;
     }
     let labels = [
         ("method", method.as_str().to_string()),
         ("route", route.to_string()),
         ("status", status.to_string()),
     ];
-    metrics::counter!("annuaire_http_requests_total", &labels).increment(1);
-    metrics::histogram!(
-        "annuaire_http_request_duration_seconds",
-        "method" => method.as_str().to_string(),
-        "route" => route.to_string()
-    )
-    .record(elapsed.as_secs_f64());
+    let series = Series {
+        requests: metrics::counter!("annuaire_http_requests_total", &labels),
+        duration: metrics::histogram!(
+            "annuaire_http_request_duration_seconds",
+            "method" => method.as_str().to_string(),
+            "route" => route.to_string()
+        ),
+    };
+    if SERIES_COUNT.with(std::cell::Cell::get) < MAX_CACHED_SERIES {
+        SERIES_COUNT.with(|n| n.set(n.get() + 1));
+        SERIES.with(|map| {
+            map.borrow_mut()
+                .entry((method.clone(), status))
+                .or_default()
+                .insert(route.into(), series.clone());
+        });
+    }
+    series
+}
+
+/// Records one finished request: a log line and the Prometheus series.
+pub fn record(method: &Method, route: &str, status: u16, started: Instant) {
+    let elapsed = started.elapsed();
+    if status >= 500 {
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        tracing::error!(target: "annuaire::http", %method, route, status, latency_ms, "request");
+    } else if tracing::enabled!(target: "annuaire::http", tracing::Level::INFO) {
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        tracing::info!(target: "annuaire::http", %method, route, status, latency_ms, "request");
+    }
+    let series = series(method, route, status);
+    series.requests.increment(1);
+    series.duration.record(elapsed.as_secs_f64());
 }
 
 /// The span a request's work runs in (its id appears on every log line of the request).
@@ -54,7 +126,7 @@ pub fn request_span(request_id: &str) -> tracing::Span {
 pub struct RequestContext {
     started: Instant,
     method: Method,
-    request_id: String,
+    request_id: RequestId,
     /// The span the request's work runs in.
     pub span: tracing::Span,
 }
@@ -62,11 +134,11 @@ pub struct RequestContext {
 impl RequestContext {
     /// Starts timing a request and gives it an id.
     pub fn start(req: &ServiceRequest) -> Self {
-        let request_id = new_request_id();
+        let request_id = RequestId::new();
         Self {
             started: Instant::now(),
             method: req.method().clone(),
-            span: request_span(&request_id),
+            span: request_span(request_id.as_str()),
             request_id,
         }
     }
@@ -86,15 +158,18 @@ where
     async move {
         match fut.await {
             Ok(res) => {
-                let route = res
-                    .request()
-                    .match_pattern()
-                    .unwrap_or_else(|| "(unmatched)".to_string());
+                let status = res.status().as_u16();
+                // Every route is a resource named by its pattern (`http::resource`).
+                record(
+                    &ctx.method,
+                    res.request().match_name().unwrap_or("(unmatched)"),
+                    status,
+                    ctx.started,
+                );
                 let mut res = res.map_into_boxed_body();
-                if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+                if let Ok(v) = HeaderValue::from_bytes(&ctx.request_id.0) {
                     res.headers_mut().insert(REQUEST_ID, v);
                 }
-                record(&ctx.method, &route, res.status().as_u16(), ctx.started);
                 Ok(res)
             }
             Err(e) => {

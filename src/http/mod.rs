@@ -47,7 +47,10 @@ pub fn resource(path: &str) -> actix_web::Resource {
             paths.push(path.to_owned());
         }
     });
-    web::resource(path).default_service(web::to(method_not_allowed))
+    // Named by its pattern: the request log and metrics read the name without building it.
+    web::resource(path)
+        .name(path)
+        .default_service(web::to(method_not_allowed))
 }
 
 /// Every path [`routes`] registers, in registration order.

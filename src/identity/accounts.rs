@@ -130,24 +130,43 @@ impl IdentityService {
     }
 
     /// The account owning `token`, if it is known and unexpired (401 `M_UNAUTHORIZED` otherwise).
+    /// Answered from memory when this instance knows the token (see `identity::live`).
     pub async fn authenticate(&self, token: &str, now_ms: i64) -> Result<Account, IdentityError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(IdentityError::Unauthorized(
                 "Unrecognised access token".into(),
             ));
         }
-        let hash = token_hash(token);
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let hash = URL_SAFE_NO_PAD.encode(digest);
+        if let Some((user_id, consent)) = self.live.account(&digest, now_ms) {
+            return Ok(Account {
+                user_id: user_id.to_string(),
+                consent_version: consent.map(|c| c.to_string()),
+                token_hash: hash,
+            });
+        }
+        let generation = self.live.generation();
         let lookup = hash.clone();
         let row = self
             .db
             .run(move |conn| store::account_by_token(conn, &lookup, now_ms))
             .await?;
         match row {
-            Some(row) => Ok(Account {
-                user_id: row.user_id,
-                consent_version: row.consent_version,
-                token_hash: hash,
-            }),
+            Some((row, expires_at)) => {
+                self.live.remember_account(
+                    digest,
+                    &row.user_id,
+                    row.consent_version.as_deref(),
+                    expires_at,
+                    generation,
+                );
+                Ok(Account {
+                    user_id: row.user_id,
+                    consent_version: row.consent_version,
+                    token_hash: hash,
+                })
+            }
             None => Err(IdentityError::Unauthorized(
                 "Unrecognised or expired access token".into(),
             )),
@@ -174,19 +193,26 @@ impl IdentityService {
         }
         let user_id = account.user_id.clone();
         let version = terms.fingerprint().to_string();
+        let now_ms = self.clock.now_ms();
         self.db
-            .run(move |conn| store::set_consent(conn, &user_id, &version))
+            .run(move |conn| store::set_consent(conn, &user_id, &version, now_ms))
             .await?;
+        self.live.forget_consent(&account.user_id);
         Ok(())
     }
 
     /// `POST /v2/account/logout`: the token used stops working.
     pub async fn logout(&self, account: &Account) -> Result<(), IdentityError> {
         let hash = account.token_hash.clone();
+        let now_ms = self.clock.now_ms();
         let existed = self
             .db
-            .run(move |conn| store::delete_token(conn, &hash))
+            .run(move |conn| store::delete_token(conn, &hash, now_ms))
             .await?;
+        let mut digest = [0u8; 32];
+        if let Ok(32) = URL_SAFE_NO_PAD.decode_slice(account.token_hash.as_bytes(), &mut digest) {
+            self.live.forget_token(&digest);
+        }
         if !existed {
             // Logged out concurrently by another request with the same token.
             return Err(IdentityError::Unauthorized(

@@ -92,11 +92,30 @@ pub fn record(conn: &mut DbConn, association: &Association) -> Result<(), StoreE
 }
 
 /// Deletes the association of an address; whether there was one (blocking).
-pub fn remove(conn: &mut DbConn, medium: &str, address: &str) -> Result<bool, StoreError> {
-    store::delete_association(conn, medium, address)
+pub fn remove(
+    conn: &mut DbConn,
+    medium: &str,
+    address: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    store::delete_association(conn, medium, address, now_ms)
 }
 
 impl IdentityService {
+    /// The Matrix user ID an address is bound to at `now_ms`, if any: from the lookup index
+    /// when this instance has it ready (see `identity::live`), else from the database.
+    pub async fn bound_mxid(
+        &self,
+        medium: &str,
+        address: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        if let Some(answer) = self.live.bound_mxid(medium, address, now_ms) {
+            return Ok(answer);
+        }
+        Ok(self.bound(medium, address, now_ms).await?.map(|a| a.mxid))
+    }
+
     /// The association of an address, if it is bound and valid at `now_ms`.
     pub async fn bound(
         &self,

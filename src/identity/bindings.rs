@@ -242,9 +242,10 @@ impl IdentityService {
             address.as_str().to_string(),
             mxid.to_owned(),
         );
+        let now_ms = self.clock.now_ms();
         let removed = self
             .db
-            .run(move |conn| store::delete_association_of(conn, &medium, &bound, &owner))
+            .run(move |conn| store::delete_association_of(conn, &medium, &bound, &owner, now_ms))
             .await?;
         if removed {
             self.after_unbind(mxid, address).await;
@@ -359,6 +360,8 @@ impl IdentityService {
         replaced: Option<&str>,
         invites_scheduled: usize,
     ) {
+        // This instance's lookups and `/info` see the new association at once.
+        self.sync_after_write().await;
         metrics::counter!("annuaire_identity_binds_total").increment(1);
         tracing::info!(
             domain = %address.domain(),
@@ -421,6 +424,8 @@ impl IdentityService {
     /// Runs once an unbind has committed: logs and counts it, and tells the other parts of the
     /// service.
     pub async fn after_unbind(&self, mxid: &str, address: &Address) {
+        // This instance's lookups and `/info` see the association gone at once.
+        self.sync_after_write().await;
         metrics::counter!("annuaire_identity_unbinds_total").increment(1);
         tracing::info!(
             domain = %address.domain(),

@@ -87,7 +87,7 @@ impl IdentityService {
                 crate::store::transaction(conn, |conn| {
                     let association = identity_store::association(conn, "email", &normalised)?;
                     if association.is_some() {
-                        identity_store::delete_association(conn, "email", &normalised)?;
+                        identity_store::delete_association(conn, "email", &normalised, now_ms)?;
                     }
                     let invites = erasure_store::delete_invites_to(conn, "email", &normalised)?;
                     let sessions = erasure_store::delete_sessions_for(conn, "email", &normalised)?;

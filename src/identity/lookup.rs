@@ -8,12 +8,14 @@
 //! meanwhile, then deletes the old hashes in batches.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::{IdentityError, IdentityService};
 use crate::matrix::hashing::lookup_hash;
+use crate::store::changes::{self, ChangeKind};
 use crate::store::identity as store;
 use crate::store::{DbConn, StoreError, state};
 
@@ -92,9 +94,18 @@ pub fn peppers_for_new_hashes(conn: &mut DbConn) -> Result<Vec<Pepper>, StoreErr
 }
 
 impl IdentityService {
+    /// The current pepper: from memory while this instance follows the change feed, else from
+    /// the database.
+    pub async fn current_pepper(&self) -> Result<Arc<Pepper>, IdentityError> {
+        if let Some(pepper) = self.live.pepper() {
+            return Ok(pepper);
+        }
+        Ok(Arc::new(self.db.run(pepper).await?))
+    }
+
     /// `GET /v2/hash_details`: the current pepper.
-    pub async fn hash_details(&self) -> Result<Pepper, IdentityError> {
-        Ok(self.db.run(pepper).await?)
+    pub async fn hash_details(&self) -> Result<Arc<Pepper>, IdentityError> {
+        self.current_pepper().await
     }
 
     /// `POST /v2/lookup`: the Matrix IDs bound to the given addresses, keyed as asked.
@@ -119,6 +130,15 @@ impl IdentityService {
             return Err(IdentityError::TooLarge(format!(
                 "At most {max} addresses per lookup"
             )));
+        }
+        let current = self.current_pepper().await?;
+        if pepper_given != current.value {
+            return Err(IdentityError::InvalidPepper {
+                current: current.value.clone(),
+            });
+        }
+        if let Some(mappings) = self.live.lookup(&current, algorithm, &addresses, now_ms) {
+            return Ok(mappings);
         }
         let algorithm = algorithm.to_string();
         let given = pepper_given.to_string();
@@ -262,6 +282,8 @@ fn rotate_to(
         }
         state::set(conn, PEPPER_STATE, &encoded_next, now_ms)?;
         store::delete_state(conn, NEXT_PEPPER_STATE)?;
+        // Last: every instance switches its lookups and `/hash_details` to the new pepper.
+        changes::record(conn, &[(ChangeKind::Pepper, &next.id.to_string())], now_ms)?;
         Ok::<_, StoreError>(swept)
     })?;
     progress("switched", swept);

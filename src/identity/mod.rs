@@ -22,8 +22,10 @@ pub mod bindings;
 pub mod delivery;
 pub mod erasure;
 pub mod import_sydent;
+pub mod index;
 pub mod invites;
 pub mod keys;
+pub mod live;
 pub mod lookup;
 pub mod sessions;
 pub mod shard;
@@ -189,6 +191,9 @@ pub struct IdentityService {
     keys: arc_swap::ArcSwap<keys::KeyRing>,
     terms: arc_swap::ArcSwap<Terms>,
     delivery_wake: tokio::sync::Notify,
+    /// Tokens, consents, the pepper and the lookup index, kept in memory and in step with the
+    /// database by the change feed (see [`live`]).
+    live: Arc<live::Live>,
 }
 
 impl std::fmt::Debug for IdentityService {
@@ -207,7 +212,7 @@ impl IdentityService {
         let config = parts.config.clone();
         let now_ms = parts.clock.now_ms();
         let db = parts.db.clone();
-        let (key_ring, terms) = tokio::task::spawn_blocking(move || {
+        let (key_ring, terms, position, pepper) = tokio::task::spawn_blocking(move || {
             let mut conn = db.get()?;
             let mut rng = rand::rngs::OsRng;
             let key = keys::load_key_ring(
@@ -216,17 +221,20 @@ impl IdentityService {
                 &mut rng,
                 now_ms,
             )?;
-            lookup::current_pepper(&mut conn, &mut rng, now_ms)?;
+            // The feed position first: what changes after it is applied to what is read next.
+            let position = crate::store::changes::last_id(&mut conn)?;
+            let pepper = lookup::current_pepper(&mut conn, &mut rng, now_ms)?;
             let terms = match &config.terms.file {
                 Some(path) => Terms::load(path)
                     .map_err(|e| IdentityStartError::Config(format!("terms.file: {e}")))?,
                 None => Terms::none(),
             };
-            Ok::<_, IdentityStartError>((key, terms))
+            Ok::<_, IdentityStartError>((key, terms, position, pepper))
         })
         .await
         .map_err(|e| IdentityStartError::Config(format!("start-up task failed: {e}")))??;
         Ok(IdentityService {
+            live: Arc::new(live::Live::new(parts.clock.clone(), position, pepper)),
             request_token_per_ip: KeyedLimit::new(&parts.config.rate_limits.request_token_per_ip),
             config: parts.config,
             db: parts.db,
@@ -287,11 +295,14 @@ impl IdentityService {
 /// How often expired tokens and invitations are purged.
 const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Deletes expired access tokens and long-expired, never-bound invitations (blocking);
-/// (tokens, invitations) deleted. Idempotent, so every instance may run it.
+/// Deletes expired access tokens, long-expired, never-bound invitations and old rows of the
+/// change feed (blocking); (tokens, invitations) deleted. Idempotent, so every instance may
+/// run it.
 pub fn purge_expired(conn: &mut DbConn, now_ms: i64) -> Result<(usize, usize), StoreError> {
     let tokens = crate::store::identity::purge_expired_tokens(conn, now_ms)?;
     let invites = invites::purge_expired(conn, now_ms)?;
+    let retention = i64::try_from(live::FEED_RETENTION.as_millis()).unwrap_or(i64::MAX);
+    crate::store::changes::purge(conn, now_ms.saturating_sub(retention))?;
     Ok((tokens, invites))
 }
 

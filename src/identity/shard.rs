@@ -109,8 +109,8 @@ impl IdentityService {
         count("info", decision.outcome);
         let answer = shard_answer(decision, internal);
         let mut info = shard_info(&answer, internal);
-        let bound = self.bound("email", address.as_str(), now).await?;
-        if let Some(bound_hs) = bound.as_ref().and_then(|a| user_id_server(&a.mxid)) {
+        let bound = self.bound_mxid("email", address.as_str(), now).await?;
+        if let Some(bound_hs) = bound.as_deref().and_then(user_id_server) {
             let d = &answer.decision;
             let same = [&d.homeserver, &d.shadow_homeserver]
                 .into_iter()

@@ -387,8 +387,8 @@ LIMIT ?6";
 
 const POSTGRES_ENTRY_SEARCH: &str = "\
 SELECT e.mxid AS mxid \
-FROM directory_entries AS e \
-WHERE e.search_tsv @@ to_tsquery('simple', $1) \
+FROM directory_search AS s JOIN directory_entries AS e ON e.mxid = s.mxid \
+WHERE annuaire_search_lexemes(s.search_all) @@ $1::tsquery \
   AND ($2::text IS NULL OR e.organisation = $2) \
   AND ($3::text IS NULL OR e.homeserver = $3) \
   AND ($4::text IS NULL OR e.visibility = $4) \

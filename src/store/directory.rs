@@ -1,10 +1,12 @@
 //! Directory storage: entries, their full-text index (SQLite FTS5 kept in step by triggers;
-//! PostgreSQL a generated `tsvector` with a GIN index), LDAP name records and the replication
-//! batch counters.
+//! PostgreSQL the partitioned `directory_search` kept in step by triggers, with a GIN index of
+//! word and prefix lexemes), LDAP name records and the replication batch counters.
 //!
 //! Search is the one place where the SQL differs per backend: both apply the prefix query and
 //! the visibility filters in the database and return a bounded number of candidates in index
-//! order, which `directory::service` ranks exactly.
+//! order, which `directory::service` ranks exactly. PostgreSQL searches a hash-partitioned
+//! copy of the searchable entries (`directory_search`, kept in step by triggers), whose
+//! partitions a limited scan reads one after the other.
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
@@ -175,10 +177,20 @@ pub fn count(conn: &mut DbConn) -> Result<i64, StoreError> {
 pub struct IndexQuery {
     /// SQLite FTS5 `MATCH` text.
     pub fts5: String,
-    /// PostgreSQL `to_tsquery('simple', …)` text, matched through the GIN index.
+    /// PostgreSQL `tsquery` text over `annuaire_search_lexemes` (whole words `'jean'`, word
+    /// prefixes `'dup*'`).
     pub tsquery: String,
-    /// PostgreSQL terms checked on the rows the index selected (not through the index).
-    pub tsquery_filter: Option<String>,
+}
+
+/// The index queries of one search (see `directory::service`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchTiers {
+    /// Every term a prefix: every match.
+    pub broad: IndexQuery,
+    /// Every term a whole word.
+    pub whole: IndexQuery,
+    /// Every term but the last a whole word, the last a prefix (two terms or more).
+    pub typing: Option<IndexQuery>,
 }
 
 /// Which entries a search may return, besides matching.
@@ -190,55 +202,203 @@ pub struct SearchFilter {
     pub organisation_key: Option<String>,
 }
 
-const SQLITE_SEARCH: &str = "\
-SELECT e.mxid, e.name, e.organisation, e.avatar_url, \
-       e.search_name, e.search_organisation, e.search_localpart \
-FROM directory_fts CROSS JOIN directory_entries AS e ON e.id = directory_fts.rowid \
-WHERE directory_fts MATCH ?1 \
-  AND e.visibility = 'visible' AND e.active \
-  AND NOT EXISTS (SELECT 1 FROM directory_opt_outs AS o WHERE o.mxid = e.mxid) \
-  AND (?2 OR NOT e.external) \
-  AND (?3 IS NULL OR e.organisation_key = ?3) \
-LIMIT ?4";
-
-const POSTGRES_SEARCH: &str = "\
-SELECT e.mxid, e.name, e.organisation, e.avatar_url, \
-       e.search_name, e.search_organisation, e.search_localpart \
-FROM directory_entries AS e \
-WHERE e.search_tsv @@ to_tsquery('simple', $1) \
-  AND ($5::text IS NULL OR ts_match_vq(e.search_tsv, to_tsquery('simple', $5))) \
-  AND e.visibility = 'visible' AND e.active \
-  AND NOT EXISTS (SELECT 1 FROM directory_opt_outs AS o WHERE o.mxid = e.mxid) \
-  AND ($2 OR NOT e.external) \
-  AND ($3::text IS NULL OR e.organisation_key = $3) \
-LIMIT $4";
-
-/// At most `limit` visible, active entries matching `query`, of users who did not leave the
-/// directory (CROSS JOIN makes SQLite drive the
-/// join from the FTS index; neither backend sorts, so the cost is bounded by `limit`).
+/// The candidates of a search: at most `candidates` entries per tier, visible, active, of users who
+/// did not leave the directory, and matching; `limit` is the number of results the caller will keep. The broad tier comes
+/// first: when it has fewer than `candidates` matches it holds every match and is the answer.
+/// Otherwise the whole-word tier, and unless that one alone has more than `limit` matches
+/// (nothing else could rank before them), the typing tier. Candidates may repeat.
 pub fn search(
     conn: &mut DbConn,
-    query: &IndexQuery,
+    tiers: &SearchTiers,
     filter: &SearchFilter,
-    limit: i64,
+    candidates: i64,
+    limit: usize,
 ) -> Result<Vec<Candidate>, StoreError> {
-    let rows = match conn {
-        DbConn::Sqlite(c) => diesel::sql_query(SQLITE_SEARCH)
-            .bind::<Text, _>(&query.fts5)
-            .bind::<Bool, _>(filter.show_externals)
-            .bind::<Nullable<Text>, _>(filter.organisation_key.as_deref())
-            .bind::<BigInt, _>(limit)
-            .load(c)?,
-        DbConn::Pg(c) => diesel::sql_query(POSTGRES_SEARCH)
-            .bind::<Text, _>(&query.tsquery)
-            .bind::<Bool, _>(filter.show_externals)
-            .bind::<Nullable<Text>, _>(filter.organisation_key.as_deref())
-            .bind::<BigInt, _>(limit)
-            .bind::<Nullable<Text>, _>(query.tsquery_filter.as_deref())
-            .load(c)?,
-    };
-    Ok(rows)
+    match conn {
+        DbConn::Sqlite(c) => {
+            let tier = |c: &mut diesel::SqliteConnection, q: &IndexQuery| {
+                SqliteTier {
+                    fts5: &q.fts5,
+                    show_externals: filter.show_externals,
+                    organisation_key: filter.organisation_key.as_deref(),
+                    limit: candidates,
+                }
+                .load::<Candidate>(c)
+            };
+            let broad = tier(c, &tiers.broad)?;
+            if i64::try_from(broad.len()).unwrap_or(i64::MAX) < candidates {
+                return Ok(broad);
+            }
+            let mut found = tier(c, &tiers.whole)?;
+            if found.len() <= limit
+                && let Some(typing) = &tiers.typing
+            {
+                found.extend(tier(c, typing)?);
+            }
+            found.extend(broad);
+            Ok(found)
+        }
+        DbConn::Pg(c) => Ok(PgSearch {
+            broad: Some(&tiers.broad.tsquery),
+            whole: Some(&tiers.whole.tsquery),
+            typing: tiers.typing.as_ref().map(|t| t.tsquery.as_str()),
+            filter,
+            candidates,
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        }
+        .load::<Candidate>(c)?),
+    }
 }
+
+/// One tier on SQLite: the FTS5 index drives the join (CROSS JOIN), and neither the index nor
+/// the query sorts, so the cost is bounded by the limit. A statement diesel prepares once per
+/// connection (its text never changes).
+struct SqliteTier<'a> {
+    fts5: &'a str,
+    show_externals: bool,
+    organisation_key: Option<&'a str>,
+    limit: i64,
+}
+
+impl diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite> for SqliteTier<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::sqlite::Sqlite>,
+    ) -> QueryResult<()> {
+        out.push_sql(
+            "SELECT e.mxid, e.name, e.organisation, e.avatar_url, \
+                    e.search_name, e.search_organisation, e.search_localpart \
+             FROM directory_fts CROSS JOIN directory_entries AS e ON e.id = directory_fts.rowid \
+             WHERE directory_fts MATCH ",
+        );
+        out.push_bind_param::<Text, _>(self.fts5)?;
+        out.push_sql(
+            " AND e.visibility = 'visible' AND e.active \
+             AND NOT EXISTS (SELECT 1 FROM directory_opt_outs AS o WHERE o.mxid = e.mxid) AND (",
+        );
+        out.push_bind_param::<Bool, _>(&self.show_externals)?;
+        out.push_sql(" OR NOT e.external) AND (");
+        out.push_bind_param::<Nullable<Text>, _>(&self.organisation_key)?;
+        out.push_sql(" IS NULL OR e.organisation_key = ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.organisation_key)?;
+        out.push_sql(") LIMIT ");
+        out.push_bind_param::<BigInt, _>(&self.limit)?;
+        Ok(())
+    }
+}
+
+impl diesel::query_builder::QueryId for SqliteTier<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::Query for SqliteTier<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl RunQueryDsl<diesel::SqliteConnection> for SqliteTier<'_> {}
+
+/// A search on PostgreSQL, every tier in one statement (one round trip; a statement diesel
+/// prepares once per connection, so it is planned once).
+///
+/// `directory_search` (the entries' searched fields, kept in step by triggers) is hash
+/// partitioned: a tier's scan goes through the partitions in turn and stops at the limit, so a
+/// common prefix costs one partition's postings, not every entry's. Its GIN index holds every
+/// word and every word prefix of up to 8 letters as lexemes (`annuaire_search_lexemes`), so
+/// that a prefix is one posting list, which GIN intersects by skipping. The later tiers run
+/// only when the one before says so (one-time filters on the row counts).
+struct PgSearch<'a> {
+    broad: Option<&'a str>,
+    whole: Option<&'a str>,
+    typing: Option<&'a str>,
+    filter: &'a SearchFilter,
+    candidates: i64,
+    limit: i64,
+}
+
+/// Which earlier tiers a tier waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Runs always.
+    None,
+    /// Runs when the broad tier reached its limit.
+    BroadFull,
+    /// Runs when the broad tier reached its limit and the whole-word one did not exceed the
+    /// number of results.
+    BroadFullWholeFew,
+}
+
+impl PgSearch<'_> {
+    /// `SELECT mxid` of one tier. The gate is a condition on no row: PostgreSQL checks it once
+    /// and does not start the scan when it is false.
+    fn tier<'b>(
+        &'b self,
+        out: &mut diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+        tsquery: &'b Option<&'b str>,
+        gate: Gate,
+    ) -> QueryResult<()> {
+        out.push_sql("SELECT s.mxid FROM directory_search AS s WHERE ");
+        out.push_bind_param::<Nullable<Text>, _>(tsquery)?;
+        out.push_sql("::tsquery IS NOT NULL AND ");
+        if gate != Gate::None {
+            out.push_sql("(SELECT count(*) FROM broad) >= ");
+            out.push_bind_param::<BigInt, _>(&self.candidates)?;
+            out.push_sql(" AND ");
+        }
+        if gate == Gate::BroadFullWholeFew {
+            out.push_sql("(SELECT count(*) FROM whole) <= ");
+            out.push_bind_param::<BigInt, _>(&self.limit)?;
+            out.push_sql(" AND ");
+        }
+        out.push_sql("annuaire_search_lexemes(s.search_all) @@ ");
+        out.push_bind_param::<Nullable<Text>, _>(tsquery)?;
+        out.push_sql(
+            "::tsquery AND s.visibility = 'visible' AND s.active \
+             AND NOT EXISTS (SELECT 1 FROM directory_opt_outs AS o WHERE o.mxid = s.mxid) AND (",
+        );
+        out.push_bind_param::<Bool, _>(&self.filter.show_externals)?;
+        out.push_sql(" OR NOT s.external) AND (");
+        out.push_bind_param::<Nullable<Text>, _>(&self.filter.organisation_key)?;
+        out.push_sql("::text IS NULL OR s.organisation_key = ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.filter.organisation_key)?;
+        out.push_sql(") LIMIT ");
+        out.push_bind_param::<BigInt, _>(&self.candidates)?;
+        Ok(())
+    }
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for PgSearch<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        out.push_sql("WITH broad AS MATERIALIZED (");
+        self.tier(&mut out, &self.broad, Gate::None)?;
+        out.push_sql("), whole AS MATERIALIZED (");
+        self.tier(&mut out, &self.whole, Gate::BroadFull)?;
+        out.push_sql("), typing AS MATERIALIZED (");
+        self.tier(&mut out, &self.typing, Gate::BroadFullWholeFew)?;
+        out.push_sql(
+            "), found AS (SELECT mxid FROM whole UNION SELECT mxid FROM typing \
+                          UNION SELECT mxid FROM broad) \
+             SELECT e.mxid, e.name, e.organisation, e.avatar_url, \
+                    e.search_name, e.search_organisation, e.search_localpart \
+             FROM found JOIN directory_entries AS e ON e.mxid = found.mxid",
+        );
+        Ok(())
+    }
+}
+
+impl diesel::query_builder::QueryId for PgSearch<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::Query for PgSearch<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl RunQueryDsl<diesel::PgConnection> for PgSearch<'_> {}
 
 /// Records that replication batch `batch` of `homeserver` is being applied, unless it is not
 /// newer than the last one accepted: returns false for a stale batch (one statement, so two

@@ -9,6 +9,7 @@
 use diesel::dsl::{count_star, exists, not};
 use diesel::prelude::*;
 
+use super::changes::{self, ChangeKind, association_key};
 use super::schema::{
     association_hashes, associations, identity_accepted_terms, identity_accounts, identity_tokens,
 };
@@ -57,30 +58,35 @@ pub fn insert_token(
     })
 }
 
-/// The account owning an unexpired token.
+/// The account owning an unexpired token, and when the token expires.
 pub fn account_by_token(
     conn: &mut DbConn,
     token_hash: &str,
     now_ms: i64,
-) -> Result<Option<AccountRow>, StoreError> {
+) -> Result<Option<(AccountRow, i64)>, StoreError> {
     use identity_accounts::dsl as a;
     use identity_tokens::dsl as t;
     let row = db_dispatch!(conn, c => t::identity_tokens
         .inner_join(a::identity_accounts.on(a::user_id.eq(t::user_id)))
         .filter(t::token_hash.eq(token_hash))
         .filter(t::expires_at.gt(now_ms))
-        .select((a::user_id, a::consent_version))
-        .first::<AccountRow>(c)
+        .select(((a::user_id, a::consent_version), t::expires_at))
+        .first::<(AccountRow, i64)>(c)
         .optional()?);
     Ok(row)
 }
 
-/// Deletes one token; whether it existed.
-pub fn delete_token(conn: &mut DbConn, token_hash: &str) -> Result<bool, StoreError> {
+/// Deletes one token (every instance forgets it: see `store::changes`); whether it existed.
+pub fn delete_token(conn: &mut DbConn, token_hash: &str, now_ms: i64) -> Result<bool, StoreError> {
     use identity_tokens::dsl as t;
-    let n = db_dispatch!(conn, c => diesel::delete(t::identity_tokens.filter(t::token_hash.eq(token_hash)))
-        .execute(c)?);
-    Ok(n > 0)
+    conn.transaction(|conn| {
+        let n = db_dispatch!(conn, c => diesel::delete(t::identity_tokens.filter(t::token_hash.eq(token_hash)))
+            .execute(c)?);
+        if n > 0 {
+            changes::record(conn, &[(ChangeKind::Token, token_hash)], now_ms)?;
+        }
+        Ok(n > 0)
+    })
 }
 
 /// Deletes tokens expired before `now_ms`; how many.
@@ -91,13 +97,21 @@ pub fn purge_expired_tokens(conn: &mut DbConn, now_ms: i64) -> Result<usize, Sto
     Ok(n)
 }
 
-/// Records that `user_id` accepted the current terms in full.
-pub fn set_consent(conn: &mut DbConn, user_id: &str, version: &str) -> Result<(), StoreError> {
+/// Records that `user_id` accepted the current terms in full (every instance re-reads the
+/// account: see `store::changes`).
+pub fn set_consent(
+    conn: &mut DbConn,
+    user_id: &str,
+    version: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
     use identity_accounts::dsl as a;
-    db_dispatch!(conn, c => diesel::update(a::identity_accounts.filter(a::user_id.eq(user_id)))
-        .set(a::consent_version.eq(version))
-        .execute(c)?);
-    Ok(())
+    conn.transaction(|conn| {
+        db_dispatch!(conn, c => diesel::update(a::identity_accounts.filter(a::user_id.eq(user_id)))
+            .set(a::consent_version.eq(version))
+            .execute(c)?);
+        changes::record(conn, &[(ChangeKind::Account, user_id)], now_ms)
+    })
 }
 
 /// Adds accepted terms URLs (already accepted ones are kept as they are).
@@ -180,7 +194,8 @@ pub fn associations_of(conn: &mut DbConn, mxid: &str) -> Result<Vec<AssociationR
 }
 
 /// Inserts or replaces the association of `row.address` (its lookup hashes stay valid: they
-/// depend on the address only). Call first in its transaction (see the module doc).
+/// depend on the address only), and tells every instance (`store::changes`). Call first in its
+/// transaction (see the module doc).
 pub fn upsert_association(conn: &mut DbConn, row: &AssociationRow) -> Result<(), StoreError> {
     use associations::dsl as a;
     db_dispatch!(conn, c => diesel::insert_into(a::associations)
@@ -201,14 +216,17 @@ pub fn upsert_association(conn: &mut DbConn, row: &AssociationRow) -> Result<(),
             a::not_after.eq(row.not_after),
         ))
         .execute(c)?);
-    Ok(())
+    let key = association_key(&row.medium, &row.address);
+    changes::record(conn, &[(ChangeKind::Association, &key)], row.created_at)
 }
 
-/// Deletes the association of an address (its hashes go with it); whether one existed.
+/// Deletes the association of an address (its hashes go with it; every instance is told);
+/// whether one existed.
 pub fn delete_association(
     conn: &mut DbConn,
     medium: &str,
     address: &str,
+    now_ms: i64,
 ) -> Result<bool, StoreError> {
     use association_hashes::dsl as h;
     use associations::dsl as a;
@@ -222,18 +240,23 @@ pub fn delete_association(
             a::associations.filter(a::medium.eq(medium)).filter(a::address.eq(address)),
         )
         .execute(c)?);
+        if n > 0 {
+            let key = association_key(medium, address);
+            changes::record(conn, &[(ChangeKind::Association, &key)], now_ms)?;
+        }
         Ok(n > 0)
     })
 }
 
-/// Deletes the association of an address if it is bound to `mxid` (its hashes go with it);
-/// whether one was deleted. The delete comes first (see the module doc), and a concurrent
+/// Deletes the association of an address if it is bound to `mxid` (its hashes go with it;
+/// every instance is told); whether one was deleted. The delete comes first (see the module doc), and a concurrent
 /// bind of the address to someone else is never undone by it.
 pub fn delete_association_of(
     conn: &mut DbConn,
     medium: &str,
     address: &str,
     mxid: &str,
+    now_ms: i64,
 ) -> Result<bool, StoreError> {
     use association_hashes::dsl as h;
     use associations::dsl as a;
@@ -251,6 +274,8 @@ pub fn delete_association_of(
                 h::association_hashes.filter(h::medium.eq(medium)).filter(h::address.eq(address)),
             )
             .execute(c)?);
+            let key = association_key(medium, address);
+            changes::record(conn, &[(ChangeKind::Association, &key)], now_ms)?;
         }
         Ok(n > 0)
     })
@@ -275,6 +300,72 @@ pub fn insert_hashes(
             .execute(c)?);
     }
     Ok(())
+}
+
+/// Inserts associations with their lookup hash under one pepper, as a bulk import does
+/// (multi-row statements; the caller holds the transaction; every instance reads its
+/// associations again). Addresses
+/// already bound are left as they are; returns how many associations were inserted.
+pub fn import_associations(
+    conn: &mut DbConn,
+    pepper_id: i64,
+    rows: &[(AssociationRow, String)],
+) -> Result<usize, StoreError> {
+    use association_hashes::dsl as h;
+    use associations::dsl as a;
+    let mut inserted = 0;
+    for chunk in rows.chunks(IN_CHUNK) {
+        let associations: Vec<_> = chunk
+            .iter()
+            .map(|(row, _)| {
+                (
+                    a::medium.eq(&row.medium),
+                    a::address.eq(&row.address),
+                    a::mxid.eq(&row.mxid),
+                    a::created_at.eq(row.created_at),
+                    a::not_before.eq(row.not_before),
+                    a::not_after.eq(row.not_after),
+                )
+            })
+            .collect();
+        let hashes: Vec<_> = chunk
+            .iter()
+            .map(|(row, hash)| {
+                (
+                    h::pepper_id.eq(pepper_id),
+                    h::lookup_hash.eq(hash),
+                    h::medium.eq(&row.medium),
+                    h::address.eq(&row.address),
+                )
+            })
+            .collect();
+        inserted += match conn {
+            DbConn::Pg(c) => {
+                let n = diesel::insert_into(a::associations)
+                    .values(&associations)
+                    .on_conflict_do_nothing()
+                    .execute(c)?;
+                diesel::insert_into(h::association_hashes)
+                    .values(&hashes)
+                    .on_conflict_do_nothing()
+                    .execute(c)?;
+                n
+            }
+            DbConn::Sqlite(c) => {
+                let n = diesel::insert_or_ignore_into(a::associations)
+                    .values(&associations)
+                    .execute(c)?;
+                diesel::insert_or_ignore_into(h::association_hashes)
+                    .values(&hashes)
+                    .execute(c)?;
+                n
+            }
+        };
+    }
+    if let Some((first, _)) = rows.first() {
+        changes::record(conn, &[(ChangeKind::AllAssociations, "")], first.created_at)?;
+    }
+    Ok(inserted)
 }
 
 /// `(lookup_hash, mxid)` for the hashes among `hashes` known under `pepper_id`, for
@@ -343,6 +434,38 @@ pub fn association_keys_after(
             .order((a::medium, a::address))
             .limit(limit)
             .load::<(String, String)>(c)?),
+    };
+    Ok(rows)
+}
+
+/// Up to `limit` associations after `after` (exclusive), in key order (the lookup index is
+/// built from these pages).
+pub fn associations_after(
+    conn: &mut DbConn,
+    after: Option<(&str, &str)>,
+    limit: i64,
+) -> Result<Vec<AssociationRow>, StoreError> {
+    use associations::dsl as a;
+    let columns = (
+        a::medium,
+        a::address,
+        a::mxid,
+        a::created_at,
+        a::not_before,
+        a::not_after,
+    );
+    let rows = match after {
+        None => db_dispatch!(conn, c => a::associations
+            .select(columns)
+            .order((a::medium, a::address))
+            .limit(limit)
+            .load::<AssociationRow>(c)?),
+        Some((medium, address)) => db_dispatch!(conn, c => a::associations
+            .filter(a::medium.gt(medium).or(a::medium.eq(medium).and(a::address.gt(address))))
+            .select(columns)
+            .order((a::medium, a::address))
+            .limit(limit)
+            .load::<AssociationRow>(c)?),
     };
     Ok(rows)
 }

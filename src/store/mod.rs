@@ -16,6 +16,7 @@
 pub mod account;
 pub mod admin;
 pub mod audit;
+pub mod changes;
 pub mod console;
 pub mod directory;
 pub mod domain_requests;
@@ -224,10 +225,17 @@ impl ManageConnection for ConnectionManager {
 pub type PooledConn = PooledConnection<ConnectionManager>;
 
 /// The database: a pool of connections of one backend.
+///
+/// Blocking work ([`Db::run`]) waits, without a thread, for one of `pool_size` permits before it
+/// takes a thread of the blocking pool: the number of threads doing database work stays the
+/// pool's size however many requests wait (rather than one thread per waiting request, each
+/// blocked on the pool).
 #[derive(Clone)]
 pub struct Db {
     pool: Pool<ConnectionManager>,
     backend: Backend,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Db {
@@ -259,7 +267,12 @@ impl Db {
             .error_handler(Box::new(PoolErrorLog))
             .build(ConnectionManager { location })
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            backend,
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(pool_size.max(1) as usize)),
+            timeout,
+        })
     }
 
     /// The backend in use.
@@ -287,8 +300,13 @@ impl Db {
         F: FnOnce(&mut DbConn) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        let permit = tokio::time::timeout(self.timeout, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| StoreError::Unavailable("no database connection became free".into()))?
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut conn = checkout(&pool)?;
             f(&mut conn)
         })

@@ -176,6 +176,16 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(associations, association_hashes);
+
+diesel::table! {
+    /// The identity change feed (store::changes).
+    identity_changes (id) {
+        id -> BigInt,
+        kind -> Text,
+        key -> Text,
+        created_at -> BigInt,
+    }
+}
 diesel::allow_tables_to_appear_in_same_query!(identity_accounts, identity_tokens);
 
 diesel::table! {
@@ -218,8 +228,8 @@ diesel::table! {
 
 diesel::table! {
     /// The cross-shard directory: one entry per bound Matrix user. (On SQLite the table also has
-    /// an integer `id` for the FTS5 index, and on PostgreSQL a generated `search_tsv`; queries
-    /// that need them are written per backend.)
+    /// an integer `id` for the FTS5 index, and on PostgreSQL triggers copy the searched fields
+    /// into `directory_search`; queries that need them are written per backend.)
     directory_entries (mxid) {
         mxid -> Text,
         homeserver -> Text,

@@ -14,6 +14,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::sqlite::SqliteConnection;
 
+use super::changes::ChangeKind;
 use super::identity::{AssociationRow, IN_CHUNK};
 use super::schema::{
     association_hashes, associations, identity_accepted_terms, identity_accounts, identity_tokens,
@@ -781,6 +782,17 @@ pub fn insert_accepted_terms(
             .on_conflict((t::user_id, t::url))
             .do_nothing()
             .execute(c)?);
+        // Running instances cache each account's consent: tell them, once per account.
+        let users: BTreeSet<&str> = chunk
+            .iter()
+            .map(|(user_id, _, _)| user_id.as_str())
+            .collect();
+        let changes: Vec<(ChangeKind, &str)> = users
+            .into_iter()
+            .map(|u| (ChangeKind::Account, u))
+            .collect();
+        let at = chunk.iter().map(|(_, _, at)| *at).max().unwrap_or_default();
+        super::changes::record(conn, &changes, at)?;
     }
     Ok(())
 }

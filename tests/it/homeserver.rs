@@ -922,6 +922,86 @@ async fn an_administrators_erasure_forgets_what_the_homeserver_api_remembered() 
     );
 }
 
+#[tokio::test]
+async fn binds_unbinds_and_deactivations_reach_another_instances_lookups() {
+    // Instance B answers lookups from its in-memory index: what the homeserver API does through
+    // instance A reaches it by the change feed.
+    let hs = Homeserver::start(None);
+    let a = builder(&hs).start().await;
+    let b = crate::caches::second_instance(&a).await;
+    let token = add_token(&a, FINANCES_HS);
+    let t = Some(token.as_str());
+    let probe = make_account(&a.app, "@probe:agent.finances.example").await;
+    assert_eq!(crate::caches::index_ready(&b).await, 0);
+    let second = "m.curie@impots.finances.gouv.example";
+
+    call(&a, t, "bind", &threepid(MARIE_ADDRESS, MARIE))
+        .await
+        .assert_ok();
+    b.app.identity.sync_now().await.unwrap();
+    assert_eq!(
+        looked_up(&b, &probe, MARIE_ADDRESS).await.as_deref(),
+        Some(MARIE)
+    );
+    call(&a, t, "unbind", &threepid(MARIE_ADDRESS, MARIE))
+        .await
+        .assert_ok();
+    b.app.identity.sync_now().await.unwrap();
+    assert_eq!(looked_up(&b, &probe, MARIE_ADDRESS).await, None);
+
+    // Bound again, then a deactivation without erasure, seen by B's own feed reader.
+    for address in [MARIE_ADDRESS, second] {
+        call(&a, t, "bind", &threepid(address, MARIE))
+            .await
+            .assert_ok();
+    }
+    eventually(
+        Duration::from_secs(30),
+        "B finds the second address",
+        async || looked_up(&b, &probe, second).await.is_some(),
+    )
+    .await;
+    call(
+        &a,
+        t,
+        "deactivated",
+        &json!({"user_id": MARIE, "erased": false}),
+    )
+    .await
+    .assert_ok();
+    eventually(
+        Duration::from_secs(30),
+        "B forgets both addresses",
+        async || {
+            looked_up(&b, &probe, MARIE_ADDRESS).await.is_none()
+                && looked_up(&b, &probe, second).await.is_none()
+        },
+    )
+    .await;
+
+    // A deactivation with erasure.
+    call(&a, t, "bind", &threepid(MARIE_ADDRESS, MARIE))
+        .await
+        .assert_ok();
+    b.app.identity.sync_now().await.unwrap();
+    assert_eq!(
+        looked_up(&b, &probe, MARIE_ADDRESS).await.as_deref(),
+        Some(MARIE)
+    );
+    call(
+        &a,
+        t,
+        "deactivated",
+        &json!({"user_id": MARIE, "erased": true}),
+    )
+    .await
+    .assert_ok();
+    b.app.identity.sync_now().await.unwrap();
+    assert_eq!(looked_up(&b, &probe, MARIE_ADDRESS).await, None);
+    // B answered from its index all along (nothing is left in it).
+    assert_eq!(b.app.identity.lookup_index_size(), Some(0));
+}
+
 // ---- the command line ----
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 mod support;
 
 mod admin;
+mod caches;
 mod console;
 mod directory;
 mod federated_directory;

@@ -311,6 +311,7 @@ pub(super) fn import_associations(
     }
     let total = sorted.len() as u64;
     let mut done = 0u64;
+    let mut wrote = false;
     let mut statistics = Statistics::default();
     for page in sorted.chunks(options.batch_size.max(1)) {
         let wanted: Vec<String> = page.iter().map(|(a, _)| a.clone()).collect();
@@ -381,12 +382,13 @@ pub(super) fn import_associations(
                     .collect();
                 source::insert_hashes_batch(conn, &hashes)?;
                 for address in &removals {
-                    store::delete_association(conn, "email", address)?;
+                    store::delete_association(conn, "email", address, now_ms)?;
                 }
                 crate::directory::entries::add_imported_binds(conn, &binds, now_ms)?;
                 Ok::<_, StoreError>(())
             })?;
             statistics.wrote(conn)?;
+            wrote = true;
         }
         done += page.len() as u64;
         progress(ImportProgress {
@@ -394,6 +396,11 @@ pub(super) fn import_associations(
             done,
             total,
         });
+    }
+    if wrote {
+        // Running instances keep a lookup index in memory (`identity::live`): one change tells
+        // them to read every association again, rather than one per imported address.
+        crate::store::changes::record(conn, &[(ChangeKind::AllAssociations, "")], now_ms)?;
     }
     Ok(())
 }

@@ -92,6 +92,7 @@ use crate::matrix::hashing::lookup_hash;
 use crate::matrix::keys::canonical_public_key;
 use crate::matrix::signing::{LENIENT_BASE64, SigningKey, canonical_json};
 use crate::policy::{Outcome, PolicyIndex, normalize_email};
+use crate::store::changes::ChangeKind;
 use crate::store::identity::{self as store, AssociationRow};
 use crate::store::invites::{self as invite_store, InviteRow};
 use crate::store::keys::{self as key_store, RetiredKeyRow};

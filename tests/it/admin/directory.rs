@@ -496,6 +496,9 @@ async fn erasure_forgets_an_address_and_the_directory_follows_the_unbind_path() 
     // Due in an hour: the outbox worker leaves them queued meanwhile.
     queue_mail(&s, "mail-a", a, now + 3_600_000);
     queue_mail(&s, "mail-c", c, now + 3_600_000);
+    // The associations were written straight into the store: the server's lookup index learns
+    // of them from the change feed (read every 200 ms; read now to stay deterministic).
+    s.app.identity.sync_now().await.unwrap();
     assert_eq!(looked_up(&s, a).await.as_deref(), Some(JEAN));
     assert_eq!(internal_info(&s, a).await.assert_ok()["invited"], true);
 
