@@ -946,6 +946,84 @@ async fn imports_a_filled_database(schema: Schema) {
     assert_eq!(pending[0].created_at, (now / 1000 - 60) * 1000);
 }
 
+/// An import into the database of a running instance: its in-memory lookup index follows, told
+/// by the change feed (no restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_instance_follows_an_import() {
+    let now = annuaire::clock::SystemClock.now_ms();
+    let mut url = String::new();
+    let builder = Builder::new().config(|c, _| {
+        c.server.name = OWN.into();
+        url = c.database.url.clone().unwrap();
+    });
+    let dir = builder.dir().to_path_buf();
+    let (db, conf, _own) = sydent_database(&dir, Schema::Mainline, now);
+    allow_domain(&dir, &url, "example.org", "Exemple");
+    // annuaire already uses Sydent's pepper (as after an earlier import): only the feed's
+    // "every association" change can tell the running instance that associations arrived.
+    {
+        let (_db, mut conn) = conn_for(&url);
+        annuaire::identity::lookup::adopt_pepper(&mut conn, "pEpR5", 1000, now, &mut |_, _| {})
+            .unwrap();
+    }
+    let server = builder.start().await;
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the lookup index",
+        async || server.app.identity.lookup_index_size().is_some(),
+    )
+    .await;
+    assert_eq!(server.app.identity.lookup_index_size(), Some(0));
+
+    let summary = import_json(
+        &dir,
+        &url,
+        OWN,
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "--sydent-config",
+            conf.to_str().unwrap(),
+            // The running instance made its own key at start.
+            "--replace-signing-key",
+        ],
+    );
+    let imported = summary["associations"]["new"].as_u64().unwrap();
+    assert!(imported > 0, "{summary}");
+
+    // Sydent's pepper and associations, through the running instance's memory.
+    let token = "alice-sydent-token";
+    let hash = annuaire::matrix::hashing::lookup_hash("bob@example.org", "email", "pEpR5");
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the imported binding",
+        async || {
+            let r = server
+                .client
+                .post(server.url("/_matrix/identity/v2/lookup"))
+                .bearer_auth(token)
+                .json(&json!({"algorithm": "sha256", "pepper": "pEpR5", "addresses": [hash]}))
+                .send()
+                .await
+                .unwrap();
+            let found = support::Reply::from(r).await;
+            found.status == 200
+                && serde_json::from_str::<Value>(&found.text).unwrap()["mappings"][&hash]
+                    == "@bob:hs.example"
+        },
+    )
+    .await;
+    assert_eq!(summary["pepper"], "unchanged", "{summary}");
+    // The index holds everything imported.
+    let imported = usize::try_from(imported).unwrap();
+    support::eventually(
+        std::time::Duration::from_secs(30),
+        "the index rebuilt",
+        async || server.app.identity.lookup_index_size() == Some(imported),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imports_a_mainline_database_once() {
     imports_a_filled_database(Schema::Mainline).await;
