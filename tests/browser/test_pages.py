@@ -309,6 +309,8 @@ def test_axe_on_every_page(page):
     ]:
         page.goto(f"{BASE}{path}")
         axe(page)
+        name = re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_") or "home"
+        shot(page, f"agents_{name}")
     login(page)
     page.goto(f"{BASE}/_annuaire/console/rules?source=finances.toml")
     first_rule = page.locator("table tbody tr a").first.get_attribute("href")
