@@ -26,9 +26,9 @@ use crate::allowlist::{Allowlist, shard_answer};
 use crate::audit::{self, Actor};
 use crate::clock::SharedClock;
 use crate::config::{Config, Language};
-use crate::mail::MailError;
 use crate::mail::domain_request::{DomainRequestMail, DomainRequestStage, DomainRequestTemplates};
 use crate::mail::outbox::{self, Mailer};
+use crate::mail::{MailError, percent_encode_unreserved};
 use crate::policy::{Outcome, ReasonCode, normalize_domain, normalize_email, public_provider};
 use crate::ratelimit::KeyedLimit;
 use crate::store::domain_requests::{self as store, DomainRequestRow};
@@ -349,7 +349,7 @@ impl DomainRequests {
     fn client_link(&self, homeserver: Option<&str>) -> Option<String> {
         let url = self.config.web.client_url.as_ref()?;
         let hs = homeserver?;
-        Some(url.replace("{homeserver}", &percent_encode(hs)))
+        Some(url.replace("{homeserver}", &percent_encode_unreserved(hs)))
     }
 
     /// Runs a blocking part on the database pool.
@@ -482,8 +482,8 @@ impl DomainRequests {
                     }
                     let link = format!(
                         "{base}/request/confirm?id={}&token={}",
-                        percent_encode(&row.id),
-                        percent_encode(&token)
+                        percent_encode_unreserved(&row.id),
+                        percent_encode_unreserved(&token)
                     );
                     let mail = DomainRequestMail {
                         stage: DomainRequestStage::Confirm { link },
@@ -764,19 +764,6 @@ fn queue_mail(
     Ok(())
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Starts the hourly purge of old requests on the current runtime.
 pub fn start_purge_job(service: &Arc<DomainRequests>) {
     let service = service.clone();
@@ -835,6 +822,6 @@ mod tests {
 
     #[test]
     fn links_are_percent_encoded() {
-        assert_eq!(percent_encode("a b/c~"), "a%20b%2Fc~");
+        assert_eq!(percent_encode_unreserved("a b/c~"), "a%20b%2Fc~");
     }
 }

@@ -11,16 +11,16 @@
 
 pub mod domain_request;
 mod language;
+mod links;
 mod message;
 pub mod outbox;
 mod templates;
 mod transport;
 
 pub use language::{Language, negotiate_language};
+pub use links::{percent_encode_unreserved, submit_token_link};
 pub use message::{OutgoingMessage, build_message};
-pub use templates::{
-    InviteMail, RenderedMail, Templates, VerificationMail, submit_token_link, template_file_names,
-};
+pub use templates::{InviteMail, RenderedMail, Templates, VerificationMail, template_file_names};
 pub use transport::{MailTransport, SendError, SendErrorKind, SmtpSecurity, SmtpSettings};
 
 use std::path::PathBuf;

@@ -10,8 +10,9 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use minijinja::{AutoEscape, Environment, Output, State, UndefinedBehavior, Value, context};
+use minijinja::{Environment, Output, State, UndefinedBehavior, Value, context};
 
+use super::links::{check_http_url, percent_encode, sign_ed25519_link};
 use super::{Language, MailError};
 use crate::templates::{FolderError, read_override_folder};
 
@@ -584,9 +585,9 @@ fn describe_origin(name: &str, origin: &Origin) -> String {
     }
 }
 
-/// Escapes text for HTML like minijinja, except `/`: links then need no `|safe`, and every value
-/// (including URLs in `href`) goes through the same escaping. An absent optional value (none)
-/// prints as nothing, as Sydent's templates expect, not as `None`.
+/// Escapes text for HTML as the web pages do ([`crate::templates::html_formatter`]: like
+/// minijinja, except `/`, so links need no `|safe`), and an absent optional value (none) prints
+/// as nothing, as Sydent's templates expect, not as `None`.
 fn html_formatter(
     out: &mut Output,
     state: &mut State,
@@ -595,31 +596,7 @@ fn html_formatter(
     if value.is_none() {
         return Ok(());
     }
-    if matches!(state.auto_escape(), AutoEscape::Html)
-        && !value.is_safe()
-        && let Some(s) = value.as_str()
-    {
-        return out
-            .write_str(&escape_html(s))
-            .map_err(minijinja::Error::from);
-    }
-    minijinja::escape_formatter(out, state, value)
-}
-
-/// Escapes the characters that matter in HTML text and quoted attribute values.
-fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + s.len() / 8);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#x27;"),
-            c => out.push(c),
-        }
-    }
-    out
+    crate::templates::html_formatter(out, state, value)
 }
 
 /// `None` for absent, empty or blank values (Synapse sends empty strings for unset fields).
@@ -715,95 +692,10 @@ fn cap(s: &str, max: usize) -> String {
     format!("{}…", kept.trim_end())
 }
 
-/// Accepts only absolute `http(s)` URLs made of printable ASCII without characters that could
-/// break out of an attribute or be read differently by a mail client. The reason never
-/// contains the URL (it may carry a token).
-fn check_http_url(url: &str) -> Result<(), &'static str> {
-    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
-    let rest = if lower.starts_with("https://") {
-        &url[8..]
-    } else if lower.starts_with("http://") {
-        &url[7..]
-    } else {
-        return Err("not an http(s) URL");
-    };
-    if rest.is_empty() || rest.starts_with(['/', '?', '#']) {
-        return Err("the URL has no host");
-    }
-    if url
-        .bytes()
-        .any(|b| !b.is_ascii_graphic() || b"\"'<>\\^`{|}".contains(&b))
-    {
-        return Err("the URL contains spaces, non-ASCII or unsafe characters");
-    }
-    Ok(())
-}
-
-/// Percent-encodes everything but ASCII alphanumerics and the bytes in `keep`.
-fn percent_encode(value: &str, keep: &[u8]) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || keep.contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The link of the confirmation mail:
-/// `{public_base_url}/_matrix/identity/v2/validate/email/submitToken?sid=…&client_secret=…&token=…`
-/// with percent-encoded values. `public_base_url` must be a plain http(s) URL without query.
-pub fn submit_token_link(
-    public_base_url: &str,
-    sid: &str,
-    client_secret: &str,
-    token: &str,
-) -> Result<String, MailError> {
-    let base = public_base_url.trim().trim_end_matches('/');
-    check_http_url(base).map_err(MailError::Link)?;
-    if base.contains(['?', '#']) {
-        return Err(MailError::Link(
-            "the public base URL has a query or fragment",
-        ));
-    }
-    // RFC 3986 unreserved characters stay as they are.
-    let enc = |v: &str| percent_encode(v, b"-._~");
-    Ok(format!(
-        "{base}/_matrix/identity/v2/validate/email/submitToken?sid={}&client_secret={}&token={}",
-        enc(sid),
-        enc(client_secret),
-        enc(token)
-    ))
-}
-
-/// The unauthenticated `sign-ed25519` link of an invitation, as Element-compatible clients
-/// call it (`POST <link>&mxid=…`, no body):
-/// `{public_base_url}/_matrix/identity/api/v1/sign-ed25519?token=…&private_key=…`.
-pub fn sign_ed25519_link(
-    public_base_url: &str,
-    token: &str,
-    private_key: &str,
-) -> Result<String, MailError> {
-    let base = public_base_url.trim().trim_end_matches('/');
-    check_http_url(base).map_err(MailError::Link)?;
-    if base.contains(['?', '#']) {
-        return Err(MailError::Link(
-            "the public base URL has a query or fragment",
-        ));
-    }
-    let enc = |v: &str| percent_encode(v, b"-._~");
-    Ok(format!(
-        "{base}/_matrix/identity/api/v1/sign-ed25519?token={}&private_key={}",
-        enc(token),
-        enc(private_key)
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mail::submit_token_link;
 
     fn verification() -> VerificationMail {
         VerificationMail {
