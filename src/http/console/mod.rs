@@ -11,9 +11,11 @@ mod accounts;
 mod auth;
 mod dashboard;
 mod directory;
+mod explain;
 mod homeservers;
 mod requests;
 mod rules;
+mod rules_files;
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::Payload;
@@ -55,11 +57,15 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(
             page("/_annuaire/console/rules/import")
-                .route(web::get().to(rules::import_form))
-                .route(web::post().to(rules::import)),
+                .route(web::get().to(rules_files::import_form))
+                .route(web::post().to(rules_files::import)),
         )
-        .service(page("/_annuaire/console/rules/export").route(web::get().to(rules::export_form)))
-        .service(page("/_annuaire/console/rules/export.toml").route(web::get().to(rules::export)))
+        .service(
+            page("/_annuaire/console/rules/export").route(web::get().to(rules_files::export_form)),
+        )
+        .service(
+            page("/_annuaire/console/rules/export.toml").route(web::get().to(rules_files::export)),
+        )
         .service(page("/_annuaire/console/rules/{id}").route(web::get().to(rules::show)))
         .service(
             page("/_annuaire/console/rules/{id}/edit")
@@ -70,7 +76,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             page("/_annuaire/console/rules/{id}/convert").route(web::post().to(rules::convert)),
         )
-        .service(page("/_annuaire/console/explain").route(web::get().to(rules::explain)))
+        .service(page("/_annuaire/console/explain").route(web::get().to(explain::explain)))
         .service(page("/_annuaire/console/audit").route(web::get().to(dashboard::audit)))
         .service(page("/_annuaire/console/directory").route(web::get().to(directory::list)))
         .service(

@@ -1,15 +1,15 @@
 //! The rules' pages: list with filters, one rule, the rule form (create, edit) with the
-//! importer's messages beside their field, delete, convert a file rule, import with its dry-run
-//! diff, export, and "explain an address".
+//! importer's messages beside their field, delete, convert a file rule. Import and export are in
+//! [`super::rules_files`], "explain an address" in [`super::explain`].
 
-use actix_web::http::{StatusCode, header};
+use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Console, EditorForm, done, present, query};
 use crate::admin::{AdminError, RuleFilter};
-use crate::policy::{Rule, RuleDiff, RuleError, RuleKind, RuleSource, RuleTarget};
+use crate::policy::{Rule, RuleError, RuleKind, RuleSource, RuleTarget};
 
 /// Rules per page.
 const RULES_PAGE: usize = 50;
@@ -62,13 +62,13 @@ impl RuleRow {
 }
 
 #[derive(Serialize)]
-struct Facets {
+pub(super) struct Facets {
     organisations: Vec<String>,
     homeservers: Vec<String>,
     sources: Vec<String>,
 }
 
-fn facets(c: &Console) -> Facets {
+pub(super) fn facets(c: &Console) -> Facets {
     let f = c.app.admin.rule_facets();
     Facets {
         organisations: f.organisations,
@@ -92,7 +92,7 @@ pub(super) struct FilterQuery {
 }
 
 impl FilterQuery {
-    fn filter(&self) -> Result<RuleFilter, AdminError> {
+    pub(super) fn filter(&self) -> Result<RuleFilter, AdminError> {
         let kind = match present(&self.kind).as_deref() {
             None => None,
             Some("domain") => Some(RuleKind::Domain),
@@ -573,237 +573,6 @@ pub(super) async fn convert(
         ),
         Err(e) => c.error(&e),
     }
-}
-
-#[derive(Serialize)]
-struct ChangeView {
-    before: RuleRow,
-    after: RuleRow,
-}
-
-#[derive(Serialize)]
-struct DiffView {
-    added: Vec<RuleRow>,
-    changed: Vec<ChangeView>,
-}
-
-impl DiffView {
-    fn of(diff: &RuleDiff, now: i64) -> DiffView {
-        DiffView {
-            added: diff.added.iter().map(|r| RuleRow::of(r, now)).collect(),
-            changed: diff
-                .changed
-                .iter()
-                .map(|(before, after)| ChangeView {
-                    before: RuleRow::of(before, now),
-                    after: RuleRow::of(after, now),
-                })
-                .collect(),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ImportPage<'a> {
-    toml: &'a str,
-    errors: Vec<String>,
-    applied: bool,
-    diff: Option<DiffView>,
-}
-
-/// # GET /_annuaire/console/rules/import
-pub(super) async fn import_form(c: Console) -> HttpResponse {
-    let data = ImportPage {
-        toml: "",
-        errors: Vec::new(),
-        applied: false,
-        diff: None,
-    };
-    c.page("import", "console_import.html", &data)
-}
-
-#[derive(Deserialize)]
-pub(super) struct ImportFields {
-    #[serde(default)]
-    step: String,
-    #[serde(default)]
-    toml: String,
-}
-
-/// # POST /_annuaire/console/rules/import
-///
-/// `step=preview`: the dry run's diff, with a form to confirm; `step=apply`: the import.
-pub(super) async fn import(
-    EditorForm { console: c, form }: EditorForm<ImportFields>,
-) -> HttpResponse {
-    let apply = form.step == "apply";
-    let now = c.app.clock.now_ms();
-    let result = c
-        .app
-        .admin
-        .import_rules(form.toml.clone(), !apply, &c.session.actor())
-        .await;
-    let (status, data) = match result {
-        Ok(diff) => (
-            StatusCode::OK,
-            ImportPage {
-                toml: &form.toml,
-                errors: Vec::new(),
-                applied: apply,
-                diff: Some(DiffView::of(&diff, now)),
-            },
-        ),
-        Err(AdminError::InvalidRules(errors) | AdminError::RuleExists(errors)) => (
-            StatusCode::BAD_REQUEST,
-            ImportPage {
-                toml: &form.toml,
-                errors: errors.iter().map(ToString::to_string).collect(),
-                applied: false,
-                diff: None,
-            },
-        ),
-        Err(AdminError::InvalidInput(m)) => (
-            StatusCode::BAD_REQUEST,
-            ImportPage {
-                toml: &form.toml,
-                errors: vec![m],
-                applied: false,
-                diff: None,
-            },
-        ),
-        Err(e) => return c.error(&e),
-    };
-    c.page_with_status(status, "import", "console_import.html", &data)
-}
-
-#[derive(Serialize)]
-struct ExportPage {
-    facets: Facets,
-}
-
-/// # GET /_annuaire/console/rules/export
-pub(super) async fn export_form(c: Console) -> HttpResponse {
-    let data = ExportPage { facets: facets(&c) };
-    c.page("export", "console_export.html", &data)
-}
-
-/// # GET /_annuaire/console/rules/export.toml
-///
-/// The chosen rules as an allowlist file (a download).
-pub(super) async fn export(c: Console) -> HttpResponse {
-    let q: FilterQuery = query(&c.req);
-    let filter = match q.filter() {
-        Ok(f) => f,
-        Err(e) => return c.error(&e),
-    };
-    match c.app.admin.export_rules(filter).await {
-        Ok(text) => HttpResponse::Ok()
-            .insert_header((header::CONTENT_TYPE, "application/toml; charset=utf-8"))
-            .insert_header((
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"allowlist.toml\"",
-            ))
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-            .body(text),
-        Err(e) => c.error(&e),
-    }
-}
-
-#[derive(Default, Deserialize)]
-struct ExplainQuery {
-    address: Option<String>,
-}
-
-#[derive(Serialize)]
-struct DecisionView {
-    outcome: &'static str,
-    homeserver: Option<String>,
-    shadow_homeserver: Option<String>,
-    organisation: Option<String>,
-    rule: Option<String>,
-    rule_id: Option<String>,
-    reason: String,
-}
-
-#[derive(Serialize)]
-struct ConsideredRow {
-    id: String,
-    kind: &'static str,
-    value: String,
-    reference: String,
-    matched: bool,
-    why: String,
-    winner: bool,
-}
-
-#[derive(Serialize)]
-struct ExplainResult {
-    address: String,
-    decision: DecisionView,
-    considered: Vec<ConsideredRow>,
-}
-
-#[derive(Serialize)]
-struct ExplainPage {
-    address: String,
-    error: Option<String>,
-    result: Option<ExplainResult>,
-}
-
-/// # GET /_annuaire/console/explain
-pub(super) async fn explain(c: Console) -> HttpResponse {
-    let q: ExplainQuery = query(&c.req);
-    let Some(address) = present(&q.address) else {
-        let data = ExplainPage {
-            address: String::new(),
-            error: None,
-            result: None,
-        };
-        return c.page("explain", "console_explain.html", &data);
-    };
-    let (status, error, result) = match c.app.admin.explain(&address).await {
-        Ok((normalised, explanation)) => {
-            let d = explanation.decision;
-            let winner = d.rule_id.clone();
-            let result = ExplainResult {
-                address: normalised.as_str().to_owned(),
-                considered: explanation
-                    .considered
-                    .iter()
-                    .map(|c| ConsideredRow {
-                        id: c.rule.id.clone(),
-                        kind: c.rule.kind.as_str(),
-                        value: c.rule.target.value().to_owned(),
-                        reference: c.rule.reference(),
-                        matched: c.matched,
-                        why: c.why.clone(),
-                        winner: winner.as_deref() == Some(c.rule.id.as_str()),
-                    })
-                    .collect(),
-                decision: DecisionView {
-                    outcome: d.outcome.as_str(),
-                    homeserver: d.homeserver,
-                    shadow_homeserver: d.shadow_homeserver,
-                    organisation: d.organisation,
-                    rule: d.rule,
-                    rule_id: d.rule_id,
-                    reason: d.reason,
-                },
-            };
-            (StatusCode::OK, None, Some(result))
-        }
-        Err(e @ (AdminError::InvalidAddress(_) | AdminError::InvalidInput(_))) => {
-            (StatusCode::BAD_REQUEST, Some(e.to_string()), None)
-        }
-        Err(e) => return c.error(&e),
-    };
-    let data = ExplainPage {
-        address,
-        error,
-        result,
-    };
-    c.page_with_status(status, "explain", "console_explain.html", &data)
 }
 
 #[cfg(test)]
