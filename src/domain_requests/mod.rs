@@ -180,7 +180,9 @@ impl DomainRequests {
         let verdict = match decision.outcome {
             Outcome::Allowed => ReasonCode::Allowed,
             Outcome::InviteRequired => ReasonCode::InviteRequired,
-            // A deny rule on a public provider's domain (gmail.com) is told as what it is.
+            // A deny rule on a public provider's domain (gmail.com): the policy's stable code says
+            // `denied_domain` (a deny rule first, as /info answers); an agent is told why the
+            // address can never do, so that they use their work address instead.
             Outcome::Denied
                 if decision.reason_code == ReasonCode::DeniedDomain
                     && public_provider(address.ascii_domain()).is_some() =>
