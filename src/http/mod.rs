@@ -294,11 +294,14 @@ pub fn caller_ip(req: &HttpRequest, app: &Annuaire) -> Option<std::net::IpAddr> 
 
 /// Whether the caller is in `http.internal_networks` (a homeserver).
 pub fn is_internal(req: &HttpRequest, app: &Annuaire) -> bool {
-    caller_ip(req, app).is_some_and(|ip| {
-        app.config
-            .http
-            .internal_networks
-            .iter()
-            .any(|n| n.contains(&ip))
-    })
+    caller_ip(req, app).is_some_and(|ip| is_internal_ip(ip, app))
+}
+
+/// Whether `ip` (a caller's, from [`caller_ip`]) is in `http.internal_networks`.
+pub fn is_internal_ip(ip: std::net::IpAddr, app: &Annuaire) -> bool {
+    app.config
+        .http
+        .internal_networks
+        .iter()
+        .any(|n| n.contains(&ip))
 }

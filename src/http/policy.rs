@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::MatrixQuery;
-use super::{AppData, caller_ip, is_internal, resource};
+use super::{AppData, caller_ip, is_internal, is_internal_ip, resource};
 use crate::identity::shard::{ShardInfo, email_param};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
@@ -42,14 +42,15 @@ async fn info(
     app: AppData,
     MatrixQuery(q): MatrixQuery<ThreepidQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(ip) = caller_ip(&req, &app) {
+    let ip = caller_ip(&req, &app);
+    if let Some(ip) = &ip {
         app.limits
             .info_per_ip
-            .check(&ip)
+            .check(ip)
             .map_err(ApiError::limit_exceeded)?;
     }
     let address = email_param(&q.medium, &q.address)?;
-    let internal = is_internal(&req, &app);
+    let internal = ip.is_some_and(|ip| is_internal_ip(ip, &app));
     let info = app.identity.shard_info(&address, internal).await?;
     Ok(HttpResponse::Ok().json(info))
 }

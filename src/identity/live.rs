@@ -223,7 +223,7 @@ impl Live {
         &self,
         pepper: &Pepper,
         algorithm: &str,
-        addresses: &[String],
+        addresses: &mut [String],
         now_ms: i64,
     ) -> Option<BTreeMap<String, String>> {
         if !self.is_fresh() {
@@ -248,13 +248,16 @@ impl Live {
                 }
             })
             .collect();
-        let mut mappings = BTreeMap::new();
+        // The asked strings are moved, not copied, into the answer; collecting the pairs and
+        // building the map at once (a sort, then a bulk build) costs less than inserting
+        // hundreds of keys one by one. A key asked twice keeps one entry, as inserts would.
+        let mut found = Vec::new();
         index.get_many(&keys, now_ms, |i, mxid| {
-            if let Some(asked) = addresses.get(i) {
-                mappings.insert(asked.clone(), mxid);
+            if let Some(asked) = addresses.get_mut(i) {
+                found.push((std::mem::take(asked), mxid));
             }
         });
-        Some(mappings)
+        Some(found.into_iter().collect())
     }
 
     /// Who an address is bound to, from the index: `None` when the index cannot answer.

@@ -116,7 +116,7 @@ impl IdentityService {
         &self,
         algorithm: &str,
         pepper_given: &str,
-        addresses: Vec<String>,
+        mut addresses: Vec<String>,
         now_ms: i64,
     ) -> Result<BTreeMap<String, String>, IdentityError> {
         if !ALGORITHMS.contains(&algorithm) {
@@ -137,7 +137,7 @@ impl IdentityService {
                 current: current.value.clone(),
             });
         }
-        if let Some(mappings) = self.live.lookup(&current, algorithm, &addresses, now_ms) {
+        if let Some(mappings) = self.live.lookup(&current, algorithm, &mut addresses, now_ms) {
             return Ok(mappings);
         }
         let algorithm = algorithm.to_string();

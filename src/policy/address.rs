@@ -177,19 +177,32 @@ pub fn normalize_email(input: &str) -> Result<Address, AddressError> {
         return Err(AddressError::MissingDomain);
     }
 
-    let local = caseless::default_case_fold_str(raw_local);
+    // Unicode case folding maps ASCII letters to their lowercase and nothing else of ASCII.
+    let local = if raw_local.is_ascii() {
+        raw_local.to_ascii_lowercase()
+    } else {
+        caseless::default_case_fold_str(raw_local)
+    };
     check_local(&local)?;
     let domain = raw_domain.to_lowercase();
-    let ascii_domain = domain_to_ascii(&domain)?;
+    let ascii_domain = if is_plain_host_name(&domain) {
+        domain.clone()
+    } else {
+        domain_to_ascii(&domain)?
+    };
     if !ascii_domain.contains('.') {
         return Err(AddressError::SingleLabel(domain));
     }
 
-    let normalised = format!("{local}@{domain}");
+    let normalised = joined(&local, &domain);
     if normalised.len() > MAX_ADDRESS_OCTETS {
         return Err(AddressError::TooLong);
     }
-    let matching = format!("{local}@{ascii_domain}");
+    let matching = if ascii_domain == domain {
+        normalised.clone()
+    } else {
+        joined(&local, &ascii_domain)
+    };
     Ok(Address {
         at: local.len(),
         normalised,
@@ -236,6 +249,38 @@ fn check_local(local: &str) -> Result<(), AddressError> {
         return Err(AddressError::LocalDots);
     }
     Ok(())
+}
+
+/// "local@domain" in one allocation.
+fn joined(local: &str, domain: &str) -> String {
+    let mut out = String::with_capacity(local.len() + 1 + domain.len());
+    out.push_str(local);
+    out.push('@');
+    out.push_str(domain);
+    out
+}
+
+/// Whether `domain` (lowercased) is a host name that UTS-46 would give back unchanged and
+/// accept, so the common case skips it: labels of 1 to 63 letters, digits and inner hyphens,
+/// no punycode (`xn--`) label, at most 253 octets, a top-level label that is not all digits.
+/// Anything else goes through [`domain_to_ascii`], which decides (the tests check both agree).
+fn is_plain_host_name(domain: &str) -> bool {
+    if domain.is_empty() || domain.len() > 253 {
+        return false;
+    }
+    let plain_label = |label: &str| {
+        let bytes = label.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && !label.starts_with("xn--")
+    };
+    let tld = domain.rsplit('.').next().unwrap_or_default();
+    domain.split('.').all(plain_label) && !tld.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// UTS-46 to ASCII with STD3 rules and DNS lengths, then host-name checks (no IP literals).
@@ -473,6 +518,34 @@ mod tests {
         assert_eq!(a.ascii_domain(), "xy.example");
     }
 
+    #[test]
+    fn common_host_names_take_the_shortcut_and_others_do_not() {
+        for d in [
+            "finances.gouv.fr",
+            "x.fr",
+            "a-b.c9.example",
+            "interieur.gouv.fr",
+        ] {
+            assert!(is_plain_host_name(d), "{d}");
+        }
+        for d in [
+            "xn--bcher-kva.fr",
+            "bücher.fr",
+            "a.123",
+            "-a.fr",
+            "a-.fr",
+            "a..fr",
+            ".fr",
+            "fr.",
+            "A.fr",
+            "a_b.fr",
+            "",
+        ] {
+            assert!(!is_plain_host_name(d), "{d}");
+        }
+        assert!(!is_plain_host_name(&format!("{}.fr", "a".repeat(64))));
+    }
+
     proptest! {
         #[test]
         fn normalize_email_never_panics(s in any::<String>()) {
@@ -499,6 +572,24 @@ mod tests {
                 prop_assert_eq!(&again, &a);
                 prop_assert_eq!(normalize_email(&a.matching_form()).unwrap().matching_form(), a.matching_form());
             }
+        }
+
+        /// The host-name shortcut agrees with UTS-46: whenever it takes a domain, UTS-46
+        /// accepts that domain and gives it back unchanged.
+        #[test]
+        fn the_plain_host_name_shortcut_agrees_with_uts46(
+            domain in "[a-z0-9.-]{1,20}|([a-z0-9-]{1,70}\\.){1,5}[a-z0-9-]{1,8}|xn--[a-z0-9-]{1,12}\\.fr|[a-z]{1,5}\\.[0-9]{1,3}",
+        ) {
+            if is_plain_host_name(&domain) {
+                let ascii = domain_to_ascii(&domain);
+                prop_assert_eq!(ascii.as_deref(), Ok(domain.as_str()));
+            }
+        }
+
+        /// The ASCII shortcut of the local part is Unicode case folding.
+        #[test]
+        fn ascii_case_folding_is_unicode_case_folding(local in "[\\x21-\\x7e]{1,30}") {
+            prop_assert_eq!(local.to_ascii_lowercase(), caseless::default_case_fold_str(&local));
         }
 
         #[test]

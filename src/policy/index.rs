@@ -2,6 +2,7 @@
 //! hundred thousand (hash map for addresses, label-suffix walk for domains, one `RegexSet`).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::OnceLock;
 
 use regex::{RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
@@ -176,6 +177,9 @@ pub struct PolicyIndex {
     /// Set index → rule index, in decision order.
     pattern_rules: Vec<usize>,
     default: DefaultPolicy,
+    /// Each rule's decision, made the first time the rule decides (a rule's decision depends
+    /// on the rule alone): `decide` clones it rather than formatting the reason again.
+    decisions: Vec<OnceLock<Box<Decision>>>,
 }
 
 impl PolicyIndex {
@@ -254,7 +258,9 @@ impl PolicyIndex {
             Some(set)
         };
 
+        let decisions = rules.iter().map(|_| OnceLock::new()).collect();
         Ok(PolicyIndex {
+            decisions,
             rules,
             addresses,
             domains,
@@ -268,7 +274,12 @@ impl PolicyIndex {
     pub fn decide(&self, address: &Address, now_ms: i64) -> Decision {
         let mut expired_allow = false;
         match self.winner(address, now_ms, &mut expired_allow) {
-            Some(i) => self.decision_by(&self.rules[i]),
+            Some(i) => match self.decisions.get(i) {
+                Some(cell) => {
+                    Decision::clone(cell.get_or_init(|| Box::new(self.decision_by(&self.rules[i]))))
+                }
+                None => self.decision_by(&self.rules[i]),
+            },
             None => self.default_decision(address, expired_allow),
         }
     }
