@@ -95,13 +95,13 @@ results="$work/results.md"
 run_backend() {
     local name="$1" url="$2" dir="$work/$1"
     mkdir -p "$dir"
-    info "[$name] importing $entries synthetic entries"
     local started ended import
     if [[ "$name" == postgres && -n "$postgres_url" ]]; then
         info "[$name] existing database: no import"
         (cd "$dir" && ANNUAIRE_DATABASE__URL="$url" ANNUAIRE_LOG__LEVEL=warn "$bin" migrate >/dev/null)
         import="not run (existing database)"
     else
+        info "[$name] importing $entries synthetic entries"
         started="$(date +%s.%N)"
         (cd "$dir" && ANNUAIRE_DATABASE__URL="$url" ANNUAIRE_LOG__LEVEL=warn \
             "$bin" directory import-synthetic "$entries" --seed 1 >"$dir/import.out" 2>"$dir/import.err")
