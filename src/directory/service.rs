@@ -42,7 +42,9 @@ use crate::config::Config;
 use crate::federation::FederationClient;
 use crate::ratelimit::KeyedLimit;
 use crate::store::Db;
-use crate::store::directory::{self as store, Candidate, IndexQuery, SearchFilter, SearchTiers};
+use crate::store::directory::{
+    self as store, Candidate, IndexQuery, SearchFilter, SearchTiers, TermMatch,
+};
 
 /// Results returned when the caller does not say.
 pub const DEFAULT_LIMIT: u32 = 10;
@@ -259,11 +261,13 @@ fn tiers(query: &SearchQuery) -> SearchTiers {
     }
 }
 
-/// Terms before `first_prefix` must be whole words, the others prefixes (cut to
-/// [`MAX_INDEXED_PREFIX`] letters: the indexes hold no longer prefixes).
+/// Terms before `first_prefix` must be whole words, the others prefixes (in FTS5 and tsquery
+/// syntaxes cut to [`MAX_INDEXED_PREFIX`] letters: the prefix indexes hold no longer ones; the
+/// word ranges of PostgreSQL hold whole words and take them whole).
 fn index_query(query: &SearchQuery, first_prefix: usize) -> IndexQuery {
     let mut fts5 = Vec::new();
     let mut tsquery = Vec::new();
+    let mut terms = Vec::new();
     for (i, term) in query.terms.iter().enumerate() {
         // Folded terms are [a-z0-9]+; filtering again keeps both syntaxes safe whatever
         // reaches here.
@@ -279,10 +283,16 @@ fn index_query(query: &SearchQuery, first_prefix: usize) -> IndexQuery {
             fts5.push(format!("\"{clean}\""));
             tsquery.push(format!("'{clean}'"));
         }
+        // PostgreSQL's word ranges hold whole words: no cut.
+        terms.push(TermMatch {
+            whole: i < first_prefix,
+            text: clean,
+        });
     }
     IndexQuery {
         fts5: fts5.join(" AND "),
         tsquery: tsquery.join(" & "),
+        terms,
     }
 }
 
@@ -307,9 +317,23 @@ mod tests {
             [&t.whole.tsquery, &typing.tsquery, &t.broad.tsquery],
             ["'jean' & 'dup'", "'jean' & 'dup*'", "'jean*' & 'dup*'"]
         );
+        let term = |text: &str, whole| TermMatch {
+            text: text.into(),
+            whole,
+        };
+        assert_eq!(
+            [&t.whole.terms, &typing.terms, &t.broad.terms],
+            [
+                &vec![term("jean", true), term("dup", true)],
+                &vec![term("jean", true), term("dup", false)],
+                &vec![term("jean", false), term("dup", false)]
+            ]
+        );
         // One- and two-letter prefixes are prefixes like any other.
         let q = parse_query("marie m").unwrap();
-        assert_eq!(tiers(&q).typing.unwrap().tsquery, "'marie' & 'm*'");
+        let typing = tiers(&q).typing.unwrap();
+        assert_eq!(typing.tsquery, "'marie' & 'm*'");
+        assert_eq!(typing.terms, vec![term("marie", true), term("m", false)]);
         let q = parse_query("helene").unwrap();
         let t = tiers(&q);
         assert_eq!(t.typing, None, "one term: whole word, then prefix");
@@ -322,8 +346,10 @@ mod tests {
         let t = tiers(&q);
         assert_eq!(t.whole.fts5, r#""bundesministerium""#);
         assert_eq!(t.whole.tsquery, "'bundesministerium'");
+        assert_eq!(t.whole.terms, vec![term("bundesministerium", true)]);
         assert_eq!(t.broad.fts5, r#""bundesmi"*"#);
         assert_eq!(t.broad.tsquery, "'bundesmi*'");
+        assert_eq!(t.broad.terms, vec![term("bundesministerium", false)]);
     }
 
     #[test]
@@ -334,5 +360,7 @@ mod tests {
         let t = index_query(&q, 1);
         assert_eq!(t.fts5, r#""ab" AND "xyz"*"#);
         assert_eq!(t.tsquery, "'ab' & 'xyz*'");
+        let texts: Vec<_> = t.terms.iter().map(|t| (t.text.as_str(), t.whole)).collect();
+        assert_eq!(texts, [("ab", true), ("xyz", false)]);
     }
 }

@@ -1,13 +1,14 @@
 //! Directory storage: entries, their full-text index (SQLite FTS5 kept in step by triggers;
-//! PostgreSQL the partitioned `directory_search` kept in step by triggers, with a GIN index of
-//! word and prefix lexemes), LDAP name records and the replication batch counters.
+//! PostgreSQL `directory_search_words`, one row per word under a covering btree, and the
+//! partitioned `directory_search` with a GIN index of word and prefix lexemes, both kept in step
+//! by triggers), LDAP name records and the replication batch counters.
 //!
 //! Search is the one place where the SQL differs per backend: both apply the prefix query and
 //! the visibility filters in the database and return a bounded number of candidates in index
-//! order, which `directory::service` ranks exactly. PostgreSQL searches a hash-partitioned
-//! copy of the searchable entries (`directory_search`, kept in step by triggers), whose
-//! partitions a limited scan reads one after the other.
+//! order, which `directory::service` ranks exactly. PostgreSQL scans the word range of a tier's
+//! rarest term, or intersects GIN posting lists when every term is common (see `PgSearch`).
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 
@@ -172,14 +173,58 @@ pub fn count(conn: &mut DbConn) -> Result<i64, StoreError> {
     Ok(db_dispatch!(conn, c => e::directory_entries.count().get_result(c)?))
 }
 
-/// A full-text query for one search tier, in both backends' syntaxes.
+/// A full-text query for one search tier, in both backends' forms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexQuery {
     /// SQLite FTS5 `MATCH` text.
     pub fts5: String,
+    /// Its terms, for PostgreSQL's `directory_search_words` (every one must match).
+    pub terms: Vec<TermMatch>,
     /// PostgreSQL `tsquery` text over `annuaire_search_lexemes` (whole words `'jean'`, word
-    /// prefixes `'dup*'`).
+    /// prefixes `'dup*'`), for tiers of common terms.
     pub tsquery: String,
+}
+
+/// One term of a tier: folded `[a-z0-9]+`, a whole word or a word prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TermMatch {
+    /// The folded term.
+    pub text: String,
+    /// It must equal a word, rather than start one.
+    pub whole: bool,
+}
+
+impl TermMatch {
+    /// What `strpos` looks for in the spaced key (` jean dupont `): ` jean ` for a whole word,
+    /// ` dup` for a prefix.
+    fn pattern(&self) -> String {
+        if self.whole {
+            format!(" {} ", self.text)
+        } else {
+            format!(" {}", self.text)
+        }
+    }
+
+    /// The range of `word` (collation "C") that matches: `[jean, "jean ")` holds only `jean`;
+    /// `[dup, duq)` every word starting with `dup` (terms are `[a-z0-9]`, so the last byte
+    /// plus one is still ASCII: `z` → `{`, `9` → `:`).
+    fn range(&self) -> (String, String) {
+        let lo = self.text.clone();
+        let hi = if self.whole {
+            format!("{lo} ")
+        } else {
+            let mut hi = lo.clone();
+            match hi.pop() {
+                Some(last) if last.is_ascii() && last < '\u{7f}' => {
+                    hi.push(char::from(last as u8 + 1));
+                    hi
+                }
+                // Not a folded term: an empty range (nothing lies in [x, x)).
+                _ => lo.clone(),
+            }
+        };
+        (lo, hi)
+    }
 }
 
 /// The index queries of one search (see `directory::service`).
@@ -238,15 +283,27 @@ pub fn search(
             found.extend(broad);
             Ok(found)
         }
-        DbConn::Pg(c) => Ok(PgSearch {
-            broad: Some(&tiers.broad.tsquery),
-            whole: Some(&tiers.whole.tsquery),
-            typing: tiers.typing.as_ref().map(|t| t.tsquery.as_str()),
-            filter,
-            candidates,
-            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        DbConn::Pg(c) => {
+            let search = PgSearch {
+                broad: PgTier::new(&tiers.broad),
+                whole: PgTier::new(&tiers.whole),
+                typing: tiers.typing.as_ref().map(PgTier::new),
+                filter,
+                candidates,
+                limit: i64::try_from(limit).unwrap_or(i64::MAX),
+            };
+            // One plan for every search of a shape: the custom plans PostgreSQL would otherwise
+            // make for the first executions (and keep making when it cannot tell the generic one
+            // is as good) cost more to plan over the 32 partitions than to run. The generic
+            // plan's cost estimates (unknown ranges) are high enough to trigger JIT compilation,
+            // which takes a quarter of a second for a statement that runs in a millisecond.
+            Ok(c.transaction(|c| {
+                c.batch_execute(
+                    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL jit = off",
+                )?;
+                search.load::<Candidate>(c)
+            })?)
         }
-        .load::<Candidate>(c)?),
     }
 }
 
@@ -298,22 +355,56 @@ impl diesel::query_builder::Query for SqliteTier<'_> {
 
 impl RunQueryDsl<diesel::SqliteConnection> for SqliteTier<'_> {}
 
-/// A search on PostgreSQL, every tier in one statement (one round trip; a statement diesel
-/// prepares once per connection, so it is planned once).
+/// A search on PostgreSQL, every tier in one statement (one round trip; diesel prepares it once
+/// per connection and shape, the shape being the number of terms of each tier).
 ///
-/// `directory_search` (the entries' searched fields, kept in step by triggers) is hash
-/// partitioned: a tier's scan goes through the partitions in turn and stops at the limit, so a
-/// common prefix costs one partition's postings, not every entry's. Its GIN index holds every
-/// word and every word prefix of up to 8 letters as lexemes (`annuaire_search_lexemes`), so
-/// that a prefix is one posting list, which GIN intersects by skipping. The later tiers run
-/// only when the one before says so (one-time filters on the row counts).
+/// A tier of one term, or whose rarest term the planner expects in fewer than
+/// [`WORD_RANGE_MAX_ROWS`] words (`annuaire_word_rows`, from the column statistics), is one
+/// range scan of `directory_search_words` (one row per word of each entry, a btree on the word
+/// covering the spaced key and the flags): it reads the words of that driving term in order,
+/// keeps an entry at its first word in the range (so that it comes once), checks every term and
+/// the flags on the index tuple, and stops at the limit. A tier of common terms only (`thomas
+/// mul`) would read most of its driving range to find the few entries that have the others:
+/// GIN intersects the terms' posting lists instead, in the hash partitions of
+/// `directory_search`, one after the other until the limit. The later tiers run only when the
+/// one before says so (one-time filters on the row counts), and the driving term is chosen
+/// only for a tier that runs.
 struct PgSearch<'a> {
-    broad: Option<&'a str>,
-    whole: Option<&'a str>,
-    typing: Option<&'a str>,
+    broad: PgTier<'a>,
+    whole: PgTier<'a>,
+    typing: Option<PgTier<'a>>,
     filter: &'a SearchFilter,
     candidates: i64,
     limit: i64,
+}
+
+/// Above this many words in its driving range, a tier of several terms intersects posting
+/// lists instead (a range scan reads about 3 words per microsecond, and checking 10,000 costs
+/// about what a GIN intersection over the partitions does).
+const WORD_RANGE_MAX_ROWS: i64 = 10_000;
+
+/// The binds of one tier's terms.
+struct PgTier<'a> {
+    /// Per term: what `strpos` looks for, and the range of words it matches.
+    terms: Vec<(String, String, String)>,
+    /// The same terms as a `tsquery` over `annuaire_search_lexemes`.
+    tsquery: &'a str,
+}
+
+impl PgTier<'_> {
+    fn new(q: &IndexQuery) -> PgTier<'_> {
+        PgTier {
+            terms: q
+                .terms
+                .iter()
+                .map(|t| {
+                    let (lo, hi) = t.range();
+                    (t.pattern(), lo, hi)
+                })
+                .collect(),
+            tsquery: &q.tsquery,
+        }
+    }
 }
 
 /// Which earlier tiers a tier waits for.
@@ -329,17 +420,13 @@ enum Gate {
 }
 
 impl PgSearch<'_> {
-    /// `SELECT mxid` of one tier. The gate is a condition on no row: PostgreSQL checks it once
-    /// and does not start the scan when it is false.
-    fn tier<'b>(
+    /// The gate of a tier, then ` AND `: conditions on no row, which PostgreSQL checks once
+    /// before starting the scan.
+    fn gate<'b>(
         &'b self,
         out: &mut diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
-        tsquery: &'b Option<&'b str>,
         gate: Gate,
     ) -> QueryResult<()> {
-        out.push_sql("SELECT s.mxid FROM directory_search AS s WHERE ");
-        out.push_bind_param::<Nullable<Text>, _>(tsquery)?;
-        out.push_sql("::tsquery IS NOT NULL AND ");
         if gate != Gate::None {
             out.push_sql("(SELECT count(*) FROM broad) >= ");
             out.push_bind_param::<BigInt, _>(&self.candidates)?;
@@ -350,8 +437,112 @@ impl PgSearch<'_> {
             out.push_bind_param::<BigInt, _>(&self.limit)?;
             out.push_sql(" AND ");
         }
-        out.push_sql("annuaire_search_lexemes(s.search_all) @@ ");
-        out.push_bind_param::<Nullable<Text>, _>(tsquery)?;
+        Ok(())
+    }
+
+    /// The driving term of tier `name` (a CTE `{name}_driver (lo, hi, pattern, est)`): with
+    /// several terms, the one with the fewest expected words.
+    fn driver<'b>(
+        &'b self,
+        out: &mut diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+        name: &str,
+        tier: &'b PgTier<'b>,
+    ) -> QueryResult<()> {
+        out.push_sql(name);
+        out.push_sql("_driver AS MATERIALIZED (SELECT lo, hi, pattern, ");
+        out.push_sql(if tier.terms.len() > 1 {
+            "annuaire_word_rows(lo, hi) AS est"
+        } else {
+            "0::float8 AS est"
+        });
+        out.push_sql(" FROM (VALUES ");
+        if tier.terms.is_empty() {
+            // No term (nothing searchable): an empty range.
+            out.push_sql("(''::text, ''::text, ' '::text)");
+        }
+        for (i, (pattern, lo, hi)) in tier.terms.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            out.push_sql("(");
+            out.push_bind_param::<Text, _>(lo)?;
+            out.push_sql("::text, ");
+            out.push_bind_param::<Text, _>(hi)?;
+            out.push_sql("::text, ");
+            out.push_bind_param::<Text, _>(pattern)?;
+            out.push_sql("::text)");
+        }
+        out.push_sql(") AS t (lo, hi, pattern) ORDER BY est LIMIT 1), ");
+        Ok(())
+    }
+
+    /// `SELECT mxid` of one tier by its driving term's word range.
+    fn word_range<'b>(
+        &'b self,
+        out: &mut diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+        name: &str,
+        tier: &'b PgTier<'b>,
+        gate: Gate,
+    ) -> QueryResult<()> {
+        out.push_sql("(SELECT w.mxid FROM directory_search_words AS w WHERE ");
+        self.gate(out, gate)?;
+        if tier.terms.len() > 1 {
+            out.push_sql("(SELECT est FROM ");
+            out.push_sql(name);
+            out.push_sql("_driver) < ");
+            out.push_sql(&WORD_RANGE_MAX_ROWS.to_string());
+            out.push_sql(" AND ");
+        }
+        out.push_sql("w.word >= (SELECT lo FROM ");
+        out.push_sql(name);
+        out.push_sql("_driver) AND w.word < (SELECT hi FROM ");
+        out.push_sql(name);
+        // An entry once: at the first of its words in the driving range.
+        out.push_sql(
+            "_driver) AND strpos(w.words, ' ' || w.word || ' ') = \
+             strpos(w.words, (SELECT pattern FROM ",
+        );
+        out.push_sql(name);
+        out.push_sql("_driver))");
+        for (pattern, _, _) in &tier.terms {
+            out.push_sql(" AND strpos(w.words, ");
+            out.push_bind_param::<Text, _>(pattern)?;
+            out.push_sql(") > 0");
+        }
+        out.push_sql(" AND w.listed AND (");
+        out.push_bind_param::<Bool, _>(&self.filter.show_externals)?;
+        out.push_sql(" OR NOT w.external) AND (");
+        out.push_bind_param::<Nullable<Text>, _>(&self.filter.organisation_key)?;
+        out.push_sql(
+            "::text IS NULL OR EXISTS (SELECT 1 FROM directory_entries AS e \
+             WHERE e.mxid = w.mxid AND e.organisation_key = ",
+        );
+        out.push_bind_param::<Nullable<Text>, _>(&self.filter.organisation_key)?;
+        out.push_sql(
+            ")) AND NOT EXISTS (SELECT 1 FROM directory_opt_outs AS o WHERE o.mxid = w.mxid) \
+             ORDER BY w.word LIMIT ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.candidates)?;
+        out.push_sql(")");
+        Ok(())
+    }
+
+    /// `SELECT mxid` of one tier by GIN, when its driving term is common.
+    fn posting_lists<'b>(
+        &'b self,
+        out: &mut diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+        name: &str,
+        tier: &'b PgTier<'b>,
+        gate: Gate,
+    ) -> QueryResult<()> {
+        out.push_sql("(SELECT s.mxid FROM directory_search AS s WHERE ");
+        self.gate(out, gate)?;
+        out.push_sql("(SELECT est FROM ");
+        out.push_sql(name);
+        out.push_sql("_driver) >= ");
+        out.push_sql(&WORD_RANGE_MAX_ROWS.to_string());
+        out.push_sql(" AND annuaire_search_lexemes(s.search_all) @@ ");
+        out.push_bind_param::<Text, _>(&tier.tsquery)?;
         out.push_sql(
             "::tsquery AND s.visibility = 'visible' AND s.active \
              AND NOT EXISTS (SELECT 1 FROM directory_opt_outs AS o WHERE o.mxid = s.mxid) AND (",
@@ -363,6 +554,27 @@ impl PgSearch<'_> {
         out.push_bind_param::<Nullable<Text>, _>(&self.filter.organisation_key)?;
         out.push_sql(") LIMIT ");
         out.push_bind_param::<BigInt, _>(&self.candidates)?;
+        out.push_sql(")");
+        Ok(())
+    }
+
+    /// The CTEs of one tier: its driving term, then its candidates.
+    fn tier<'b>(
+        &'b self,
+        out: &mut diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+        name: &str,
+        tier: &'b PgTier<'b>,
+        gate: Gate,
+    ) -> QueryResult<()> {
+        self.driver(out, name, tier)?;
+        out.push_sql(name);
+        out.push_sql(" AS MATERIALIZED (");
+        self.word_range(out, name, tier, gate)?;
+        if tier.terms.len() > 1 {
+            out.push_sql(" UNION ALL ");
+            self.posting_lists(out, name, tier, gate)?;
+        }
+        out.push_sql("), ");
         Ok(())
     }
 }
@@ -372,16 +584,19 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for PgSearch<'_> {
         &'b self,
         mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
     ) -> QueryResult<()> {
-        out.push_sql("WITH broad AS MATERIALIZED (");
-        self.tier(&mut out, &self.broad, Gate::None)?;
-        out.push_sql("), whole AS MATERIALIZED (");
-        self.tier(&mut out, &self.whole, Gate::BroadFull)?;
-        out.push_sql("), typing AS MATERIALIZED (");
-        self.tier(&mut out, &self.typing, Gate::BroadFullWholeFew)?;
+        out.push_sql("WITH ");
+        self.tier(&mut out, "broad", &self.broad, Gate::None)?;
+        self.tier(&mut out, "whole", &self.whole, Gate::BroadFull)?;
+        let found = if let Some(typing) = &self.typing {
+            self.tier(&mut out, "typing", typing, Gate::BroadFullWholeFew)?;
+            "found AS (SELECT mxid FROM whole UNION SELECT mxid FROM typing \
+                       UNION SELECT mxid FROM broad) "
+        } else {
+            "found AS (SELECT mxid FROM whole UNION SELECT mxid FROM broad) "
+        };
+        out.push_sql(found);
         out.push_sql(
-            "), found AS (SELECT mxid FROM whole UNION SELECT mxid FROM typing \
-                          UNION SELECT mxid FROM broad) \
-             SELECT e.mxid, e.name, e.organisation, e.avatar_url, \
+            "SELECT e.mxid, e.name, e.organisation, e.avatar_url, \
                     e.search_name, e.search_organisation, e.search_localpart \
              FROM found JOIN directory_entries AS e ON e.mxid = found.mxid",
         );
