@@ -137,7 +137,10 @@ impl IdentityService {
                 current: current.value.clone(),
             });
         }
-        if let Some(mappings) = self.live.lookup(&current, algorithm, &mut addresses, now_ms) {
+        if let Some(mappings) = self
+            .live
+            .lookup(&current, algorithm, &mut addresses, now_ms)
+        {
             return Ok(mappings);
         }
         let algorithm = algorithm.to_string();
