@@ -274,12 +274,10 @@ impl PolicyIndex {
     pub fn decide(&self, address: &Address, now_ms: i64) -> Decision {
         let mut expired_allow = false;
         match self.winner(address, now_ms, &mut expired_allow) {
-            Some(i) => match self.decisions.get(i) {
-                Some(cell) => {
-                    Decision::clone(cell.get_or_init(|| Box::new(self.decision_by(&self.rules[i]))))
-                }
-                None => self.decision_by(&self.rules[i]),
-            },
+            // `decisions` has one cell per rule, as `rules` has.
+            Some(i) => Decision::clone(
+                self.decisions[i].get_or_init(|| Box::new(self.decision_by(&self.rules[i]))),
+            ),
             None => self.default_decision(address, expired_allow),
         }
     }
