@@ -18,8 +18,9 @@
 #   2. starts `annuaire serve` (release, terms.example.toml, the R rules, log level warn) and
 #      the hello world (`examples/bench_hello_world.rs`, the same actix-web and release profile,
 #      one worker per CPU like annuaire), and waits until annuaire's lookup index is loaded,
-#   3. runs wrk (T threads, C connections, SECONDS each) on: the hello world; GET
-#      /_matrix/identity/v2 (ping, no auth); GET /v2/hash_details (Bearer); the ping again
+#   3. runs wrk (T threads, C connections, SECONDS each) on: the hello world; the hello world's
+#      /info of the same shape as annuaire's, driven like annuaire's (the floor: the query parsed
+#      and an answer of the same size, no work); GET /_matrix/identity/v2 (ping, no auth); GET /v2/hash_details (Bearer); the ping again
 #      through a Lua request callback like /info's (what wrk's callback costs, for reference);
 #      GET /api/v1/info (addresses in turn, half bound); POST /v2/lookup (1,000 sha256 hashes per
 #      request, half bound, 64 bodies in turn); the ping and the hello world again,
@@ -181,6 +182,8 @@ TOML
     local base="http://127.0.0.1:$port"
     declare -A rss
     run_wrk "hello world" "$dir/wrk-hello.out" "http://127.0.0.1:$hello_port/"
+    run_wrk "hello world's /info (floor)" "$dir/wrk-hello-info.out" -s bench/identity-info.lua \
+        "http://127.0.0.1:$hello_port" -- "$dir/data"
     run_wrk "ping" "$dir/wrk-ping.out" "$base/_matrix/identity/v2"
     rss[ping]="$(mib "$serve_pid" VmRSS)"
     run_wrk "hash_details" "$dir/wrk-hash.out" -H "Authorization: Bearer $token" \
@@ -215,6 +218,9 @@ TOML
         echo "|---|---|---|---|---|---|"
         f="$dir/wrk-hello.out"
         echo "| hello world (actix-web) | $hello_rps | $(pct "$f" 50%) | $(pct "$f" 99%) | | |"
+        f="$dir/wrk-hello-info.out"
+        echo "| hello world's \`/info\`: the query parsed, an answer of /info's size, no work (the floor) | $(rps "$f") | $(pct "$f" 50%) | $(pct "$f" 99%) |" \
+            "$(ratio "$(rps "$f")" "$hello_rps") of hello world | (reference) |"
         f="$dir/wrk-ping.out"
         echo "| \`GET /_matrix/identity/v2\` (ping) | $ping_rps | $(pct "$f" 50%) | $(pct "$f" 99%) |" \
             "$(ratio "$ping_rps" "$hello_rps") of hello world | ≥ 85% |"
