@@ -51,10 +51,6 @@ pub const DEFAULT_LIMIT: u32 = 10;
 /// The most results a search returns.
 pub const MAX_LIMIT: u32 = 50;
 
-/// The longest prefix the indexes hold (SQLite FTS5 prefix indexes, PostgreSQL prefix
-/// lexemes; see the migrations): a longer prefix is cut, and `rank` checks the whole term.
-const MAX_INDEXED_PREFIX: usize = 8;
-
 /// Who is searching; decides whether they may.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Viewer {
@@ -252,7 +248,7 @@ impl DirectoryService {
 }
 
 /// The index queries of each tier (see the module documentation).
-fn tiers(query: &SearchQuery) -> SearchTiers {
+pub fn tiers(query: &SearchQuery) -> SearchTiers {
     let n = query.terms.len();
     SearchTiers {
         broad: index_query(query, 0),
@@ -262,7 +258,7 @@ fn tiers(query: &SearchQuery) -> SearchTiers {
 }
 
 /// Terms before `first_prefix` must be whole words, the others prefixes (in FTS5 and tsquery
-/// syntaxes cut to [`MAX_INDEXED_PREFIX`] letters: the prefix indexes hold no longer ones; the
+/// syntaxes cut to [`store::MAX_INDEXED_PREFIX`] letters: the prefix indexes hold no longer ones; the
 /// word ranges of PostgreSQL hold whole words and take them whole).
 fn index_query(query: &SearchQuery, first_prefix: usize) -> IndexQuery {
     let mut fts5 = Vec::new();
@@ -275,19 +271,20 @@ fn index_query(query: &SearchQuery, first_prefix: usize) -> IndexQuery {
         if clean.is_empty() {
             continue;
         }
-        if i >= first_prefix {
-            let cut = &clean[..clean.len().min(MAX_INDEXED_PREFIX)];
-            fts5.push(format!("\"{cut}\"*"));
-            tsquery.push(format!("'{cut}*'"));
-        } else {
-            fts5.push(format!("\"{clean}\""));
-            tsquery.push(format!("'{clean}'"));
-        }
         // PostgreSQL's word ranges hold whole words: no cut.
-        terms.push(TermMatch {
+        let term = TermMatch {
             whole: i < first_prefix,
             text: clean,
-        });
+        };
+        let indexed = term.indexed();
+        if term.whole {
+            fts5.push(format!("\"{indexed}\""));
+            tsquery.push(format!("'{indexed}'"));
+        } else {
+            fts5.push(format!("\"{indexed}\"*"));
+            tsquery.push(format!("'{indexed}*'"));
+        }
+        terms.push(term);
     }
     IndexQuery {
         fts5: fts5.join(" AND "),

@@ -1153,3 +1153,181 @@ async fn search_stays_consistent_through_updates_on_this_backend() {
     s.app.directory.remove("@t:agent-a.example").await.unwrap();
     assert!(find(&s, "garnier").await.is_empty());
 }
+
+/// An entry as the search reference below sees it.
+#[derive(diesel::QueryableByName)]
+struct ReferenceEntry {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    mxid: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    search_all: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    organisation_key: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    listed: bool,
+}
+
+/// Whether an entry's folded key holds every term (a word equal to a whole term, or starting
+/// with a prefix as the index is asked for it).
+fn holds(search_all: &str, terms: &[annuaire::store::directory::TermMatch]) -> bool {
+    let words: Vec<&str> = search_all.split(' ').filter(|w| !w.is_empty()).collect();
+    terms.iter().all(|t| {
+        words.iter().any(|w| {
+            if t.whole {
+                *w == t.text
+            } else {
+                w.starts_with(t.indexed())
+            }
+        })
+    })
+}
+
+#[tokio::test]
+async fn each_tier_gets_its_first_matches_however_the_backend_finds_them() {
+    // On SQLite the narrower tiers read on from where the broad one stopped: their candidates
+    // must be those of each tier's own query from the start, the first `candidates` matches in
+    // rowid order, computed here from every entry. PostgreSQL orders candidates by word: there
+    // every candidate must match its query and pass the filters.
+    use annuaire::directory::service::tiers;
+    use annuaire::store::DbConn;
+    use annuaire::store::directory::{self as store, SearchFilter};
+    use diesel::RunQueryDsl;
+
+    let (s, _hs) = server_with(|_| {}).await;
+    let app = &s.app;
+    app.directory
+        .import_synthetic(6000, 7, |_, _| {})
+        .await
+        .unwrap();
+    let all_sql = "SELECT e.mxid, e.search_all, e.organisation_key, \
+         (e.visibility = 'visible' AND e.active AND NOT e.external AND NOT EXISTS \
+          (SELECT 1 FROM directory_opt_outs AS o WHERE o.mxid = e.mxid)) AS listed \
+         FROM directory_entries AS e ORDER BY ";
+    let load = |order: &'static str| {
+        app.db.run(move |conn| {
+            let sql = format!("{all_sql}{order}");
+            Ok(match conn {
+                DbConn::Sqlite(c) => diesel::sql_query(sql).load::<ReferenceEntry>(c)?,
+                DbConn::Pg(c) => diesel::sql_query(sql).load::<ReferenceEntry>(c)?,
+            })
+        })
+    };
+    // Some entries leave the searches: hidden, or opted out.
+    let entries = load("e.mxid").await.unwrap();
+    for (i, e) in entries.iter().enumerate() {
+        if i % 7 == 3 {
+            app.directory
+                .set_visibility(&e.mxid, Visibility::Hidden)
+                .await
+                .unwrap();
+        } else if i % 11 == 5 {
+            app.directory.set_listed(&e.mxid, false).await.unwrap();
+        }
+    }
+    let sqlite = crate::support::backend() == crate::support::Backend::Sqlite;
+    let entries = load(if sqlite { "e.id" } else { "e.mxid" }).await.unwrap();
+    assert!(
+        entries.iter().any(|e| !e.listed) && entries.iter().filter(|e| e.listed).count() > 2000
+    );
+
+    // Queries of common words (synthetic names repeat), of one to three terms.
+    let mut queries: Vec<String> = [
+        "jean",
+        "j",
+        "m d",
+        "ma du",
+        "jean d",
+        "marie claire fo",
+        "de la f",
+    ]
+    .map(String::from)
+    .to_vec();
+    for e in entries.iter().step_by(211) {
+        let w: Vec<&str> = e.search_all.split(' ').collect();
+        let cut = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+        queries.push(w[0].to_owned());
+        queries.push(format!("{} {}", w[0], cut(w[1], 2)));
+        queries.push(format!("{} {}", cut(w[0], 3), w[1]));
+        queries.push(format!("{} {} {}", w[0], w[1], cut(w[2], 3)));
+        queries.push(format!(
+            "{} {} {}",
+            cut(w[0], 1),
+            cut(w[1], 1),
+            cut(w[2], 1)
+        ));
+        queries.push(format!("{} {}", w[0], cut(w[1], 1)));
+        queries.push(format!("{} {}", cut(w[0], 1), cut(w[1], 1)));
+        queries.push(format!("{} {}", cut(w[0], 1), cut(w[1], 2)));
+        queries.push(format!("{} {}", cut(w[0], 2), cut(w[1], 1)));
+    }
+    let org = entries[0].organisation_key.clone();
+    let (candidates, limit) = (50_i64, 10_usize);
+    let (mut truncated, mut typing_ran) = (0, 0);
+    for query in &queries {
+        for organisation_key in [None, Some(org.clone())] {
+            let parsed = directory::search::parse_query(query).unwrap();
+            let t = tiers(&parsed);
+            let filter = SearchFilter {
+                show_externals: false,
+                organisation_key: organisation_key.clone(),
+            };
+            let (t2, f2) = (t.clone(), filter.clone());
+            let got: std::collections::BTreeSet<String> = app
+                .db
+                .run(move |conn| store::search(conn, &t2, &f2, candidates, limit))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.mxid)
+                .collect();
+            let eligible: Vec<&ReferenceEntry> = entries
+                .iter()
+                .filter(|e| e.listed)
+                .filter(|e| {
+                    organisation_key
+                        .as_ref()
+                        .is_none_or(|o| *o == e.organisation_key)
+                })
+                .collect();
+            let context = format!("{query:?}, organisation {organisation_key:?}");
+            if !sqlite {
+                for mxid in &got {
+                    let e = eligible.iter().find(|e| e.mxid == *mxid);
+                    let e = e.unwrap_or_else(|| panic!("{context}: {mxid} may not be found"));
+                    assert!(holds(&e.search_all, &t.broad.terms), "{context}: {mxid}");
+                }
+                continue;
+            }
+            let first = |q: &store::IndexQuery| -> Vec<&str> {
+                eligible
+                    .iter()
+                    .filter(|e| holds(&e.search_all, &q.terms))
+                    .take(candidates as usize)
+                    .map(|e| e.mxid.as_str())
+                    .collect()
+            };
+            let broad = first(&t.broad);
+            let mut want: std::collections::BTreeSet<String> =
+                broad.iter().map(|m| m.to_string()).collect();
+            if broad.len() == candidates as usize {
+                truncated += 1;
+                let whole = first(&t.whole);
+                want.extend(whole.iter().map(|m| m.to_string()));
+                if whole.len() <= limit
+                    && let Some(typing) = &t.typing
+                {
+                    typing_ran += 1;
+                    want.extend(first(typing).iter().map(|m| m.to_string()));
+                }
+            }
+            assert_eq!(got, want, "{context}");
+        }
+    }
+    if sqlite {
+        assert!(
+            truncated > 40 && typing_ran > 20,
+            "the broad tier reached its limit {truncated} times, the typing tier ran {typing_ran} \
+             times: too few to test them"
+        );
+    }
+}

@@ -20,7 +20,7 @@ use crate::db_dispatch;
 
 mod search;
 
-pub use search::{IndexQuery, SearchFilter, SearchTiers, TermMatch, search};
+pub use search::{IndexQuery, MAX_INDEXED_PREFIX, SearchFilter, SearchTiers, TermMatch, search};
 
 /// Rows written per statement by bulk inserts (21 columns: well under both backends' limits on
 /// bound parameters).
