@@ -4,7 +4,7 @@
 #
 # Usage: bench/directory-search.sh [--entries N] [--duration SECONDS] [--clients C]
 #                                  [--no-postgres] [--no-sqlite] [--postgres-url URL]
-#                                  [--sqlite-url sqlite:///PATH]
+#                                  [--sqlite-url sqlite:///PATH] [--out FILE]
 #
 # --postgres-url and --sqlite-url measure an existing database (filled before by
 # `annuaire directory import-synthetic N --seed 1`, which the run migrates; it is left in
@@ -19,8 +19,8 @@
 #      it) and with C concurrent connections (default 8), the caller's token checked once by a
 #      whoami double and then cached,
 #   4. reads the server's resident memory (VmRSS now, VmHWM peak).
-# Queries: bench/queries/{1-term,2-terms,3-terms}.txt. Results: bench/results/directory-search.md
-# (raw outputs are kept in the work folder it prints).
+# Queries: bench/queries/{1-term,2-terms,3-terms}.txt. Results: --out FILE (default
+# bench/results/directory-search.md; raw outputs are kept in the work folder it prints).
 #
 # Needs wrk (`apt-get install wrk`) and, for PostgreSQL, the PostgreSQL 15 server binaries
 # (scripts/lib/postgres.sh starts a throwaway server). Release builds; not run by CI.
@@ -38,6 +38,7 @@ with_postgres=1
 with_sqlite=1
 postgres_url=""
 sqlite_url=""
+out=bench/results/directory-search.md
 while (($# > 0)); do
     case "$1" in
     --entries) entries="$2"; shift ;;
@@ -47,6 +48,7 @@ while (($# > 0)); do
     --no-sqlite) with_sqlite="" ;;
     --postgres-url) postgres_url="$2"; shift ;;
     --sqlite-url) sqlite_url="$2"; shift ;;
+    --out) out="$2"; shift ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -216,7 +218,6 @@ elif [[ -n "$with_postgres" ]]; then
     run_backend postgres "${pg_url%/postgres}/bench"
 fi
 
-out=bench/results/directory-search.md
 {
     echo "# Directory search benchmark"
     echo
@@ -232,7 +233,9 @@ How a search runs (see `src/directory/service.rs`): the database applies the pre
 the visibility filters and returns at most `directory.search_candidates` (200) entries per tier,
 unsorted; tiers are "every term a whole word", "all but the last", "every term a prefix" (tier 1
 alone when it already has more than the limit); Rust ranks the candidates exactly. SQLite: FTS5
-with prefix indexes for 1 to 8 letters (longer prefixes are cut to 8 and checked in Rust).
+with prefix indexes for 1 to 8 letters (longer prefixes are cut to 8 and checked in Rust), each
+tier in rowid order; when the broad tier is full, the narrower tiers' matches up to its last
+rowid are picked out of its candidates and their queries read on from there.
 PostgreSQL: `directory_search_words`, one row per word of each entry under a btree covering
 the whole folded key and the filters; a tier is a range scan of its rarest term's words that
 checks the other terms on the index tuples and stops at the limit, unless every term is
