@@ -18,7 +18,9 @@
 //! Tier 3 holds every match, so it is asked first: when it has fewer candidates than the
 //! bound, it is the whole answer. Otherwise tier 1, and when tier 1 alone yields more
 //! candidates than the limit nothing else could rank before them and tier 2 is skipped (see
-//! `store::directory::search`, which runs them in one statement on PostgreSQL).
+//! `store::directory::search`: PostgreSQL runs them in one statement; SQLite reads each tier in
+//! rowid order, and tiers 1 and 2 read on from where tier 3 stopped, since their earlier
+//! matches are among its candidates).
 //!
 //! # Exactness
 //!
